@@ -1,0 +1,95 @@
+"""Boring, safe persistence: atomic writes, checksums, JSON with a schema version.
+
+Not here: anything that knows about models or activations. Tensors go through safetensors in
+the modules that own them; this module only moves bytes safely.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from aimri.errors import AimriError
+
+SCHEMA_VERSION = 1
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
+
+    Readers never see a half-written file, and a full disk leaves the old file untouched.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise AimriError(
+                f"disk full while writing '{path}': the partial file was removed and nothing "
+                "already written was lost; free some space and run the same command again "
+                "to resume"
+            ) from e
+        raise
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write `obj` as indented JSON, atomically. Dicts get `schema_version` if they lack it."""
+    if isinstance(obj, dict) and "schema_version" not in obj:
+        obj = {"schema_version": SCHEMA_VERSION, **obj}
+    write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def read_json(path: Path, what: str) -> Any:
+    """Read JSON, turning a missing or broken file into an AimriError that says what it was."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise AimriError(f"{what} '{path}' not found: check the path") from e
+    except json.JSONDecodeError as e:
+        raise AimriError(
+            f"{what} '{path}' is not valid JSON ({e.msg} at line {e.lineno}): the file is "
+            "damaged; delete it and re-create it with the command that wrote it"
+        ) from e
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def cleanup_temp_files(directory: Path, keep: Callable[[Path], bool] = lambda p: False) -> int:
+    """Remove leftovers of interrupted atomic writes (`.name.XXXX.tmp`) in `directory`."""
+    removed = 0
+    if directory.is_dir():
+        for p in directory.glob(".*.tmp"):
+            if not keep(p):
+                p.unlink(missing_ok=True)
+                removed += 1
+    return removed

@@ -1,0 +1,110 @@
+"""Configuration of every stage, as small frozen dataclasses.
+
+The Python API takes these objects and the CLI is generated from them (tyro), so flags and API
+cannot drift. This module imports nothing heavy: `aimri --help` must not import torch.
+`__post_init__` only validates; it never has side effects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from aimri.errors import AimriError
+
+DType = Literal["float32", "bfloat16", "float16"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """Which model to open, and how."""
+
+    spec: str = "smollm2-135m"
+    """Built-in alias (`smollm2-135m`), a local Hugging Face model directory, a `.gguf` file, or a
+    hub id (used only if already in the local cache, or when the network is there)."""
+    dtype: DType = "float32"
+    """Dtype of the weights and activations during forward passes."""
+    device: str = "auto"
+    """`cpu`, `cuda`, `cuda:N`, or `auto` (CUDA when available)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig:
+    """Where text comes from and how it becomes fixed-length token contexts."""
+
+    source: str = "builtin"
+    """`builtin` (Python's own documentation and sources; no download), a `.txt`/`.jsonl`/
+    `.parquet` file or a folder of them, a `datasets` folder saved with `save_to_disk`, or
+    `hf:NAME[:CONFIG]` for a Hugging Face dataset (cached, or online)."""
+    text_field: str = "text"
+    """Field holding the text in JSONL, Parquet and `datasets` sources."""
+    split: str = "train"
+    """Split of a Hugging Face dataset."""
+    ctx_len: int = 128
+    """Tokens per context, including the BOS token when `prepend_bos` is set."""
+    max_tokens: int = 65_536
+    """Stop after this many tokens (rounded down to whole contexts)."""
+    seed: int = 0
+    """Seed for the document order; the same seed gives the same contexts."""
+    prepend_bos: bool = True
+    """Start every context with the tokenizer's BOS token (or its EOS token if it has none)."""
+    boundary: Literal["pack", "truncate"] = "pack"
+    """`pack`: join documents with an end-of-text token and cut into contexts, so a context may
+    span documents; `truncate`: one context per document, its first `ctx_len` tokens (shorter
+    documents are skipped)."""
+
+    def __post_init__(self) -> None:
+        if self.ctx_len < 2:
+            raise AimriError(f"ctx_len={self.ctx_len} is too small: use at least 2 tokens")
+        if self.max_tokens < self.ctx_len:
+            raise AimriError(
+                f"max_tokens={self.max_tokens} is smaller than one context (ctx_len="
+                f"{self.ctx_len}): raise max_tokens or lower ctx_len"
+            )
+
+
+@dataclass(frozen=True, kw_only=True)
+class CollectConfig:
+    """Stream a corpus through a model and store activations of some sites on disk."""
+
+    out: Path
+    """Directory for `manifest.json` and `shard-NNNNN.safetensors` files."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    sites: tuple[str, ...] = ("blocks.*.hook_resid_post",)
+    """Site names or globs, e.g. `blocks.*.hook_resid_post`, `blocks.5.ln2.hook_normalized`."""
+    dtype: DType = "float16"
+    """Dtype activations are stored in."""
+    batch_size: int = 16
+    """Contexts per forward pass."""
+    shard_contexts: int = 256
+    """Contexts per shard file; the unit of resumption."""
+    overwrite: bool = False
+    """Delete an existing store with a different configuration instead of refusing."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.shard_contexts < 1:
+            raise AimriError("batch_size and shard_contexts must be at least 1")
+        if not self.sites:
+            raise AimriError("no sites given: pass e.g. --sites 'blocks.*.hook_resid_post'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ScanConfig:
+    """The main job: every stage that exists, on one model, written up as a report."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(max_tokens=16_384))
+    sites: tuple[str, ...] = ("blocks.*.hook_resid_post",)
+    """Sites to collect and summarise (residual stream sites get the logit lens)."""
+    runs_dir: Path = Path("runs")
+    """Parent folder of run directories."""
+    name: str | None = None
+    """Run name (a folder under `runs_dir`); default: `<model>-<date>-<time>`."""
+    store_dtype: DType = "float16"
+    """Dtype activations are stored in."""
+    batch_size: int = 16
+    """Contexts per forward pass."""
+    overwrite: bool = False
+    """Replace a stored activation set made with another configuration."""

@@ -1,0 +1,1 @@
+"""Corpora: documents from a source, tokenized into fixed-length contexts."""

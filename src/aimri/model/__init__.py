@@ -1,0 +1,1 @@
+"""Models with named sites: loading, layout discovery, reading and patching."""
