@@ -21,6 +21,15 @@ from aimri.errors import AimriError
 SCHEMA_VERSION = 1
 
 
+def _file_mode() -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_FILE_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; on success rename it onto `path`, else delete it.
@@ -30,6 +39,7 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp_name, _FILE_MODE)  # mkstemp makes 0600; give the usual permissions
     tmp = Path(tmp_name)
     try:
         yield tmp

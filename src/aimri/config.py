@@ -78,13 +78,13 @@ class CollectConfig:
     """Dtype activations are stored in."""
     batch_size: int = 16
     """Contexts per forward pass."""
-    shard_contexts: int = 256
-    """Contexts per shard file; the unit of resumption."""
+    shard_contexts: int | None = None
+    """Contexts per shard file, the unit of resumption; default: about 256 MiB per shard."""
     overwrite: bool = False
     """Delete an existing store with a different configuration instead of refusing."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or self.shard_contexts < 1:
+        if self.batch_size < 1 or (self.shard_contexts is not None and self.shard_contexts < 1):
             raise AimriError("batch_size and shard_contexts must be at least 1")
         if not self.sites:
             raise AimriError("no sites given: pass e.g. --sites 'blocks.*.hook_resid_post'")

@@ -1,0 +1,109 @@
+"""The `aimri` command: a thin shell over the API, generated from the config dataclasses.
+
+Each subcommand is one config class (see `config.py`); tyro turns its fields and docstrings
+into flags and help, so the CLI and the API cannot drift. Heavy imports happen inside the
+handlers, so `aimri --help` never imports torch. This is the only module that prints.
+`AimriError` is shown as one line; `--traceback` or AIMRI_TRACEBACK=1 shows the traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import tyro
+
+from aimri.config import CollectConfig, ModelConfig, ScanConfig
+from aimri.errors import AimriError
+
+
+@dataclass(frozen=True, kw_only=True)
+class SitesConfig:
+    """List a model's sites (names to pass to --sites) and its shape."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pattern: str = "*"
+    """Only sites matching this glob, e.g. 'blocks.3.*'."""
+
+
+COMMANDS = {
+    "scan": ScanConfig,
+    "collect": CollectConfig,
+    "sites": SitesConfig,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    show_traceback = os.environ.get("AIMRI_TRACEBACK") == "1"
+    if "--traceback" in args:
+        args.remove("--traceback")
+        show_traceback = True
+    cfg = tyro.extras.subcommand_cli_from_dict(
+        COMMANDS,  # type: ignore[arg-type]
+        args=args,
+        prog="aimri",
+        description="aimri: an MRI for AI models. Add --traceback to any command for full errors.",
+    )
+    _setup_logging()
+    try:
+        _dispatch(cfg)
+    except AimriError as e:
+        if show_traceback:
+            raise
+        print(f"aimri: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("aimri: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    return 0
+
+
+def _dispatch(cfg: object) -> None:
+    if isinstance(cfg, ScanConfig):
+        from aimri.scan.run import scan
+
+        r = scan(cfg)
+        print(f"scan complete in {r.seconds:.0f}s: {r.run_dir}")
+        print(f"report: {r.report.resolve()}")
+    elif isinstance(cfg, CollectConfig):
+        from aimri.store.collect import collect
+
+        c = collect(cfg)
+        print(
+            f"{c.n_tokens:,} tokens in {c.n_shards} shard(s) at {c.path} "
+            f"({c.resumed_shards} reused; {c.tokens_per_second:,.0f} tokens/s)"
+        )
+    elif isinstance(cfg, SitesConfig):
+        _print_sites(cfg)
+    else:  # pragma: no cover - tyro only returns the classes above
+        raise AssertionError(type(cfg))
+
+
+def _print_sites(cfg: SitesConfig) -> None:
+    from aimri.model.load import load_model
+
+    model = load_model(cfg.model)
+    i = model.info
+    print(
+        f"{i.spec}: {i.family}, {i.n_layers} layers, d_model {i.d_model}, d_mlp {i.d_mlp}, "
+        f"{i.n_heads} heads, vocab {i.vocab_size:,}, {i.n_params:,} parameters"
+    )
+    for site in model.expand_sites([cfg.pattern]):
+        width = "[head, query, key]" if site.endswith("hook_pattern") else str(model.site_width(site))
+        print(f"  {site:<34} {width}")
+
+
+def _setup_logging() -> None:
+    level = os.environ.get("AIMRI_LOG_LEVEL", "INFO").upper()
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "accelerate", "gguf", "datasets"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Small inline SVG charts, so the report needs no plotting library and no network.
+
+Every piece of text is escaped; numbers are formatted here. Not here: page layout (templates).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from markupsafe import Markup, escape
+
+PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
+
+
+def line_chart(
+    xs: Sequence[float],
+    series: dict[str, Sequence[float | None]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    log_y: bool = False,
+    width: int = 600,
+    height: int = 280,
+) -> Markup:
+    """One or more lines over shared x values; a point's tooltip shows its value."""
+    left, right, top, bottom = 64, 16, 30, 44
+    legend_rows = len(series) if len(series) > 1 else 0
+    height += 16 * legend_rows
+    bottom += 16 * legend_rows
+    values = [v for ys in series.values() for v in ys if v is not None and (v > 0 or not log_y)]
+    if not xs or not values:
+        return Markup("<p class='muted'>(no data for {})</p>").format(title)
+    f = math.log10 if log_y else (lambda v: v)
+    lo, hi = f(min(values)), f(max(values))
+    if hi - lo < 1e-12:
+        lo, hi = lo - 1, hi + 1
+    x0, x1 = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+
+    def px(x: float) -> float:
+        return left + (x - x0) / (x1 - x0) * (width - left - right)
+
+    def py(v: float) -> float:
+        return top + (1 - (f(v) - lo) / (hi - lo)) * (height - top - bottom)
+
+    parts = [
+        f'<svg class="chart" viewBox="0 0 {width} {height}" width="{width}" height="{height}" '
+        f'role="img" aria-label="{escape(title)}">',
+        f'<text x="{width / 2}" y="18" text-anchor="middle" class="ct">{escape(title)}</text>',
+        f'<text x="{width / 2}" y="{height - bottom + 32}" text-anchor="middle" class="ax">{escape(xlabel)}</text>',
+        f'<text x="14" y="{height / 2}" text-anchor="middle" class="ax" '
+        f'transform="rotate(-90 14 {height / 2})">{escape(ylabel)}</text>',
+    ]
+    for i in range(5):  # y grid and ticks
+        t = lo + (hi - lo) * i / 4
+        v = 10**t if log_y else t
+        y = py(v)
+        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
+        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tk">{_fmt(v)}</text>')
+    for x in _ticks(x0, x1):
+        parts.append(f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" class="tk">{_fmt(x)}</text>')
+    for k, (name, ys) in enumerate(series.items()):
+        color = PALETTE[k % len(PALETTE)]
+        pts = [(px(x), py(v), x, v) for x, v in zip(xs, ys, strict=True) if v is not None and (v > 0 or not log_y)]
+        path = " ".join(f"{a:.1f},{b:.1f}" for a, b, _, _ in pts)
+        parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
+        for a, b, x, v in pts:
+            tip = escape(f"{name}: x={_fmt(x)}, y={_fmt(v)}")
+            parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"><title>{tip}</title></circle>')
+        if legend_rows:
+            ly = height - bottom + 44 + 16 * k
+            parts.append(f'<rect x="{left}" y="{ly}" width="10" height="10" fill="{color}"/>')
+            parts.append(f'<text x="{left + 15}" y="{ly + 9}" class="tk">{escape(name)}</text>')
+    parts.append("</svg>")
+    return Markup("".join(parts))
+
+
+def _ticks(x0: float, x1: float, n: int = 6) -> list[float]:
+    step = max(1, math.ceil((x1 - x0) / n))
+    return [x0 + i * step for i in range(int((x1 - x0) // step) + 1)]
+
+
+def _fmt(v: float) -> str:
+    if v == 0:
+        return "0"
+    if abs(v) >= 1000 or abs(v) < 0.01:
+        return f"{v:.2g}"
+    if float(v).is_integer():
+        return str(int(v))
+    return f"{v:.3g}"

@@ -1,0 +1,72 @@
+"""Findings: short, computed observations with their evidence, drawn from stage results.
+
+Each finding names what was seen, where, and the numbers behind it; nothing is asserted
+without a measurement. Not here: computing the measurements (the stages do).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SINK_RATIO = 5.0
+MASSIVE_DIM_RATIO = 20.0
+
+
+def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    stats = results.get("statistics", {}).get("sites", [])
+    sinks = [(s["site"], s["bos_norm_ratio"]) for s in stats if s["bos_norm_ratio"] >= SINK_RATIO]
+    if sinks:
+        worst = max(sinks, key=lambda x: x[1])
+        out.append(
+            {
+                "id": "bos-norm-outlier",
+                "title": "The first token's activations dwarf the rest (attention-sink signature)",
+                "severity": "info",
+                "summary": f"At {len(sinks)} of {len(stats)} sites the norm at position 0 is at "
+                f"least {SINK_RATIO:g}x the median norm elsewhere; largest {worst[1]:.1f}x at {worst[0]}. "
+                "Dictionaries trained on these sites should leave position 0 out.",
+                "evidence": {"sites": [{"site": s, "ratio": round(r, 2)} for s, r in sinks]},
+            }
+        )
+    massive = [
+        {"site": s["site"], "dim": d, "ratio": round(r, 1)}
+        for s in stats
+        for d, r in s["top_dims"]
+        if r >= MASSIVE_DIM_RATIO
+    ]
+    if massive:
+        dims = sorted({m["dim"] for m in massive})
+        out.append(
+            {
+                "id": "massive-dimensions",
+                "title": "A few residual dimensions carry outsized activations",
+                "severity": "info",
+                "summary": f"Dimensions {dims[:8]} have a mean |activation| at least "
+                f"{MASSIVE_DIM_RATIO:g}x the median dimension's at {len({m['site'] for m in massive})} sites.",
+                "evidence": {"dimensions": massive[:60]},
+            }
+        )
+    # The last site's lens is the model's output itself, so it says nothing about formation.
+    lens = results.get("logit_lens", {}).get("layers", [])[:-1]
+    if lens:
+        formed = next((x for x in lens if x["agreement_with_model"] >= 0.5), None)
+        best = max(lens, key=lambda x: x["agreement_with_model"])
+        summary = (
+            f"The logit lens first agrees with the model's own top prediction on most tokens "
+            f"({100 * formed['agreement_with_model']:.0f}%) at {formed['site']}."
+            if formed
+            else f"No site before the last agrees with the model's top prediction on most "
+            f"tokens; the closest is {best['site']} at {100 * best['agreement_with_model']:.0f}%: "
+            "the prediction forms late, or in a basis the plain logit lens cannot read."
+        )
+        out.append(
+            {
+                "id": "prediction-forms",
+                "title": "Where the next-token prediction forms",
+                "severity": "info",
+                "summary": summary,
+                "evidence": {"layers": [{k: x[k] for k in ("site", "agreement_with_model")} for x in lens]},
+            }
+        )
+    return out

@@ -1,0 +1,186 @@
+"""`aimri scan`: run every stage that exists on one model and write a run directory.
+
+```
+runs/<name>/run.json      config, model identity (weights hash), versions, timings
+runs/<name>/activations/  the activation store (see aimri.store)
+runs/<name>/scan.json     machine-readable results, schema_version
+runs/<name>/report.html   one self-contained page
+```
+Stages so far: activations → statistics → logit lens. Later stages add themselves to
+`_stages`. Not here: the stages' own logic (each lives in its module).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import re
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aimri import __version__
+from aimri._io import write_json_atomic
+from aimri.config import CollectConfig, ScanConfig
+from aimri.model.adapter import Model
+from aimri.model.load import load_model
+from aimri.report.render import render_report
+from aimri.scan.findings import findings_from
+from aimri.scan.lens import lens_over_store, lens_table, residual_sites
+from aimri.scan.stats import site_statistics
+from aimri.store.collect import collect
+from aimri.store.reader import ActivationStore
+
+log = logging.getLogger(__name__)
+LENS_PROMPTS = (
+    "The capital of France is",
+    "def add(a, b):\n    return a +",
+    "Monday, Tuesday, Wednesday,",
+)
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    run_dir: Path
+    report: Path
+    scan_json: Path
+    seconds: float
+
+
+def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
+    t0 = time.perf_counter()
+    run_dir = cfg.runs_dir / (cfg.name or _default_name(cfg.model.spec))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    run_info: dict[str, Any] = {
+        "kind": "aimri.run",
+        "status": "running",
+        "started": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": to_jsonable(cfg),
+        "versions": _versions(),
+        "timings_s": timings,
+    }
+    write_json_atomic(run_dir / "run.json", run_info)
+
+    with _timed(timings, "load_model"):
+        model = model or load_model(cfg.model)
+        weights_sha = model.weights_sha256
+    run_info["model"] = {**dataclasses.asdict(model.info), "weights_sha256": weights_sha}
+    results: dict[str, Any] = {}
+    for name, stage in _stages():
+        with _timed(timings, name):
+            results[name] = stage(cfg, model, run_dir, results)
+        log.info("scan: %s done in %.1fs", name, timings[name])
+
+    scan_doc = {
+        "kind": "aimri.scan",
+        "run": run_dir.name,
+        "created": run_info["started"],
+        "model": run_info["model"],
+        "findings": findings_from(results),
+        "stages": results,
+        "timings_s": timings,
+        "versions": run_info["versions"],
+    }
+    write_json_atomic(run_dir / "scan.json", scan_doc)
+    with _timed(timings, "report"):
+        report = render_report(scan_doc, run_dir / "report.html")
+    run_info.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"))
+    write_json_atomic(run_dir / "run.json", run_info)
+    return ScanResult(run_dir, report, run_dir / "scan.json", time.perf_counter() - t0)
+
+
+Stage = Callable[[ScanConfig, Model, Path, dict[str, Any]], dict[str, Any]]
+
+
+def _stages() -> list[tuple[str, Stage]]:
+    return [("activations", _activations), ("statistics", _statistics), ("logit_lens", _logit_lens)]
+
+
+def _activations(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]) -> dict[str, Any]:
+    collect_cfg = CollectConfig(
+        out=run_dir / "activations",
+        model=cfg.model,
+        corpus=cfg.corpus,
+        sites=cfg.sites,
+        dtype=cfg.store_dtype,
+        batch_size=cfg.batch_size,
+        overwrite=cfg.overwrite,
+    )
+    r = collect(collect_cfg, model=model)
+    store = ActivationStore(r.path)
+    tokens = store.load("tokens", 0)
+    ctx_len = cfg.corpus.ctx_len
+    samples = [model.tokenizer.decode(tokens[i * ctx_len : (i + 1) * ctx_len]) for i in range(3)]
+    return {
+        "path": "activations",
+        "corpus": to_jsonable(cfg.corpus),
+        "sites": store.identity["sites"],
+        "dtype": cfg.store_dtype,
+        "n_tokens": r.n_tokens,
+        "n_shards": r.n_shards,
+        "tokens_per_second": round(r.tokens_per_second, 1),
+        "resumed_shards": r.resumed_shards,
+        "sample_contexts": samples,
+    }
+
+
+def _statistics(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]) -> dict[str, Any]:
+    store = ActivationStore(run_dir / "activations")
+    return {"sites": [dataclasses.asdict(s) for s in site_statistics(store)]}
+
+
+def _logit_lens(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]) -> dict[str, Any]:
+    store = ActivationStore(run_dir / "activations")
+    sites = residual_sites(store.sites)
+    layers = lens_over_store(model, store)
+    tables = [lens_table(model, p, sites, k=3) for p in LENS_PROMPTS] if sites else []
+    return {
+        "layers": [dataclasses.asdict(x) for x in layers],
+        "tables": [dataclasses.asdict(t) for t in tables],
+    }
+
+
+@contextmanager
+def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+    t = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(time.perf_counter() - t, 2)
+
+
+def _default_name(spec: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9]+", "-", Path(spec).stem if "/" in spec else spec).strip("-")
+    return f"{slug or 'model'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    return {
+        "aimri": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "platform": platform.platform(),
+    }
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

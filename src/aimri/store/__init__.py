@@ -1,0 +1,1 @@
+"""The activation store: sharded safetensors plus a manifest; writer, reader, streaming."""

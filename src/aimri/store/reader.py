@@ -1,0 +1,163 @@
+"""Read activations back: from a store on disk, or on the fly from a model (no disk).
+
+Both give shuffled training batches through the same bounded mixing buffer: shards (or
+forward-pass chunks) stream in, the buffer is permuted, and half of it is served as batches.
+Memory stays at about `buffer_tokens` rows whatever the store's size.
+Not here: writing (`collect.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import Tensor
+
+from aimri._io import sha256_file
+from aimri.config import CorpusConfig
+from aimri.corpus.contexts import iter_contexts
+from aimri.errors import AimriError
+from aimri.model.adapter import Model
+from aimri.store.manifest import read_manifest
+
+DEFAULT_BUFFER_TOKENS = 1 << 18
+
+
+class ActivationStore:
+    """A complete store on disk. Shards are checked against their sha256 when first opened."""
+
+    def __init__(self, path: str | Path, *, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = read_manifest(self.path)
+        if not self.manifest.get("complete"):
+            raise AimriError(
+                f"activation store '{self.path}' is incomplete (its collection was interrupted): "
+                "run the same `aimri collect` command again to finish it"
+            )
+        self.verify = verify
+        self._verified: set[str] = set()
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.manifest["identity"]
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.identity["sites"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.manifest["shards"])
+
+    def width(self, site: str) -> int:
+        return int(self.identity["sites"][self._check_site(site)])
+
+    def load(self, name: str, shard: int) -> Tensor:
+        """One tensor of one shard: a site [n_tokens, width], or tokens/positions/context_ids."""
+        if name not in ("tokens", "positions", "context_ids"):
+            self._check_site(name)
+        path = self._shard_path(shard)
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(name)
+
+    def tokens(self) -> Tensor:
+        """All token ids, [n_tokens] int32, in store order."""
+        return torch.cat([self.load("tokens", i) for i in range(self.n_shards)])
+
+    def iter_shards(self, site: str) -> Iterator[Tensor]:
+        """The site's activations shard by shard, in order."""
+        for i in range(self.n_shards):
+            yield self.load(site, i)
+
+    def batches(
+        self,
+        site: str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+        skip_bos: bool = False,
+    ) -> Iterator[Tensor]:
+        """Training batches [batch_size, width] of one site; the last partial batch is dropped.
+
+        `skip_bos` leaves out position 0 (the BOS token, whose norm dwarfs the rest).
+        """
+        self._check_site(site)
+        g = torch.Generator().manual_seed(seed)
+        order = torch.randperm(self.n_shards, generator=g).tolist() if shuffle else range(self.n_shards)
+
+        def chunks() -> Iterator[Tensor]:
+            for i in order:
+                x = self.load(site, i)
+                if skip_bos:
+                    x = x[self.load("positions", i) != 0]
+                yield x
+
+        return mix(chunks(), batch_size, g if shuffle else None, buffer_tokens)
+
+    def _check_site(self, site: str) -> str:
+        if site not in self.identity["sites"]:
+            raise AimriError(
+                f"site '{site}' is not in activation store '{self.path}' (it holds: "
+                f"{', '.join(self.sites)}); collect it with `aimri collect --sites {site}`"
+            )
+        return site
+
+    def _shard_path(self, shard: int) -> Path:
+        record = self.manifest["shards"][shard]
+        path = self.path / record["file"]
+        if not path.is_file():
+            raise AimriError(f"shard '{path}' is missing: re-run the `aimri collect` that made it")
+        if self.verify and record["file"] not in self._verified:
+            actual = sha256_file(path)
+            if actual != record["sha256"]:
+                raise AimriError(
+                    f"shard '{path}' is corrupt: its sha256 is {actual[:12]}…, the manifest says "
+                    f"{record['sha256'][:12]}…; delete the shard and its .json sidecar and run "
+                    "the same `aimri collect` command again to re-create it"
+                )
+            self._verified.add(record["file"])
+        return path
+
+
+def stream_activations(
+    model: Model, corpus: CorpusConfig, sites: Sequence[str], *, batch_size: int = 16
+) -> Iterator[dict[str, Tensor]]:
+    """On the fly, no disk: per forward batch, site -> [batch*ctx_len, width] (model dtype)."""
+    names = model.expand_sites(sites)
+    contexts = iter_contexts(model.tokenizer, corpus)
+    while batch := [c for _, c in zip(range(batch_size), contexts, strict=False)]:
+        acts = model.run(torch.stack(batch), read=names, logits=False).acts
+        yield {s: a.reshape(-1, a.shape[-1]) for s, a in acts.items()}
+
+
+def mix(
+    chunks: Iterator[Tensor],
+    batch_size: int,
+    generator: torch.Generator | None,
+    buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+) -> Iterator[Tensor]:
+    """Serve fixed-size batches from a stream of [n, width] chunks; shuffle at token level
+    through a buffer of about `buffer_tokens` rows when a generator is given."""
+    buf: Tensor | None = None
+    for chunk in chunks:
+        buf = chunk if buf is None else torch.cat([buf, chunk])
+        while len(buf) >= max(buffer_tokens, 2 * batch_size):
+            if generator is not None:
+                buf = buf[torch.randperm(len(buf), generator=generator)]
+            n_out = (len(buf) // 2) // batch_size * batch_size
+            yield from buf[:n_out].split(batch_size)
+            buf = buf[n_out:]
+    if buf is not None:
+        if generator is not None:
+            buf = buf[torch.randperm(len(buf), generator=generator)]
+        n_out = len(buf) // batch_size * batch_size
+        yield from buf[:n_out].split(batch_size)
