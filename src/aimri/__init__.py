@@ -23,14 +23,14 @@ _LAZY = {
     "stream_activations": "aimri.store.reader",
     "iter_contexts": "aimri.corpus.contexts",
     "take_contexts": "aimri.corpus.contexts",
-    "scan": "aimri.scan.run",
+    "scan": "aimri.scanner.run",
 }
 
 if TYPE_CHECKING:
     from aimri.corpus.contexts import iter_contexts, take_contexts
     from aimri.model.adapter import Model
     from aimri.model.load import load_model
-    from aimri.scan.run import scan
+    from aimri.scanner.run import scan
     from aimri.store.collect import collect
     from aimri.store.reader import ActivationStore, stream_activations
 

@@ -63,19 +63,24 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(cfg: object) -> None:
     if isinstance(cfg, ScanConfig):
-        from aimri.scan.run import scan
+        from aimri.scanner.run import scan
 
         r = scan(cfg)
         print(f"scan complete in {r.seconds:.0f}s: {r.run_dir}")
         print(f"report: {r.report.resolve()}")
     elif isinstance(cfg, CollectConfig):
+        from aimri.distributed import shutdown, world
         from aimri.store.collect import collect
 
-        c = collect(cfg)
-        print(
-            f"{c.n_tokens:,} tokens in {c.n_shards} shard(s) at {c.path} "
-            f"({c.resumed_shards} reused; {c.tokens_per_second:,.0f} tokens/s)"
-        )
+        try:
+            c = collect(cfg)
+            if world().rank == 0:
+                print(
+                    f"{c.n_tokens:,} tokens in {c.n_shards} shard(s) at {c.path} "
+                    f"({c.resumed_shards} reused; {c.tokens_per_second:,.0f} tokens/s on this rank)"
+                )
+        finally:
+            shutdown()
     elif isinstance(cfg, SitesConfig):
         _print_sites(cfg)
     else:  # pragma: no cover - tyro only returns the classes above
@@ -92,13 +97,17 @@ def _print_sites(cfg: SitesConfig) -> None:
         f"{i.n_heads} heads, vocab {i.vocab_size:,}, {i.n_params:,} parameters"
     )
     for site in model.expand_sites([cfg.pattern]):
-        width = "[head, query, key]" if site.endswith("hook_pattern") else str(model.site_width(site))
+        width = (
+            "[head, query, key]" if site.endswith("hook_pattern") else str(model.site_width(site))
+        )
         print(f"  {site:<34} {width}")
 
 
 def _setup_logging() -> None:
     level = os.environ.get("AIMRI_LOG_LEVEL", "INFO").upper()
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
     for noisy in ("transformers", "accelerate", "gguf", "datasets"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")

@@ -41,3 +41,9 @@ def device_for_rank(requested: str) -> str:
     if requested == "auto" and w.size > 1 and torch.cuda.is_available():
         return f"cuda:{w.local_rank}"
     return requested
+
+
+def shutdown() -> None:
+    """End the process group (torchrun jobs), so that ranks exit cleanly."""
+    if dist.is_initialized():
+        dist.destroy_process_group()

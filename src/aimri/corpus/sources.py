@@ -37,14 +37,20 @@ def iter_documents(cfg: CorpusConfig) -> Iterator[str]:
 
 
 def _file_documents(path: Path, cfg: CorpusConfig) -> Iterator[str]:
-    if path.is_dir() and ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()):
+    if path.is_dir() and (
+        (path / "dataset_info.json").is_file() or (path / "state.json").is_file()
+    ):
         yield from _saved_dataset(path, cfg)
         return
-    files = sorted(p for p in path.rglob("*") if p.suffix in FILE_SUFFIXES) if path.is_dir() else [path]
+    files = (
+        sorted(p for p in path.rglob("*") if p.suffix in FILE_SUFFIXES) if path.is_dir() else [path]
+    )
     if not files:
         raise AimriError(f"corpus folder '{path}' holds no {'/'.join(FILE_SUFFIXES)} files")
     for f in files:
-        reader = {".txt": _text_file, ".jsonl": _jsonl_file, ".parquet": _parquet_file}.get(f.suffix)
+        reader = {".txt": _text_file, ".jsonl": _jsonl_file, ".parquet": _parquet_file}.get(
+            f.suffix
+        )
         if reader is None:
             raise AimriError(
                 f"corpus file '{f}' has an unknown type '{f.suffix}': use {', '.join(FILE_SUFFIXES)}"
@@ -98,7 +104,9 @@ def _saved_dataset(path: Path, cfg: CorpusConfig) -> Iterator[str]:
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         if cfg.split not in ds:
-            raise AimriError(f"dataset '{path}' has no split '{cfg.split}' (splits: {', '.join(ds)})")
+            raise AimriError(
+                f"dataset '{path}' has no split '{cfg.split}' (splits: {', '.join(ds)})"
+            )
         ds = ds[cfg.split]
     yield from _rows(ds, cfg.text_field, str(path))
 

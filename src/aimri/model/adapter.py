@@ -75,7 +75,7 @@ class Model:
     def __init__(self, hf_model: nn.Module, tokenizer: Any, *, spec: str, source: str) -> None:
         self.hf = hf_model.eval()
         self.tokenizer = tokenizer
-        config = hf_model.config  # type: ignore[attr-defined]
+        config: Any = hf_model.config
         self.layout: ModelLayout = discover_layout(hf_model, config)
         embed = hf_model.get_input_embeddings()  # type: ignore[operator]
         d_model = int(embed.weight.shape[1])
@@ -126,7 +126,7 @@ class Model:
             h.update(flat.view(torch.uint8).numpy().data)
         return h.hexdigest()
 
-    @torch.inference_mode()
+    @torch.no_grad()  # not inference_mode: the activations stay usable in autograd later
     def run(
         self,
         input_ids: Tensor,

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -113,9 +114,9 @@ def _gguf_to_cached_dir(gguf: Path) -> str:
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
     try:
         # The tensors are already dequantized to float32: save them as a plain model.
-        hf.hf_quantizer = None
+        setattr(hf, "hf_quantizer", None)  # noqa: B010
         if hasattr(hf.config, "quantization_config"):
-            del hf.config.quantization_config
+            delattr(hf.config, "quantization_config")
         hf.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         os.replace(tmp, target)
@@ -124,7 +125,7 @@ def _gguf_to_cached_dir(gguf: Path) -> str:
     return str(target)
 
 
-def _from_pretrained(where: str, cfg: ModelConfig):
+def _from_pretrained(where: str, cfg: ModelConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = getattr(torch, cfg.dtype)
@@ -145,7 +146,7 @@ def _from_pretrained(where: str, cfg: ModelConfig):
             f"({str(e).splitlines()[0]}); download it where there is network, or use a local "
             f"directory, a .gguf file, or a built-in alias ({', '.join(BUILTIN_MODELS)})"
         ) from e
-    return hf.to(device), tok
+    return hf.to(device), tok  # type: ignore[call-arg]
 
 
 def _device(name: str) -> torch.device:

@@ -25,7 +25,9 @@ def _env() -> Environment:
         lstrip_blocks=True,
     )
     env.globals["line_chart"] = line_chart
-    env.filters["num"] = lambda v, d=3: "–" if v is None else f"{v:,.{d}g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    env.filters["num"] = lambda v, d=3: (
+        "–" if v is None else f"{v:,.{d}g}" if abs(v) < 1e5 else f"{v:,.0f}"
+    )
     env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
     return env
 
@@ -36,7 +38,9 @@ def render_report(scan: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def _by_kind(rows: list[dict[str, Any]], key: str | Callable[[dict[str, Any]], float]) -> tuple[list[int], dict[str, list[float | None]]]:
+def _by_kind(
+    rows: list[dict[str, Any]], key: str | Callable[[dict[str, Any]], float]
+) -> tuple[list[int], dict[str, list[float | None]]]:
     """Rows keyed by site → layers on x, one series per site kind."""
     layers = sorted({parse_site(r["site"]).layer for r in rows})
     series: dict[str, list[float | None]] = {}
@@ -55,23 +59,68 @@ def _charts(scan: dict[str, Any]) -> dict[str, Any]:
     if stats:
         layers, med = _by_kind(stats, lambda r: r["norm_quantiles"]["p50"])
         _, p90 = _by_kind(stats, lambda r: r["norm_quantiles"]["p90"])
-        series = {f"{k} median": v for k, v in med.items()} | {f"{k} p90": v for k, v in p90.items()}
-        charts["norms"] = line_chart(layers, series, title="Activation norm by layer (position 0 left out)", xlabel="layer", ylabel="L2 norm", log_y=True)
+        series = {f"{k} median": v for k, v in med.items()} | {
+            f"{k} p90": v for k, v in p90.items()
+        }
+        charts["norms"] = line_chart(
+            layers,
+            series,
+            title="Activation norm by layer (position 0 left out)",
+            xlabel="layer",
+            ylabel="L2 norm",
+            log_y=True,
+        )
         _, ratio = _by_kind(stats, "bos_norm_ratio")
-        charts["bos"] = line_chart(layers, ratio, title="Norm at position 0 / median norm elsewhere", xlabel="layer", ylabel="ratio", log_y=True)
-        _, cos = _by_kind([r for r in stats if r["cos_with_previous"] is not None], "cos_with_previous")
+        charts["bos"] = line_chart(
+            layers,
+            ratio,
+            title="Norm at position 0 / median norm elsewhere",
+            xlabel="layer",
+            ylabel="ratio",
+            log_y=True,
+        )
+        _, cos = _by_kind(
+            [r for r in stats if r["cos_with_previous"] is not None], "cos_with_previous"
+        )
         if cos:
-            charts["cos"] = line_chart(layers[1:] if len(layers) > 1 else layers, {k: v[-(len(layers) - 1):] for k, v in cos.items()}, title="Cosine with the previous residual site", xlabel="layer", ylabel="mean cosine")
+            charts["cos"] = line_chart(
+                layers[1:] if len(layers) > 1 else layers,
+                {k: v[-(len(layers) - 1) :] for k, v in cos.items()},
+                title="Cosine with the previous residual site",
+                xlabel="layer",
+                ylabel="mean cosine",
+            )
         picks = [stats[0], stats[len(stats) // 2], stats[-1]]
         picks = list({r["site"]: r for r in picks}.values())
         n = len(picks[0]["norm_by_position"])
-        charts["positions"] = line_chart(list(range(n)), {r["site"]: r["norm_by_position"] for r in picks}, title="Mean norm by position in the context", xlabel="position", ylabel="L2 norm", log_y=True)
+        charts["positions"] = line_chart(
+            list(range(n)),
+            {r["site"]: r["norm_by_position"] for r in picks},
+            title="Mean norm by position in the context",
+            xlabel="position",
+            ylabel="L2 norm",
+            log_y=True,
+        )
     lens = scan["stages"].get("logit_lens", {}).get("layers", [])
     if lens:
         layers, acc = _by_kind(lens, "next_token_accuracy")
         _, agree = _by_kind(lens, "agreement_with_model")
-        series = {f"next-token accuracy ({k})": v for k, v in acc.items()} | {f"agrees with model ({k})": v for k, v in agree.items()}
-        charts["lens_acc"] = line_chart(layers, series, title="Logit lens: top-1 accuracy by layer", xlabel="layer", ylabel="share of tokens")
+        series = {f"next-token accuracy ({k})": v for k, v in acc.items()} | {
+            f"agrees with model ({k})": v for k, v in agree.items()
+        }
+        charts["lens_acc"] = line_chart(
+            layers,
+            series,
+            title="Logit lens: top-1 accuracy by layer",
+            xlabel="layer",
+            ylabel="share of tokens",
+        )
         _, ce = _by_kind(lens, "next_token_ce")
-        charts["lens_ce"] = line_chart(layers, ce, title="Logit lens: next-token cross-entropy by layer", xlabel="layer", ylabel="nats")
+        charts["lens_ce"] = line_chart(
+            layers,
+            ce,
+            title="Logit lens: next-token cross-entropy by layer",
+            xlabel="layer",
+            ylabel="nats",
+        )
     return charts

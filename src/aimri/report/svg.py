@@ -6,7 +6,7 @@ Every piece of text is escaped; numbers are formatted here. Not here: page layou
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from markupsafe import Markup, escape
 
@@ -15,7 +15,7 @@ PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2")
 
 def line_chart(
     xs: Sequence[float],
-    series: dict[str, Sequence[float | None]],
+    series: Mapping[str, Sequence[float | None]],
     *,
     title: str,
     xlabel: str,
@@ -56,18 +56,30 @@ def line_chart(
         t = lo + (hi - lo) * i / 4
         v = 10**t if log_y else t
         y = py(v)
-        parts.append(f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>')
-        parts.append(f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tk">{_fmt(v)}</text>')
+        parts.append(
+            f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
+        )
+        parts.append(
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tk">{_fmt(v)}</text>'
+        )
     for x in _ticks(x0, x1):
-        parts.append(f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" class="tk">{_fmt(x)}</text>')
+        parts.append(
+            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" class="tk">{_fmt(x)}</text>'
+        )
     for k, (name, ys) in enumerate(series.items()):
         color = PALETTE[k % len(PALETTE)]
-        pts = [(px(x), py(v), x, v) for x, v in zip(xs, ys, strict=True) if v is not None and (v > 0 or not log_y)]
+        pts = [
+            (px(x), py(v), x, v)
+            for x, v in zip(xs, ys, strict=True)
+            if v is not None and (v > 0 or not log_y)
+        ]
         path = " ".join(f"{a:.1f},{b:.1f}" for a, b, _, _ in pts)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
         for a, b, x, v in pts:
             tip = escape(f"{name}: x={_fmt(x)}, y={_fmt(v)}")
-            parts.append(f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"><title>{tip}</title></circle>')
+            parts.append(
+                f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"><title>{tip}</title></circle>'
+            )
         if legend_rows:
             ly = height - bottom + 44 + 16 * k
             parts.append(f'<rect x="{left}" y="{ly}" width="10" height="10" fill="{color}"/>')

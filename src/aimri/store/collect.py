@@ -75,7 +75,9 @@ def collect(cfg: CollectConfig, model: Model | None = None) -> CollectResult:
     dtype = getattr(torch, cfg.dtype)
     shards = _batched(iter_contexts(model.tokenizer, cfg.corpus), per_shard)
     planned = cfg.corpus.max_tokens // cfg.corpus.ctx_len * cfg.corpus.ctx_len
-    bar = tqdm(total=planned, unit="tok", unit_scale=True, desc="collect", disable=w.rank != 0 or None)
+    bar = tqdm(
+        total=planned, unit="tok", unit_scale=True, desc="collect", disable=w.rank != 0 or None
+    )
     computed_tokens, compute_seconds = 0, 0.0
     for index, contexts in enumerate(shards):
         n_tok = len(contexts) * cfg.corpus.ctx_len
@@ -125,7 +127,9 @@ def store_identity(cfg: CollectConfig, model: Model, widths: dict[str, int]) -> 
 def _shard_contexts(cfg: CollectConfig, widths: dict[str, int]) -> int:
     if cfg.shard_contexts is not None:
         return cfg.shard_contexts
-    bytes_per_context = cfg.corpus.ctx_len * sum(widths.values()) * torch.finfo(getattr(torch, cfg.dtype)).bits // 8
+    bytes_per_context = (
+        cfg.corpus.ctx_len * sum(widths.values()) * torch.finfo(getattr(torch, cfg.dtype)).bits // 8
+    )
     return max(1, SHARD_TARGET_BYTES // bytes_per_context)
 
 
@@ -175,7 +179,9 @@ def _shard_tensors(
     out = {s: torch.cat(p) for s, p in parts.items()}
     out["tokens"] = tokens.reshape(-1).to(torch.int32)
     out["positions"] = torch.arange(ctx_len, dtype=torch.int32).repeat(n_ctx)
-    out["context_ids"] = torch.arange(first_context, first_context + n_ctx).repeat_interleave(ctx_len)
+    out["context_ids"] = torch.arange(first_context, first_context + n_ctx).repeat_interleave(
+        ctx_len
+    )
     return out
 
 
@@ -185,11 +191,20 @@ def _write_shard(store: Path, index: int, tensors: dict[str, torch.Tensor], n_to
         save_file(tensors, str(tmp), metadata={"format": KIND})
         digest = sha256_file(tmp)
         size = tmp.stat().st_size
-    record = {"index": index, "file": path.name, "n_tokens": n_tokens, "bytes": size, "sha256": digest}
+    record = {
+        "index": index,
+        "file": path.name,
+        "n_tokens": n_tokens,
+        "bytes": size,
+        "sha256": digest,
+        "rank": world().rank,
+    }
     write_json_atomic(sidecar_path(store, index), record)
 
 
-def _manifest(identity: dict[str, Any], records: dict[int, dict[str, Any]], complete: bool) -> dict[str, Any]:
+def _manifest(
+    identity: dict[str, Any], records: dict[int, dict[str, Any]], complete: bool
+) -> dict[str, Any]:
     shards = [records[i] for i in sorted(records)]
     return {
         "kind": KIND,
@@ -201,7 +216,9 @@ def _manifest(identity: dict[str, Any], records: dict[int, dict[str, Any]], comp
     }
 
 
-def _write_manifest(out: Path, identity: dict[str, Any], records: dict[int, dict[str, Any]]) -> None:
+def _write_manifest(
+    out: Path, identity: dict[str, Any], records: dict[int, dict[str, Any]]
+) -> None:
     expected = sorted(records)
     if expected != list(range(len(expected))):
         missing = sorted(set(range(max(expected) + 1)) - set(expected))

@@ -92,7 +92,9 @@ class ActivationStore:
         """
         self._check_site(site)
         g = torch.Generator().manual_seed(seed)
-        order = torch.randperm(self.n_shards, generator=g).tolist() if shuffle else range(self.n_shards)
+        order = (
+            torch.randperm(self.n_shards, generator=g).tolist() if shuffle else range(self.n_shards)
+        )
 
         def chunks() -> Iterator[Tensor]:
             for i in order:

@@ -50,7 +50,9 @@ def lens_logits(model: Model, resid: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def lens_over_store(model: Model, store: ActivationStore, sample: int = 512, seed: int = 0) -> list[LensLayer]:
+def lens_over_store(
+    model: Model, store: ActivationStore, sample: int = 512, seed: int = 0
+) -> list[LensLayer]:
     """Logit-lens quality by layer on `sample` stored tokens that have a next token."""
     sites = residual_sites(store.sites)
     if not sites:

@@ -32,9 +32,9 @@ from aimri.config import CollectConfig, ScanConfig
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
-from aimri.scan.findings import findings_from
-from aimri.scan.lens import lens_over_store, lens_table, residual_sites
-from aimri.scan.stats import site_statistics
+from aimri.scanner.findings import findings_from
+from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
+from aimri.scanner.stats import site_statistics
 from aimri.store.collect import collect
 from aimri.store.reader import ActivationStore
 
@@ -80,7 +80,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         log.info("scan: %s done in %.1fs", name, timings[name])
 
     scan_doc = {
-        "kind": "aimri.scan",
+        "kind": "aimri.scanner",
         "run": run_dir.name,
         "created": run_info["started"],
         "model": run_info["model"],

@@ -45,7 +45,9 @@ def site_statistics(store: ActivationStore, sites: list[str] | None = None) -> l
     return out
 
 
-def _one_site(store: ActivationStore, site: str, positions: torch.Tensor, prev: str | None) -> SiteStats:
+def _one_site(
+    store: ActivationStore, site: str, positions: torch.Tensor, prev: str | None
+) -> SiteStats:
     norms, abs_sum, cos_sum = [], None, 0.0
     for i in range(store.n_shards):
         x = store.load(site, i).float()  # [n, d]
@@ -59,7 +61,9 @@ def _one_site(store: ActivationStore, site: str, positions: torch.Tensor, prev: 
     rest = norm[positions != 0]
     q = torch.quantile(rest[: 1 << 20], torch.tensor(QUANTILES))
     ctx_len = int(positions.max()) + 1
-    by_pos = torch.zeros(ctx_len).index_add_(0, positions, norm) / torch.bincount(positions, minlength=ctx_len)
+    by_pos = torch.zeros(ctx_len).index_add_(0, positions, norm) / torch.bincount(
+        positions, minlength=ctx_len
+    )
     mean_abs = abs_sum / len(norm)
     top = torch.topk(mean_abs, k=min(5, len(mean_abs)))
     median_dim = float(mean_abs.median()) or 1.0
@@ -70,6 +74,8 @@ def _one_site(store: ActivationStore, site: str, positions: torch.Tensor, prev: 
         norm_quantiles={f"p{round(p * 100)}": float(v) for p, v in zip(QUANTILES, q, strict=True)},
         bos_norm_ratio=float(norm[positions == 0].mean() / rest.median()),
         norm_by_position=[round(float(v), 4) for v in by_pos],
-        top_dims=[(int(i), float(v) / median_dim) for v, i in zip(top.values, top.indices, strict=True)],
+        top_dims=[
+            (int(i), float(v) / median_dim) for v, i in zip(top.values, top.indices, strict=True)
+        ],
         cos_with_previous=cos_sum / len(norm) if prev is not None else None,
     )

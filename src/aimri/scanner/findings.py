@@ -66,7 +66,9 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "title": "Where the next-token prediction forms",
                 "severity": "info",
                 "summary": summary,
-                "evidence": {"layers": [{k: x[k] for k in ("site", "agreement_with_model")} for x in lens]},
+                "evidence": {
+                    "layers": [{k: x[k] for k in ("site", "agreement_with_model")} for x in lens]
+                },
             }
         )
     return out

@@ -1,0 +1,108 @@
+"""End to end on the real built-in model, SmolLM2-135M-Instruct from its GGUF."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import torch
+
+from aimri import CorpusConfig, ScanConfig, scan
+from aimri.report.render import render_report
+
+pytestmark = pytest.mark.e2e
+
+
+def test_builtin_model_loads_and_predicts(smollm2):
+    assert (smollm2.info.family, smollm2.info.n_layers, smollm2.info.d_model) == ("llama", 30, 576)
+    ids = smollm2.tokenizer("The capital of France is", return_tensors="pt").input_ids
+    logits = smollm2.run(ids).logits
+    assert smollm2.tokenizer.decode(logits[0, -1].argmax()) == " Paris"
+
+
+def test_physics_on_the_real_model(smollm2):
+    ids = torch.randint(100, 40000, (2, 16), generator=torch.Generator().manual_seed(0))
+    clean = smollm2.run(ids).logits
+    sites = [s for s in smollm2.sites if not s.endswith("hook_pattern")]
+    run = smollm2.run(ids, read=sites)
+    assert torch.equal(run.logits, clean), "reading sites leaves logits unchanged"
+    a = run.acts
+    for layer in range(30):
+        pre, mid, post = (a[f"blocks.{layer}.hook_resid_{k}"] for k in ("pre", "mid", "post"))
+        torch.testing.assert_close(
+            mid, pre + a[f"blocks.{layer}.hook_attn_out"], atol=1e-3, rtol=1e-5
+        )
+        torch.testing.assert_close(
+            post, mid + a[f"blocks.{layer}.hook_mlp_out"], atol=1e-3, rtol=1e-5
+        )
+        if layer < 29:
+            assert torch.equal(post, a[f"blocks.{layer + 1}.hook_resid_pre"])
+    patched = smollm2.run(ids, patch={s: (lambda t: t.clone()) for s in sites}).logits
+    torch.testing.assert_close(patched, clean, atol=1e-3, rtol=0)
+
+
+def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
+    cfg = ScanConfig(
+        corpus=CorpusConfig(max_tokens=1024, ctx_len=64),
+        sites=(
+            "blocks.0.hook_resid_post",
+            "blocks.15.hook_resid_post",
+            "blocks.15.hook_mlp_out",
+            "blocks.29.hook_resid_post",
+        ),
+        runs_dir=tmp_path,
+        name="e2e",
+    )
+    r = scan(cfg, model=smollm2)
+    for name in ("run.json", "scan.json", "report.html", "activations/manifest.json"):
+        assert (r.run_dir / name).is_file(), name
+    doc = json.loads(r.scan_json.read_text())
+    assert doc["schema_version"] == 1 and doc["model"]["weights_sha256"] == smollm2.weights_sha256
+    assert doc["stages"]["activations"]["n_tokens"] == 1024
+    stats = {s["site"]: s for s in doc["stages"]["statistics"]["sites"]}
+    assert (
+        stats["blocks.29.hook_resid_post"]["norm_mean"]
+        > stats["blocks.0.hook_resid_post"]["norm_mean"]
+    )
+    lens = doc["stages"]["logit_lens"]["layers"]
+    assert [x["site"] for x in lens] == [
+        "blocks.0.hook_resid_post",
+        "blocks.15.hook_resid_post",
+        "blocks.29.hook_resid_post",
+    ]
+    assert lens[-1]["agreement_with_model"] > 0.95, "the last layer's lens is the model's output"
+    assert lens[-1]["next_token_accuracy"] > lens[0]["next_token_accuracy"]
+    run = json.loads((r.run_dir / "run.json").read_text())
+    assert run["status"] == "complete" and set(run["timings_s"]) >= {
+        "activations",
+        "statistics",
+        "logit_lens",
+    }
+    html = r.report.read_text()
+    assert (
+        "smollm2-135m" in html
+        and "<svg" in html
+        and "http://" not in html
+        and "https://" not in html
+    )
+
+    # Text from the corpus or the model is escaped: a token string cannot inject markup.
+    doc["stages"]["activations"]["sample_contexts"] = ["<script>alert('x')</script>"]
+    doc["stages"]["logit_lens"]["tables"][0]["top_tokens"][0] = ["<img src=x onerror=alert(1)>"]
+    hostile = render_report(doc, tmp_path / "hostile.html").read_text()
+    assert "<script>alert" not in hostile and "&lt;script&gt;alert" in hostile
+    assert "<img src=x" not in hostile and "&lt;img src=x" in hostile
+
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.skip("Debian chromium not installed: the browser check is skipped")
+    dom = subprocess.run(
+        [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'chrome'}", "--dump-dom",
+         f"file://{tmp_path / 'hostile.html'}"],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert "4 of 4 sites" in dom, "the page's script ran offline and filled in the site count"
+    assert "<script>alert" not in dom and "<img src=" not in dom
