@@ -31,8 +31,8 @@ scan: install
 	$(BIN)/aimri scan
 
 lint: install-dev
-	$(BIN)/ruff format --check src tests benchmarks
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks tools
+	$(BIN)/ruff check src tests benchmarks tools
 
 types: install-dev
 	$(BIN)/pyright

@@ -1,0 +1,49 @@
+"""The data flow is the import graph: a module imports only from stages before it."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parents[1] / "src" / "aimri"
+# Stage order (DESIGN.md): a module may import from its own stage and any earlier one.
+STAGES = {
+    "errors": 0,
+    "_io": 0,
+    "config": 0,
+    "distributed": 0,
+    "model": 1,
+    "corpus": 1,
+    "store": 2,
+    "report": 3,
+    "scanner": 4,
+    "cli": 5,
+    "__init__": 5,
+}
+
+
+def stage_of(module: str) -> int:
+    part = module.split(".")[1] if module.count(".") else "__init__"
+    return STAGES[part.removesuffix(".py")]
+
+
+def test_every_module_has_a_stage_and_imports_only_backwards():
+    bad = []
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC.parent).with_suffix("")
+        me = ".".join(rel.parts)
+        top = rel.parts[1] if len(rel.parts) > 1 else "__init__"
+        assert top in STAGES, f"{me}: add its stage to this test (and to DESIGN.md's data flow)"
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("aimri.")
+            ) and stage_of(node.module) > STAGES[top]:
+                bad.append(f"{me} imports {node.module}")
+    assert not bad, bad
+
+
+def test_corpus_does_not_need_a_model():
+    for path in (SRC / "corpus").glob("*.py"):
+        assert "aimri.model" not in path.read_text(), path.name
