@@ -193,3 +193,17 @@ def test_attention_patterns_are_not_stored_per_token(tiny_model, tiny_model_dir,
             config(tiny_model_dir, tmp_path / "s", sites=("blocks.0.attn.hook_pattern",)),
             model=tiny_model("llama"),
         )
+
+
+def test_on_the_fly_batches_are_shuffled_and_complete(tiny_model, tiny_model_dir, tmp_path):
+    from aimri import stream_batches
+
+    m = tiny_model("llama")
+    cfg = config(tiny_model_dir, tmp_path / "s", batch_size=8)
+    collect(cfg, model=m)
+    stored = torch.cat(list(ActivationStore(cfg.out).iter_shards("blocks.0.hook_resid_post")))
+    got = torch.cat(
+        list(stream_batches(m, cfg.corpus, "blocks.0.hook_resid_post", 64, buffer_tokens=300))
+    )
+    assert len(got) == len(stored) == 1280 and not torch.equal(got, stored)
+    torch.testing.assert_close(got.sum(0), stored.sum(0), atol=1e-3, rtol=1e-4)

@@ -21,6 +21,7 @@ _LAZY = {
     "collect": "aimri.store.collect",
     "ActivationStore": "aimri.store.reader",
     "stream_activations": "aimri.store.reader",
+    "stream_batches": "aimri.store.reader",
     "iter_contexts": "aimri.corpus.contexts",
     "take_contexts": "aimri.corpus.contexts",
     "scan": "aimri.scanner.run",
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from aimri.model.load import load_model
     from aimri.scanner.run import scan
     from aimri.store.collect import collect
-    from aimri.store.reader import ActivationStore, stream_activations
+    from aimri.store.reader import ActivationStore, stream_activations, stream_batches
 
 __all__ = [
     "ActivationStore",
@@ -47,6 +48,7 @@ __all__ = [
     "load_model",
     "scan",
     "stream_activations",
+    "stream_batches",
     "take_contexts",
 ]
 

@@ -141,6 +141,24 @@ def stream_activations(
         yield {s: a.reshape(-1, a.shape[-1]) for s, a in acts.items()}
 
 
+def stream_batches(
+    model: Model,
+    corpus: CorpusConfig,
+    site: str,
+    batch_size: int,
+    *,
+    seed: int = 0,
+    buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+    forward_batch: int = 16,
+) -> Iterator[Tensor]:
+    """On the fly, no disk: shuffled training batches [batch_size, width] of one site, through
+    the same bounded mixing buffer as `ActivationStore.batches`."""
+    chunks = (
+        acts[site] for acts in stream_activations(model, corpus, [site], batch_size=forward_batch)
+    )
+    return mix(chunks, batch_size, torch.Generator().manual_seed(seed), buffer_tokens)
+
+
 def mix(
     chunks: Iterator[Tensor],
     batch_size: int,
