@@ -15,6 +15,7 @@ STAGES = {
     "model": 1,
     "corpus": 1,
     "store": 2,
+    "dicts": 3,
     "report": 3,
     "scanner": 4,
     "cli": 5,

@@ -73,7 +73,7 @@ def test_interrupted_run_resumes_with_nothing_lost_or_duplicated(
     collect(whole, model=m)
 
     cut = config(tiny_model_dir, tmp_path / "cut")
-    real_write = collect_mod._write_shard
+    real_write = collect_mod.write_shard
     calls = []
 
     def write_then_die(*a, **kw):

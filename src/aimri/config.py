@@ -108,3 +108,99 @@ class ScanConfig:
     """Contexts per forward pass."""
     overwrite: bool = False
     """Replace a stored activation set made with another configuration."""
+
+
+Architecture = Literal["topk", "batchtopk", "jumprelu", "relu"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DictConfig:
+    """The shape and kind of a sparse dictionary (saved beside its weights)."""
+
+    architecture: Architecture = "topk"
+    """`topk` (k latents per token), `batchtopk` (k per token on average over a batch; saved as
+    JumpReLU with a learned threshold), `jumprelu`, or `relu` (L1 on activation × decoder norm)."""
+    d_in: int
+    d_sae: int
+    d_out: int | None = None
+    """Output width; None means d_in (an SAE). A transcoder maps d_in → d_out."""
+    k: int = 32
+    """Active latents per token (topk, batchtopk)."""
+    transcoder: bool = False
+    """Predict another site (the MLP's output) from this one (the MLP's input)."""
+    skip: bool = False
+    """Transcoders only: add a linear skip path input → output."""
+    site: str = ""
+    """Site the dictionary reads, e.g. `blocks.6.hook_resid_post`."""
+    site_out: str = ""
+    """Transcoders only: the site it predicts, e.g. `blocks.6.hook_mlp_out`."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in ("topk", "batchtopk", "jumprelu", "relu"):
+            raise AimriError(
+                f"unknown architecture '{self.architecture}': use one of topk, batchtopk, "
+                "jumprelu, relu"
+            )
+        if min(self.d_in, self.d_sae, self.k) < 1:
+            raise AimriError("d_in, d_sae and k must be positive")
+        if self.k > self.d_sae:
+            raise AimriError(f"k={self.k} exceeds the dictionary width d_sae={self.d_sae}")
+        if (self.skip or self.site_out) and not self.transcoder:
+            raise AimriError("skip and site_out are for transcoders: also pass --transcoder")
+
+    @property
+    def out_width(self) -> int:
+        return self.d_out or self.d_in
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimConfig:
+    """How a dictionary is optimised."""
+
+    batch_size: int = 4096
+    """Tokens per step (across all ranks under torchrun)."""
+    tokens: int | None = None
+    """Training budget in tokens; default one pass over the store."""
+    lr: float | None = None
+    """Adam learning rate; default 2e-4 / sqrt(d_sae / 16384), which scales with width."""
+    warmup_frac: float = 0.05
+    """Share of steps with a linear learning-rate warm-up."""
+    decay_frac: float = 0.2
+    """Share of final steps with a linear decay to zero."""
+    sparsity_coeff: float | None = None
+    """ReLU: L1 coefficient (default 5); JumpReLU: L0 coefficient (default 1)."""
+    aux_k_coeff: float = 1 / 32
+    """Weight of the auxiliary-K loss that revives dead latents."""
+    dead_after_tokens: int = 262_144
+    """A latent that has not fired for this many tokens counts as dead."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """Train a sparse dictionary (SAE or transcoder) on stored activations."""
+
+    store: Path
+    """Activation store made by `aimri collect`."""
+    site: str
+    """Site the dictionary reads."""
+    out: Path
+    """Output folder: SAELens layout (cfg.json + sae_weights.safetensors) plus metrics."""
+    site_out: str = ""
+    """Train a transcoder predicting this site (e.g. blocks.6.hook_mlp_out from
+    blocks.6.ln2.hook_normalized); empty: an SAE."""
+    architecture: Architecture = "topk"
+    expansion: int = 8
+    """d_sae = expansion × d_in."""
+    k: int = 32
+    """Active latents per token (topk, batchtopk)."""
+    skip: bool = False
+    """Transcoders: add a linear skip path."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    seed: int = 0
+    checkpoint_every: int = 200
+    """Steps between checkpoints (the unit of exact resumption)."""
+    skip_bos: bool = True
+    """Leave out position 0, whose outsized norm would dominate the loss."""
+    sparse_kernels: bool = True
+    """Sparse decoder and encoder-gradient kernels for topk/batchtopk (off: dense reference)."""
+    device: str = "auto"

@@ -86,7 +86,7 @@ def collect(cfg: CollectConfig, model: Model | None = None) -> CollectResult:
             continue
         t = time.perf_counter()
         tensors = _shard_tensors(model, contexts, sites, dtype, cfg.batch_size, index * per_shard)
-        _write_shard(cfg.out, index, tensors, n_tok)
+        write_shard(cfg.out, index, tensors, n_tok)
         compute_seconds += time.perf_counter() - t
         computed_tokens += n_tok
         bar.update(n_tok)
@@ -95,7 +95,7 @@ def collect(cfg: CollectConfig, model: Model | None = None) -> CollectResult:
     barrier()
     records = read_sidecars(cfg.out)
     if w.rank == 0:
-        _write_manifest(cfg.out, identity, records)
+        write_manifest(cfg.out, identity, records)
     barrier()
     return CollectResult(
         path=cfg.out,
@@ -185,7 +185,8 @@ def _shard_tensors(
     return out
 
 
-def _write_shard(store: Path, index: int, tensors: dict[str, torch.Tensor], n_tokens: int) -> None:
+def write_shard(store: Path, index: int, tensors: dict[str, torch.Tensor], n_tokens: int) -> None:
+    """Write one shard atomically, then its sidecar (which marks it complete)."""
     path = store / shard_name(index)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": KIND})
@@ -216,9 +217,7 @@ def _manifest(
     }
 
 
-def _write_manifest(
-    out: Path, identity: dict[str, Any], records: dict[int, dict[str, Any]]
-) -> None:
+def write_manifest(out: Path, identity: dict[str, Any], records: dict[int, dict[str, Any]]) -> None:
     expected = sorted(records)
     if expected != list(range(len(expected))):
         missing = sorted(set(range(max(expected) + 1)) - set(expected))

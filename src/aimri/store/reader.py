@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from safetensors import safe_open
@@ -24,6 +24,13 @@ from aimri.model.adapter import Model
 from aimri.store.manifest import read_manifest
 
 DEFAULT_BUFFER_TOKENS = 1 << 18
+
+
+class Pair(NamedTuple):
+    x: Tensor
+    """[batch, width_in] the input site."""
+    y: Tensor
+    """[batch, width_out] the target site, same tokens."""
 
 
 class ActivationStore:
@@ -90,20 +97,45 @@ class ActivationStore:
 
         `skip_bos` leaves out position 0 (the BOS token, whose norm dwarfs the rest).
         """
-        self._check_site(site)
         g = torch.Generator().manual_seed(seed)
+        chunks = self._chunks([site], g if shuffle else None, skip_bos)
+        return mix(chunks, batch_size, g if shuffle else None, buffer_tokens)
+
+    def paired_batches(
+        self,
+        site_in: str,
+        site_out: str,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+        skip_bos: bool = False,
+    ) -> Iterator[Pair]:
+        """Shuffled batches of two sites at the same tokens (a transcoder's input and target)."""
+        g = torch.Generator().manual_seed(seed)
+        split = self.width(site_in)
+        for joint in mix(
+            self._chunks([site_in, site_out], g, skip_bos), batch_size, g, buffer_tokens
+        ):
+            yield Pair(joint[:, :split], joint[:, split:])
+
+    def _chunks(
+        self, sites: list[str], g: torch.Generator | None, skip_bos: bool
+    ) -> Iterator[Tensor]:
+        """Shards in a seeded order (or in order), the sites side by side: [n, Σ widths]."""
+        for site in sites:
+            self._check_site(site)
         order = (
-            torch.randperm(self.n_shards, generator=g).tolist() if shuffle else range(self.n_shards)
+            torch.randperm(self.n_shards, generator=g).tolist()
+            if g is not None
+            else range(self.n_shards)
         )
-
-        def chunks() -> Iterator[Tensor]:
-            for i in order:
-                x = self.load(site, i)
-                if skip_bos:
-                    x = x[self.load("positions", i) != 0]
-                yield x
-
-        return mix(chunks(), batch_size, g if shuffle else None, buffer_tokens)
+        for i in order:
+            parts = [self.load(s, i) for s in sites]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
+            if skip_bos:
+                x = x[self.load("positions", i) != 0]
+            yield x
 
     def _check_site(self, site: str) -> str:
         if site not in self.identity["sites"]:

@@ -1,0 +1,1 @@
+"""Sparse dictionaries: SAEs and transcoders — architectures, training, evaluation, formats."""

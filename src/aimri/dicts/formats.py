@@ -1,0 +1,166 @@
+"""Dictionaries on disk, in SAELens's layout, so `sae-lens` loads ours and we load theirs.
+
+```
+<dir>/cfg.json                SAELens config (architecture, d_in, d_sae, k, metadata.hook_name...)
+<dir>/sae_weights.safetensors W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]
+                              (+ threshold [d_sae] for jumprelu; + W_skip [d_in, d_out] transcoders)
+<dir>/aimri.json              our own record: DictConfig, training summary, sha256 of the weights
+```
+Architectures map as: topk → "topk", relu → "standard", jumprelu → "jumprelu", and batchtopk is
+saved as "jumprelu" with its learned threshold (how it runs at inference). safetensors only;
+a file with missing or mis-shaped tensors is refused with a message that names them.
+Not here: importers of other libraries' layouts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from aimri._io import atomic_path, read_json, sha256_file, write_json_atomic
+from aimri.config import DictConfig
+from aimri.dicts.dictionary import Dictionary, build_dictionary
+from aimri.errors import AimriError
+
+WEIGHTS = "sae_weights.safetensors"
+SAELENS_ARCH = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
+FROM_SAELENS = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu", "transcoder": "relu",
+                "skip_transcoder": "relu", "jumprelu_transcoder": "jumprelu", "topk_transcoder": "topk"}  # fmt: skip
+
+
+def save_dictionary(d: Dictionary, path: Path, *, extra: dict[str, Any] | None = None) -> Path:
+    """Write `d` in SAELens's layout (atomically, file by file)."""
+    cfg = d.cfg
+    tensors = {
+        "W_enc": d.W_enc.detach().T.contiguous().cpu(),
+        "b_enc": d.b_enc.detach().cpu(),
+        "W_dec": d.W_dec.detach().contiguous().cpu(),
+        "b_dec": d.b_dec.detach().cpu(),
+        **{k: v.detach().cpu() for k, v in d.activation.state_for_save().items()},
+    }
+    skip = getattr(d, "W_skip", None)
+    if skip is not None:
+        tensors["W_skip"] = skip.detach().contiguous().cpu()
+    with atomic_path(path / WEIGHTS) as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(path / "cfg.json", _saelens_cfg(cfg))
+    record = {
+        "dict": dataclasses.asdict(cfg),
+        "weights_sha256": sha256_file(path / WEIGHTS),
+        **(extra or {}),
+    }
+    write_json_atomic(path / "aimri.json", record)
+    return path
+
+
+def _saelens_cfg(cfg: DictConfig) -> dict[str, Any]:
+    arch = SAELENS_ARCH[cfg.architecture]
+    if cfg.transcoder:
+        arch = {"standard": "skip_transcoder" if cfg.skip else "transcoder"}.get(
+            arch, f"{arch}_transcoder"
+        )
+    out: dict[str, Any] = {
+        "architecture": arch,
+        "d_in": cfg.d_in,
+        "d_sae": cfg.d_sae,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": not cfg.transcoder,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "metadata": {
+            "hook_name": cfg.site,
+            "hook_head_index": None,
+            "sae_lens_training_version": None,
+        },
+    }
+    if cfg.architecture == "topk":
+        out["k"] = cfg.k
+    if cfg.transcoder:
+        out["d_out"] = cfg.out_width
+        out["metadata"]["hook_name_out"] = cfg.site_out
+    return out
+
+
+def load_dictionary(path: str | Path, *, sparse_kernels: bool = True) -> Dictionary:
+    """Load a dictionary saved by aimri or by SAELens (cfg.json + sae_weights.safetensors)."""
+    path = Path(path)
+    if not (path / "cfg.json").is_file() or not (path / WEIGHTS).is_file():
+        raise AimriError(
+            f"'{path}' is not a dictionary folder: it needs cfg.json and {WEIGHTS} (SAELens "
+            "layout); train one with `aimri train` or point at a SAELens save"
+        )
+    cfg = _dict_config(path)
+    tensors = load_file(str(path / WEIGHTS))
+    _check_tensors(path, cfg, tensors)
+    d = build_dictionary(cfg, sparse_kernels=sparse_kernels)
+    with torch.no_grad():
+        d.W_enc.copy_(tensors["W_enc"].T)
+        d.b_enc.copy_(tensors["b_enc"])
+        d.W_dec.copy_(tensors["W_dec"])
+        d.b_dec.copy_(tensors["b_dec"])
+        if "threshold" in tensors:
+            d.activation.log_threshold.copy_(tensors["threshold"].clamp_min(1e-30).log())  # type: ignore[union-attr]
+        if cfg.skip:
+            d.W_skip.copy_(tensors["W_skip"])  # type: ignore[union-attr]
+    return d.eval()
+
+
+def _dict_config(path: Path) -> DictConfig:
+    ours = path / "aimri.json"
+    if ours.is_file():
+        record = read_json(ours, "dictionary record")["dict"]
+        if record["architecture"] == "batchtopk":  # runs as the JumpReLU it was saved as
+            record["architecture"] = "jumprelu"
+        return DictConfig(**record)
+    raw = read_json(path / "cfg.json", "dictionary config")
+    arch = FROM_SAELENS.get(raw.get("architecture", "standard"))
+    if arch is None:
+        raise AimriError(
+            f"'{path}': SAELens architecture '{raw.get('architecture')}' is not supported; "
+            f"supported: {', '.join(FROM_SAELENS)}"
+        )
+    meta = raw.get("metadata") or {}
+    transcoder = "transcoder" in raw.get("architecture", "")
+    return DictConfig(
+        architecture=arch,  # type: ignore[arg-type]
+        d_in=int(raw["d_in"]),
+        d_sae=int(raw["d_sae"]),
+        d_out=int(raw["d_out"]) if transcoder and raw.get("d_out") else None,
+        k=int(raw.get("k", 1)) if arch == "topk" else 1,
+        transcoder=transcoder,
+        skip=raw.get("architecture") == "skip_transcoder",
+        site=str(meta.get("hook_name") or raw.get("hook_name") or ""),
+        site_out=str(meta.get("hook_name_out") or raw.get("hook_name_out") or "")
+        if transcoder
+        else "",
+    )
+
+
+def _check_tensors(path: Path, cfg: DictConfig, tensors: dict[str, torch.Tensor]) -> None:
+    expected = {
+        "W_enc": (cfg.d_in, cfg.d_sae),
+        "b_enc": (cfg.d_sae,),
+        "W_dec": (cfg.d_sae, cfg.out_width),
+        "b_dec": (cfg.out_width,),
+    }
+    if cfg.architecture == "jumprelu":
+        expected["threshold"] = (cfg.d_sae,)
+    if cfg.skip:
+        expected["W_skip"] = (cfg.d_in, cfg.out_width)
+    for name, shape in expected.items():
+        if name not in tensors:
+            raise AimriError(
+                f"'{path / WEIGHTS}' lacks tensor '{name}' {list(shape)}: the file is incomplete or not a {cfg.architecture} dictionary"
+            )
+        if tuple(tensors[name].shape) != shape:
+            raise AimriError(
+                f"'{path / WEIGHTS}': tensor '{name}' has shape {list(tensors[name].shape)}, but "
+                f"cfg.json implies {list(shape)}; the config and the weights do not belong together"
+            )
+        if not bool(torch.isfinite(tensors[name]).all()) and name != "threshold":
+            raise AimriError(f"'{path / WEIGHTS}': tensor '{name}' holds NaN or inf values")

@@ -1,0 +1,377 @@
+"""`aimri train`: fit a sparse dictionary to stored activations.
+
+The practices that matter for quality: decoder rows at unit norm (with the parallel gradient
+removed), encoder initialised from the decoder, decoder bias at the geometric median of the
+data, inputs scaled to mean norm sqrt(d_in) (folded back into the weights on save), Adam with
+warm-up and a final linear decay, auxiliary-K revival of dead latents. Checkpoints hold
+everything needed to continue bit for bit (weights, Adam state, dead-latent counters, the data
+position); a resumed run equals an uninterrupted one. Under torchrun each rank trains on its
+share of every batch and gradients are averaged (data parallel).
+Not here: the dictionary's maths (`dictionary.py`), file layouts (`formats.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import logging
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from aimri._io import atomic_path, read_json, write_json_atomic
+from aimri.config import DictConfig, TrainConfig
+from aimri.dicts.dictionary import Dictionary, build_dictionary
+from aimri.dicts.formats import save_dictionary
+from aimri.distributed import world
+from aimri.errors import AimriError
+from aimri.store.reader import ActivationStore
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint"
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    path: Path
+    steps: int
+    tokens: int
+    seconds: float
+    tokens_per_second: float
+    fvu: float
+    """Mean FVU over the last 10% of steps (training data)."""
+    l0: float
+    dead_fraction: float
+    resumed_from_step: int
+
+
+@dataclass
+class _State:
+    dictionary: Dictionary
+    optimizer: torch.optim.Adam
+    step: int
+    since_fired: torch.Tensor
+    """[d_sae] tokens since each latent last fired."""
+    scale_in: float
+    scale_out: float
+
+
+def train(cfg: TrainConfig) -> TrainResult:
+    t0 = time.perf_counter()
+    store = ActivationStore(cfg.store)
+    w = world()
+    dict_cfg = dictionary_config(cfg, store)
+    steps = total_steps(cfg, store)
+    if steps < 1:
+        raise AimriError(
+            f"the store holds too few tokens for one batch of {cfg.optim.batch_size}: lower "
+            "--optim.batch-size or collect more tokens"
+        )
+    batches = _batches(cfg, store)
+    first = next(_batches(cfg, store))
+    state = _resume_or_init(cfg, dict_cfg, first, steps)
+    resumed = state.step
+    batches = itertools.islice(batches, state.step, steps)  # the data position is the step
+    history: list[dict[str, float]] = []
+    bar = tqdm(
+        total=steps, initial=state.step, unit="step", desc="train", disable=w.rank != 0 or None
+    )
+    t_train = time.perf_counter()
+    for x, y in batches:
+        x, y = _scaled_share(x, y, state, w)
+        row = _step(state, x, y, cfg, steps)
+        history.append(row)
+        if w.rank == 0 and (state.step % 10 == 0 or state.step == steps):
+            _log_metrics(cfg.out, row)
+            bar.set_postfix(
+                fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.2f}"
+            )
+        if state.step % cfg.checkpoint_every == 0 or state.step == steps:
+            _save_checkpoint(cfg, state)
+        bar.update(1)
+    bar.close()
+    seconds = time.perf_counter() - t_train
+    final = _final_dictionary(state)
+    if w.rank == 0:
+        save_dictionary(final, cfg.out, extra={"training": _training_summary(cfg, state, steps)})
+    tail = history[-max(1, len(history) // 10) :] or [
+        {"fvu": math.nan, "l0": math.nan, "dead_frac": math.nan}
+    ]
+    trained = (state.step - resumed) * cfg.optim.batch_size
+    return TrainResult(
+        path=cfg.out,
+        steps=state.step,
+        tokens=state.step * cfg.optim.batch_size,
+        seconds=time.perf_counter() - t0,
+        tokens_per_second=trained / seconds if seconds > 0 else 0.0,
+        fvu=sum(r["fvu"] for r in tail) / len(tail),
+        l0=sum(r["l0"] for r in tail) / len(tail),
+        dead_fraction=tail[-1]["dead_frac"],
+        resumed_from_step=resumed,
+    )
+
+
+def dictionary_config(cfg: TrainConfig, store: ActivationStore) -> DictConfig:
+    d_in = store.width(cfg.site)
+    return DictConfig(
+        architecture=cfg.architecture,
+        d_in=d_in,
+        d_sae=cfg.expansion * d_in,
+        d_out=store.width(cfg.site_out) if cfg.site_out else None,
+        k=cfg.k,
+        transcoder=bool(cfg.site_out),
+        skip=cfg.skip,
+        site=cfg.site,
+        site_out=cfg.site_out,
+    )
+
+
+def total_steps(cfg: TrainConfig, store: ActivationStore) -> int:
+    ctx_len = int(store.identity["ctx_len"])
+    usable = store.n_tokens * (ctx_len - 1) // ctx_len if cfg.skip_bos else store.n_tokens
+    return min(cfg.optim.tokens or usable, usable) // cfg.optim.batch_size
+
+
+def _batches(
+    cfg: TrainConfig, store: ActivationStore
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(input, target) batches in the same seeded order every time (resumption relies on it)."""
+    size = cfg.optim.batch_size
+    if cfg.site_out:
+        return (
+            (p.x, p.y)
+            for p in store.paired_batches(
+                cfg.site, cfg.site_out, size, seed=cfg.seed, skip_bos=cfg.skip_bos
+            )
+        )
+    return ((x, x) for x in store.batches(cfg.site, size, seed=cfg.seed, skip_bos=cfg.skip_bos))
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    w = world()
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{w.local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def _scaled_share(
+    x: torch.Tensor, y: torch.Tensor, state: _State, w: Any
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's rows of the global batch, as float32 on the device, scaled."""
+    device = state.dictionary.W_dec.device
+    x, y = x[w.rank :: w.size], y[w.rank :: w.size]
+    return x.to(device, torch.float32) * state.scale_in, y.to(
+        device, torch.float32
+    ) * state.scale_out
+
+
+def _lr(cfg: TrainConfig, d_sae: int, step: int, steps: int) -> float:
+    base = cfg.optim.lr or 2e-4 / math.sqrt(d_sae / 2**14)
+    warm = max(1, int(cfg.optim.warmup_frac * steps))
+    decay_start = int((1 - cfg.optim.decay_frac) * steps)
+    if step < warm:
+        return base * (step + 1) / warm
+    if step >= decay_start:
+        return base * max(0.0, (steps - step) / max(1, steps - decay_start))
+    return base
+
+
+def _step(
+    state: _State, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, steps: int
+) -> dict[str, float]:
+    d = state.dictionary
+    dead = state.since_fired >= cfg.optim.dead_after_tokens
+    out = d(x, y, dead=dead if cfg.optim.aux_k_coeff > 0 else None)
+    coeff = cfg.optim.sparsity_coeff
+    if coeff is None:
+        coeff = {"relu": 5.0, "jumprelu": 1.0}.get(cfg.architecture, 0.0)
+    # (MSE + λ·sparsity) over the batch's variance: FVU plus a scale-free sparsity term.
+    total_var = (out.mse / out.fvu).detach()
+    loss = (out.mse + coeff * out.sparsity) / total_var + cfg.optim.aux_k_coeff * out.aux
+    if not torch.isfinite(loss):
+        raise AimriError(
+            f"training diverged at step {state.step} (loss {loss.item()}): the last good "
+            f"checkpoint in '{cfg.out / CHECKPOINT}' is kept; lower --optim.lr, or check the "
+            "activation store for NaN/inf values"
+        )
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    _average_gradients(d)
+    d.remove_parallel_grad()
+    lr = _lr(cfg, d.cfg.d_sae, state.step, steps)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    state.optimizer.step()
+    d.normalize_decoder()
+    _count_firing(state, out.codes, cfg.optim.batch_size)
+    state.step += 1
+    return {
+        "step": state.step,
+        "tokens": state.step * cfg.optim.batch_size,
+        "loss": float(loss.detach()),
+        "fvu": float(out.fvu.detach()),
+        "l0": float(out.codes.l0()),
+        "aux": float(out.aux.detach()),
+        "dead_frac": float((state.since_fired >= cfg.optim.dead_after_tokens).float().mean()),
+        "lr": lr,
+    }
+
+
+def _average_gradients(d: Dictionary) -> None:
+    if not dist.is_initialized():
+        return
+    for p in d.parameters():
+        if p.grad is not None:
+            dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
+
+
+def _count_firing(state: _State, codes: Any, global_batch: int) -> None:
+    fired = torch.zeros_like(state.since_fired, dtype=torch.bool)
+    if codes.idx is None:
+        fired |= (codes.vals > 0).any(0)
+    else:
+        fired[codes.idx[codes.vals > 0]] = True
+    if dist.is_initialized():
+        f = fired.to(torch.int32)
+        dist.all_reduce(f, op=dist.ReduceOp.MAX)
+        fired = f.bool()
+    state.since_fired += global_batch
+    state.since_fired[fired] = 0
+
+
+def _geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
+    """Weiszfeld's algorithm: the point minimising the sum of distances to the rows of x."""
+    m = x.mean(0)
+    for _ in range(iters):
+        w = 1 / (x - m).norm(dim=-1).clamp_min(1e-6)
+        m = (w[:, None] * x).sum(0) / w.sum()
+    return m
+
+
+def _resume_or_init(
+    cfg: TrainConfig, dict_cfg: DictConfig, first: tuple[torch.Tensor, torch.Tensor], steps: int
+) -> _State:
+    ckpt = cfg.out / CHECKPOINT
+    if (ckpt / "state.json").is_file():
+        return _load_checkpoint(cfg, dict_cfg, ckpt)
+    device = _device(cfg)
+    d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed).to(device)
+    x, y = (t.to(device, torch.float32) for t in first)
+    # Inputs (and targets) scaled to mean norm sqrt(width); folded back into the weights on save.
+    scale_in = math.sqrt(x.shape[1]) / float(x.norm(dim=-1).mean())
+    scale_out = (
+        scale_in
+        if not dict_cfg.transcoder
+        else math.sqrt(y.shape[1]) / float(y.norm(dim=-1).mean())
+    )
+    with torch.no_grad():
+        d.b_dec.copy_(
+            _geometric_median(y * scale_out) if not dict_cfg.transcoder else (y * scale_out).mean(0)
+        )
+    opt = torch.optim.Adam(d.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+    since = torch.zeros(dict_cfg.d_sae, dtype=torch.long, device=device)
+    return _State(d, opt, 0, since, scale_in, scale_out)
+
+
+def _identity(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, Any]:
+    cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    cfg_json.pop("checkpoint_every", None)
+    cfg_json.pop("device", None)
+    return {"train": cfg_json, "dict": dataclasses.asdict(dict_cfg)}
+
+
+def _save_checkpoint(cfg: TrainConfig, state: _State) -> None:
+    if world().rank != 0:
+        return
+    ckpt = cfg.out / CHECKPOINT
+    tensors = {
+        f"param.{k}": v.detach().cpu().contiguous()
+        for k, v in state.dictionary.state_dict().items()
+    }
+    names = dict(state.dictionary.named_parameters())
+    for name, p in names.items():
+        for key, value in state.optimizer.state.get(p, {}).items():
+            tensors[f"adam.{name}.{key}"] = (
+                torch.as_tensor(value).detach().cpu().reshape(-1)
+                if key == "step"
+                else value.detach().cpu().contiguous()
+            )
+    tensors["since_fired"] = state.since_fired.cpu()
+    with atomic_path(ckpt / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(
+        ckpt / "state.json",
+        {
+            "step": state.step,
+            "scale_in": state.scale_in,
+            "scale_out": state.scale_out,
+            "identity": _identity(cfg, state.dictionary.cfg),
+        },
+    )
+
+
+def _load_checkpoint(cfg: TrainConfig, dict_cfg: DictConfig, ckpt: Path) -> _State:
+    meta = read_json(ckpt / "state.json", "training checkpoint")
+    if meta["identity"] != _identity(cfg, dict_cfg):
+        raise AimriError(
+            f"'{cfg.out}' holds a checkpoint of a training run with another configuration: use "
+            "another --out, or delete its checkpoint folder to start over"
+        )
+    device = _device(cfg)
+    tensors = load_file(str(ckpt / "state.safetensors"))
+    d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed)
+    d.load_state_dict(
+        {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
+    )
+    d = d.to(device)
+    opt = torch.optim.Adam(d.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+    for name, p in d.named_parameters():
+        if f"adam.{name}.exp_avg" in tensors:
+            opt.state[p] = {
+                "step": tensors[f"adam.{name}.step"].reshape(()).clone(),
+                "exp_avg": tensors[f"adam.{name}.exp_avg"].to(device),
+                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(device),
+            }
+    log.info("resuming training at step %d from %s", meta["step"], ckpt)
+    return _State(
+        d,
+        opt,
+        int(meta["step"]),
+        tensors["since_fired"].to(device),
+        float(meta["scale_in"]),
+        float(meta["scale_out"]),
+    )
+
+
+def _final_dictionary(state: _State) -> Dictionary:
+    """A copy with the input scaling folded into the weights (users never see the scale)."""
+    d = state.dictionary
+    final = build_dictionary(d.cfg, sparse_kernels=d.sparse_kernels)
+    final.load_state_dict(d.state_dict())
+    final.fold_scale(state.scale_in, state.scale_out)
+    return final.eval()
+
+
+def _training_summary(cfg: TrainConfig, state: _State, steps: int) -> dict[str, Any]:
+    return {
+        "steps": state.step,
+        "tokens": state.step * cfg.optim.batch_size,
+        "store": str(cfg.store),
+        "input_scale_folded": state.scale_in,
+        "config": _identity(cfg, state.dictionary.cfg)["train"],
+    }
+
+
+def _log_metrics(out: Path, row: dict[str, float]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(row) + "\n")
