@@ -179,6 +179,11 @@ def test_resumed_training_equals_uninterrupted(toy, tmp_path, monkeypatch):
     a, b = load_dictionary(tmp_path / "whole"), load_dictionary(tmp_path / "cut")
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         assert torch.equal(p, q), name
+    steps = [
+        json.loads(line)["step"]
+        for line in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
+    ]
+    assert steps == sorted(set(steps)), "no metric row is duplicated by the resume"
     with pytest.raises(AimriError, match="another configuration"):
         train(toy_config(toy, tmp_path / "cut", k=4))
 

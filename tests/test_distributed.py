@@ -58,3 +58,41 @@ def test_two_ranks_equal_one_process(tiny_model_dir, tmp_path):
     sides = [json.loads((multi / f"shard-{i:05d}.json").read_text()) for i in range(5)]
     assert [s["index"] for s in sides] == list(range(5))
     assert [s["rank"] for s in sides] == [0, 1, 0, 1, 0], "shard k is written by rank k mod 2"
+
+
+@pytest.mark.slow
+def test_data_parallel_training_matches_one_process(tmp_path):
+    from aimri.config import OptimConfig, TrainConfig
+    from aimri.dicts.formats import load_dictionary
+    from aimri.dicts.toy import SITE, make_toy_store
+    from aimri.dicts.train import train
+
+    toy = make_toy_store(tmp_path / "store", n_tokens=2**16)
+    optim = OptimConfig(batch_size=512, tokens=30 * 512)
+    train(
+        TrainConfig(
+            store=toy.store,
+            site=SITE,
+            out=tmp_path / "one",
+            expansion=2,
+            k=4,
+            skip_bos=False,
+            optim=optim,
+        )
+    )
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun
+    cmd = [
+        torchrun, "--standalone", "--nproc_per_node=2", "-m", "aimri.cli", "train",
+        "--store", str(toy.store), "--site", SITE, "--out", str(tmp_path / "two"),
+        "--expansion", "2", "--k", "4", "--no-skip-bos",
+        "--optim.batch-size", "512", "--optim.tokens", str(30 * 512),
+    ]  # fmt: skip
+    out = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("trained 30 steps") == 1
+    a, b = load_dictionary(tmp_path / "one"), load_dictionary(tmp_path / "two")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, atol=2e-4, rtol=1e-3, msg=name)

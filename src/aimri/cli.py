@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import tyro
 
-from aimri.config import CollectConfig, ModelConfig, ScanConfig
+from aimri.config import CollectConfig, ModelConfig, ScanConfig, TrainConfig
 from aimri.errors import AimriError
 
 
@@ -31,6 +31,7 @@ class SitesConfig:
 COMMANDS = {
     "scan": ScanConfig,
     "collect": CollectConfig,
+    "train": TrainConfig,
     "sites": SitesConfig,
 }
 
@@ -78,6 +79,20 @@ def _dispatch(cfg: object) -> None:
                 print(
                     f"{c.n_tokens:,} tokens in {c.n_shards} shard(s) at {c.path} "
                     f"({c.resumed_shards} reused; {c.tokens_per_second:,.0f} tokens/s on this rank)"
+                )
+        finally:
+            shutdown()
+    elif isinstance(cfg, TrainConfig):
+        from aimri.dicts.train import train
+        from aimri.distributed import shutdown, world
+
+        try:
+            t = train(cfg)
+            if world().rank == 0:
+                print(
+                    f"trained {t.steps} steps ({t.tokens:,} tokens, {t.tokens_per_second:,.0f} tokens/s"
+                    f"{f'; resumed at step {t.resumed_from_step}' if t.resumed_from_step else ''}): "
+                    f"FVU {t.fvu:.3f}, L0 {t.l0:.1f}, dead {100 * t.dead_fraction:.1f}% → {t.path}"
                 )
         finally:
             shutdown()

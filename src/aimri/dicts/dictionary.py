@@ -34,7 +34,8 @@ class ForwardOutput(NamedTuple):
     sparsity: Tensor
     """Unscaled sparsity term (zero for TopK-family)."""
     aux: Tensor
-    """Auxiliary-K loss: how well dead latents reconstruct the residual error (0 if none)."""
+    """Auxiliary-K loss: squared error (summed over dimensions, mean over tokens) of dead
+    latents reconstructing the residual error; 0 if none are dead."""
 
 
 class _Encoding(NamedTuple):
@@ -126,7 +127,7 @@ class Dictionary(nn.Module, ABC):
         vals = make_encoder(self.W_enc, self.b_enc, pre, self.sparse_kernels)(x_in, idx).relu()
         decode = sparse_decode if self.sparse_kernels else dense_decode
         aux_recon = decode(idx, vals, self.W_dec)
-        return (aux_recon + err).pow(2).sum(-1).mean() / total_var
+        return (aux_recon + err).pow(2).sum(-1).mean()
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:

@@ -63,6 +63,8 @@ class _State:
     """[d_sae] tokens since each latent last fired."""
     scale_in: float
     scale_out: float
+    variance: float
+    """Total variance of the (scaled) targets of the first batch: the loss's normaliser."""
 
 
 def train(cfg: TrainConfig) -> TrainResult:
@@ -80,6 +82,8 @@ def train(cfg: TrainConfig) -> TrainResult:
     first = next(_batches(cfg, store))
     state = _resume_or_init(cfg, dict_cfg, first, steps)
     resumed = state.step
+    if resumed and w.rank == 0:
+        _truncate_metrics(cfg.out, resumed)
     batches = itertools.islice(batches, state.step, steps)  # the data position is the step
     history: list[dict[str, float]] = []
     bar = tqdm(
@@ -194,9 +198,9 @@ def _step(
     coeff = cfg.optim.sparsity_coeff
     if coeff is None:
         coeff = {"relu": 5.0, "jumprelu": 1.0}.get(cfg.architecture, 0.0)
-    # (MSE + λ·sparsity) over the batch's variance: FVU plus a scale-free sparsity term.
-    total_var = (out.mse / out.fvu).detach()
-    loss = (out.mse + coeff * out.sparsity) / total_var + cfg.optim.aux_k_coeff * out.aux
+    # Normalised by a fixed variance (of the first batch), not each batch's own, so that the
+    # mean over data-parallel ranks equals the loss of the whole batch.
+    loss = (out.mse + coeff * out.sparsity + cfg.optim.aux_k_coeff * out.aux) / state.variance
     if not torch.isfinite(loss):
         raise AimriError(
             f"training diverged at step {state.step} (loss {loss.item()}): the last good "
@@ -279,7 +283,9 @@ def _resume_or_init(
         )
     opt = torch.optim.Adam(d.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
     since = torch.zeros(dict_cfg.d_sae, dtype=torch.long, device=device)
-    return _State(d, opt, 0, since, scale_in, scale_out)
+    y_scaled = y * scale_out
+    variance = float((y_scaled - y_scaled.mean(0)).pow(2).sum(-1).mean())
+    return _State(d, opt, 0, since, scale_in, scale_out, variance)
 
 
 def _identity(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, Any]:
@@ -314,6 +320,7 @@ def _save_checkpoint(cfg: TrainConfig, state: _State) -> None:
             "step": state.step,
             "scale_in": state.scale_in,
             "scale_out": state.scale_out,
+            "variance": state.variance,
             "identity": _identity(cfg, state.dictionary.cfg),
         },
     )
@@ -342,13 +349,9 @@ def _load_checkpoint(cfg: TrainConfig, dict_cfg: DictConfig, ckpt: Path) -> _Sta
                 "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(device),
             }
     log.info("resuming training at step %d from %s", meta["step"], ckpt)
+    since = tensors["since_fired"].to(device)
     return _State(
-        d,
-        opt,
-        int(meta["step"]),
-        tensors["since_fired"].to(device),
-        float(meta["scale_in"]),
-        float(meta["scale_out"]),
+        d, opt, int(meta["step"]), since, meta["scale_in"], meta["scale_out"], meta["variance"]
     )
 
 
@@ -375,3 +378,12 @@ def _log_metrics(out: Path, row: dict[str, float]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def _truncate_metrics(out: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint a run resumes from (they will be redone)."""
+    path = out / "metrics.jsonl"
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in rows))
