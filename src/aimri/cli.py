@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import tyro
 
-from aimri.config import CollectConfig, ModelConfig, ScanConfig, TrainConfig
+from aimri.config import CollectConfig, EvalConfig, ModelConfig, ScanConfig, TrainConfig
 from aimri.errors import AimriError
 
 
@@ -32,6 +32,7 @@ COMMANDS = {
     "scan": ScanConfig,
     "collect": CollectConfig,
     "train": TrainConfig,
+    "eval": EvalConfig,
     "sites": SitesConfig,
 }
 
@@ -96,10 +97,32 @@ def _dispatch(cfg: object) -> None:
                 )
         finally:
             shutdown()
+    elif isinstance(cfg, EvalConfig):
+        _print_eval(cfg)
     elif isinstance(cfg, SitesConfig):
         _print_sites(cfg)
     else:  # pragma: no cover - tyro only returns the classes above
         raise AssertionError(type(cfg))
+
+
+def _print_eval(cfg: EvalConfig) -> None:
+    from aimri.dicts.evaluate import evaluate
+
+    r = evaluate(cfg)
+    rows = {"dictionary": r.metrics, **r.baselines}
+    print(f"{'':<12}{'FVU':>8}{'L0':>8}{'CE loss':>10}{'recovered':>11}{'KL':>9}")
+    for name, m in rows.items():
+        perf = m["model_performance_preservation"]
+        print(
+            f"{name:<12}{m['reconstruction_quality']['fvu']:>8.3f}{m['sparsity']['l0']:>8.1f}"
+            f"{perf['ce_loss_with_sae']:>10.3f}{perf['ce_loss_score']:>11.3f}"
+            f"{m['model_behavior_preservation']['kl_div_with_sae']:>9.3f}"
+        )
+    clean = r.metrics["model_performance_preservation"]
+    print(
+        f"clean CE {clean['ce_loss_without_sae']:.3f}, zero-ablated CE {clean['ce_loss_with_ablation']:.3f}"
+    )
+    print(f"metrics: {cfg.dictionary / 'metrics.json'}")
 
 
 def _print_sites(cfg: SitesConfig) -> None:

@@ -204,3 +204,19 @@ class TrainConfig:
     sparse_kernels: bool = True
     """Sparse decoder and encoder-gradient kernels for topk/batchtopk (off: dense reference)."""
     device: str = "auto"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig:
+    """Evaluate a dictionary: reconstruction, sparsity, and the model's loss with it spliced in,
+    beside PCA and random-direction baselines of the same size."""
+
+    dictionary: Path
+    """A dictionary folder (SAELens layout)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(max_tokens=8192, seed=1))
+    """Evaluation text; a seed other than training's gives other documents first."""
+    batch_size: int = 8
+    """Contexts per forward pass."""
+    baselines: bool = True
+    """Also evaluate PCA and random-direction dictionaries of the same size."""

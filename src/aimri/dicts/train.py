@@ -73,7 +73,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     w = world()
     dict_cfg = dictionary_config(cfg, store)
     steps = total_steps(cfg, store)
-    if steps < 1:
+    if steps < 1 or _usable_tokens(cfg, store) < cfg.optim.batch_size:
         raise AimriError(
             f"the store holds too few tokens for one batch of {cfg.optim.batch_size}: lower "
             "--optim.batch-size or collect more tokens"
@@ -140,24 +140,32 @@ def dictionary_config(cfg: TrainConfig, store: ActivationStore) -> DictConfig:
 
 
 def total_steps(cfg: TrainConfig, store: ActivationStore) -> int:
+    """Steps for the token budget (default: one pass; a larger budget makes more passes)."""
+    return (cfg.optim.tokens or _usable_tokens(cfg, store)) // cfg.optim.batch_size
+
+
+def _usable_tokens(cfg: TrainConfig, store: ActivationStore) -> int:
     ctx_len = int(store.identity["ctx_len"])
-    usable = store.n_tokens * (ctx_len - 1) // ctx_len if cfg.skip_bos else store.n_tokens
-    return min(cfg.optim.tokens or usable, usable) // cfg.optim.batch_size
+    return store.n_tokens * (ctx_len - 1) // ctx_len if cfg.skip_bos else store.n_tokens
 
 
 def _batches(
     cfg: TrainConfig, store: ActivationStore
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(input, target) batches in the same seeded order every time (resumption relies on it)."""
+    """(input, target) batches in the same seeded order every time (resumption relies on it);
+    pass p over the store is shuffled with seed + p."""
     size = cfg.optim.batch_size
-    if cfg.site_out:
-        return (
-            (p.x, p.y)
-            for p in store.paired_batches(
-                cfg.site, cfg.site_out, size, seed=cfg.seed, skip_bos=cfg.skip_bos
+    for p in itertools.count():
+        seed = cfg.seed + p
+        if cfg.site_out:
+            pairs = store.paired_batches(
+                cfg.site, cfg.site_out, size, seed=seed, skip_bos=cfg.skip_bos
             )
-        )
-    return ((x, x) for x in store.batches(cfg.site, size, seed=cfg.seed, skip_bos=cfg.skip_bos))
+            yield from ((b.x, b.y) for b in pairs)
+        else:
+            yield from (
+                (x, x) for x in store.batches(cfg.site, size, seed=seed, skip_bos=cfg.skip_bos)
+            )
 
 
 def _device(cfg: TrainConfig) -> torch.device:
