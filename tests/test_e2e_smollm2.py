@@ -54,6 +54,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         ),
         runs_dir=tmp_path,
         name="e2e",
+        dict_tokens=8192,
     )
     r = scan(cfg, model=smollm2)
     for name in ("run.json", "scan.json", "report.html", "activations/manifest.json"):
@@ -74,6 +75,16 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
     ]
     assert lens[-1]["agreement_with_model"] > 0.95, "the last layer's lens is the model's output"
     assert lens[-1]["next_token_accuracy"] > lens[0]["next_token_accuracy"]
+    dict_stage = doc["stages"]["dictionary"]
+    assert dict_stage["site"] == "blocks.15.hook_resid_post" and dict_stage["training"]["steps"] > 0
+    assert (r.run_dir / "dicts" / "blocks.15.hook_resid_post" / "sae_weights.safetensors").is_file()
+    assert set(dict_stage["baselines"]) == {"pca", "random"}
+    ev = dict_stage["eval"]
+    assert ev["sparsity"]["l0"] <= 32.5 and 0 < ev["reconstruction_quality"]["fvu"] < 1
+    assert (
+        ev["reconstruction_quality"]["fvu"]
+        < dict_stage["baselines"]["random"]["reconstruction_quality"]["fvu"]
+    )
     run = json.loads((r.run_dir / "run.json").read_text())
     assert run["status"] == "complete" and set(run["timings_s"]) >= {
         "activations",

@@ -108,6 +108,12 @@ class ScanConfig:
     """Contexts per forward pass."""
     overwrite: bool = False
     """Replace a stored activation set made with another configuration."""
+    dict_site: str = ""
+    """Site to train (or load) a dictionary for; default: the middle layer's resid_post."""
+    dict_tokens: int = 131_072
+    """Tokens collected for the dictionary (it trains on several passes over them)."""
+    dictionary: Path | None = None
+    """Load this dictionary (SAELens layout) instead of training one."""
 
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "relu"]

@@ -123,4 +123,37 @@ def _charts(scan: dict[str, Any]) -> dict[str, Any]:
             xlabel="layer",
             ylabel="nats",
         )
+    charts.update(_dictionary_charts(scan["stages"].get("dictionary") or {}))
+    return charts
+
+
+def _dictionary_charts(stage: dict[str, Any]) -> dict[str, Any]:
+    charts: dict[str, Any] = {}
+    curve = (stage.get("training") or {}).get("curve")
+    if curve:
+        charts["dict_fvu"] = line_chart(
+            curve["step"],
+            {"FVU (training batches)": curve["fvu"], "dead fraction": curve["dead_frac"]},
+            title="Dictionary training",
+            xlabel="step",
+            ylabel="fraction",
+            log_y=False,
+        )
+        charts["dict_l0"] = line_chart(
+            curve["step"],
+            {"L0": curve["l0"]},
+            title="Active latents per token",
+            xlabel="step",
+            ylabel="L0",
+        )
+    hist = stage.get("eval", {}).get("misc_metrics", {}).get("firing_density_log10_histogram")
+    if hist:
+        centers = [e + 0.5 for e in hist["edges"][:-1]]
+        charts["dict_density"] = line_chart(
+            centers,
+            {"latents": hist["counts"]},
+            title="Firing density of latents (log10 of share of tokens)",
+            xlabel="log10 firing density",
+            ylabel="latents",
+        )
     return charts

@@ -71,4 +71,34 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
                 },
             }
         )
+    out.extend(_dictionary_findings(results.get("dictionary")))
     return out
+
+
+def _dictionary_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
+    if not stage:
+        return []
+    m = stage["eval"]
+    score = lambda x: x["model_performance_preservation"]["ce_loss_score"]  # noqa: E731
+    fvu = lambda x: x["reconstruction_quality"]["fvu"]  # noqa: E731
+    pca = stage["baselines"].get("pca")
+    versus = (
+        f"; PCA of the same size: FVU {fvu(pca):.3f}, {100 * score(pca):.0f}% recovered"
+        if pca
+        else ""
+    )
+    return [
+        {
+            "id": "dictionary-quality",
+            "title": f"A sparse dictionary for {stage['site']}",
+            "severity": "info",
+            "summary": f"Spliced into the model it recovers {100 * score(m):.0f}% of the loss that "
+            f"zero-ablating the site costs, with FVU {fvu(m):.3f} at L0 {m['sparsity']['l0']:.0f}{versus}.",
+            "evidence": {
+                "dictionary": m["model_performance_preservation"],
+                "baselines": {
+                    k: v["model_performance_preservation"] for k, v in stage["baselines"].items()
+                },
+            },
+        }
+    ]

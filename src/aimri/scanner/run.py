@@ -6,8 +6,8 @@ runs/<name>/activations/  the activation store (see aimri.store)
 runs/<name>/scan.json     machine-readable results, schema_version
 runs/<name>/report.html   one self-contained page
 ```
-Stages so far: activations → statistics → logit lens. Later stages add themselves to
-`_stages`. Not here: the stages' own logic (each lives in its module).
+Stages so far: activations → statistics → logit lens → dictionary (train or load, evaluate).
+Later stages add themselves to `_stages`. Not here: the stages' own logic (each lives in its module).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from aimri.config import CollectConfig, ScanConfig
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
+from aimri.scanner.dictionary import dictionary_stage
 from aimri.scanner.findings import findings_from
 from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
 from aimri.scanner.stats import site_statistics
@@ -101,7 +102,12 @@ Stage = Callable[[ScanConfig, Model, Path, dict[str, Any]], dict[str, Any]]
 
 
 def _stages() -> list[tuple[str, Stage]]:
-    return [("activations", _activations), ("statistics", _statistics), ("logit_lens", _logit_lens)]
+    return [
+        ("activations", _activations),
+        ("statistics", _statistics),
+        ("logit_lens", _logit_lens),
+        ("dictionary", dictionary_stage),
+    ]
 
 
 def _activations(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,120 @@
+"""The scan's dictionary stage: train (or load) an SAE for one site and evaluate it.
+
+Collects the site alone (the forward pass stops there), trains a TopK SAE on several passes
+over those tokens, and evaluates it on other text against PCA and random baselines of the same
+size. Small by design (a few minutes on a laptop CPU): it shows the pipeline and honest
+numbers, not a production dictionary. Not here: the training and evaluation themselves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from aimri.config import (
+    CollectConfig,
+    CorpusConfig,
+    EvalConfig,
+    OptimConfig,
+    ScanConfig,
+    TrainConfig,
+)
+from aimri.dicts.evaluate import evaluate
+from aimri.dicts.formats import load_dictionary
+from aimri.dicts.train import train
+from aimri.errors import AimriError
+from aimri.model.adapter import Model
+from aimri.store.collect import collect
+
+PASSES = 4
+BATCH = 1024
+EVAL_TOKENS = 4096
+
+
+def dictionary_stage(
+    cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]
+) -> dict[str, Any]:
+    site = cfg.dict_site or f"blocks.{model.info.n_layers // 2}.hook_resid_post"
+    model.expand_sites([site])  # a clear error for a site this model lacks
+    training: dict[str, Any] | None = None
+    if cfg.dictionary is not None:
+        path = cfg.dictionary
+        loaded = load_dictionary(path)
+        if loaded.cfg.site and loaded.cfg.site != site and cfg.dict_site:
+            raise AimriError(
+                f"--dictionary reads '{loaded.cfg.site}' but --dict-site is '{site}': drop one"
+            )
+        site = loaded.cfg.site or site
+    else:
+        path = run_dir / "dicts" / site
+        training = _train(cfg, model, run_dir, site, path)
+    corpus = CorpusConfig(
+        max_tokens=EVAL_TOKENS,
+        ctx_len=cfg.corpus.ctx_len,
+        seed=cfg.corpus.seed + 1,
+        source=cfg.corpus.source,
+    )
+    result = evaluate(EvalConfig(dictionary=path, model=cfg.model, corpus=corpus), model=model)
+    return {
+        "site": site,
+        "path": str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path),
+        "trained_here": training is not None,
+        "training": training,
+        "eval": result.metrics,
+        "baselines": result.baselines,
+        "eval_tokens": EVAL_TOKENS,
+    }
+
+
+def _train(cfg: ScanConfig, model: Model, run_dir: Path, site: str, out: Path) -> dict[str, Any]:
+    store = run_dir / "activations-dict"
+    corpus = CorpusConfig(
+        source=cfg.corpus.source,
+        ctx_len=cfg.corpus.ctx_len,
+        max_tokens=cfg.dict_tokens,
+        seed=cfg.corpus.seed,
+        text_field=cfg.corpus.text_field,
+    )
+    collect(
+        CollectConfig(
+            out=store,
+            model=cfg.model,
+            corpus=corpus,
+            sites=(site,),
+            dtype=cfg.store_dtype,
+            batch_size=cfg.batch_size,
+            overwrite=cfg.overwrite,
+        ),
+        model=model,
+    )
+    optim = OptimConfig(
+        batch_size=BATCH,
+        tokens=PASSES * cfg.dict_tokens * (cfg.corpus.ctx_len - 1) // cfg.corpus.ctx_len,
+    )
+    r = train(
+        TrainConfig(
+            store=store,
+            site=site,
+            out=out,
+            architecture="topk",
+            expansion=8,
+            k=32,
+            optim=optim,
+            device=cfg.model.device,
+        )
+    )
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {
+        "architecture": "topk",
+        "d_sae": 8 * model.info.d_model,
+        "k": 32,
+        "steps": r.steps,
+        "tokens": r.tokens,
+        "passes": PASSES,
+        "tokens_per_second": round(r.tokens_per_second, 1),
+        "fvu": r.fvu,
+        "l0": r.l0,
+        "dead_fraction": r.dead_fraction,
+        "curve": {key: [row[key] for row in rows] for key in ("step", "fvu", "l0", "dead_frac")},
+    }
