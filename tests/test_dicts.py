@@ -12,7 +12,13 @@ from aimri import AimriError
 from aimri.config import DictConfig, OptimConfig, TrainConfig
 from aimri.dicts.dictionary import build_dictionary
 from aimri.dicts.formats import load_dictionary, save_dictionary
-from aimri.dicts.sparse import dense_decode, gather_dot, scatter_rows, sparse_decode
+from aimri.dicts.sparse import (
+    _gather_dot_chunked,
+    dense_decode,
+    gather_dot,
+    scatter_rows,
+    sparse_decode,
+)
 from aimri.dicts.toy import SITE, make_toy_store, recovery
 from aimri.dicts.train import train
 
