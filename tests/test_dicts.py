@@ -13,7 +13,6 @@ from aimri.config import DictConfig, OptimConfig, TrainConfig
 from aimri.dicts.dictionary import build_dictionary
 from aimri.dicts.formats import load_dictionary, save_dictionary
 from aimri.dicts.sparse import (
-    _gather_dot_chunked,
     dense_decode,
     gather_dot,
     scatter_rows,
