@@ -44,6 +44,7 @@ test: lint types pytest
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_collect.py
+	$(BIN)/python benchmarks/bench_train.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -9,8 +9,9 @@ held-out batches. Contenders:
   aimri         aimri's training step (sparse kernels, aux-K, unit-norm decoder, Adam)
   sparsify      EleutherAI sparsify's SparseCoder, stepped as its Trainer steps it
   sae_lens      SAELens's TopK training SAE, stepped as its trainer steps it (if installed)
-Reports wall-clock tokens/s, tokens per CPU-second, ratios, and how aimri's step time grows with
-width. Run: `python benchmarks/bench_train.py [--store DIR] [--steps 30]`; without --store the
+Reports wall-clock tokens/s, tokens per CPU-second, ratios, the held-out FVU after the same number
+of steps (constant learning rate 2e-4/sqrt(width/2^14) for all), and how aimri's step time grows
+with width. Run: `python benchmarks/bench_train.py [--store DIR] [--steps 30]`; without --store the
 activations are collected first (about 3 minutes).
 """
 
@@ -192,6 +193,9 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=None)
     ap.add_argument("--site", default="blocks.15.hook_resid_post")
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument(
+        "--quality-steps", type=int, default=120, help="steps before the held-out FVU is taken"
+    )
     ap.add_argument("--widths", type=int, nargs="*", default=[4, 8, 32, 128])
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -216,8 +220,13 @@ def main() -> None:
                 continue
             step, forward = c_
             w, c = timed(step, train_batches)
+            for i in range(args.quality_steps - args.steps - 1):  # same extra budget for everyone
+                step(train_batches[i % len(train_batches)])
             rows[name] = (w, c, fvu(forward, held))
     tokens = BATCH * args.steps
+    print(
+        f"# timing over {args.steps} steps; FVU on {len(held)} held-out batches after {args.quality_steps} steps"
+    )
     print(f"{'':<12}{'tokens/s':>10}{'tok/CPU-s':>11}{'ms/step':>9}{'FVU':>8}")
     for name, (w, c, f) in rows.items():
         print(

@@ -207,3 +207,24 @@ def test_nan_activations_stop_training_and_keep_the_checkpoint(toy, tmp_path, mo
         train(toy_config(toy, tmp_path / "nan"))
     state = json.loads((tmp_path / "nan" / "checkpoint" / "state.json").read_text())
     assert state["step"] == 40
+
+
+@pytest.mark.parametrize("transcode", [False, True])
+def test_sparsify_import_reconstructs_like_sparsify(tmp_path, transcode):
+    sparsify = pytest.importorskip("sparsify", reason="eai-sparsify is a dev extra")
+    torch.manual_seed(0)
+    cfg = sparsify.SparseCoderConfig(
+        num_latents=96, k=6, transcode=transcode, skip_connection=transcode
+    )
+    theirs = sparsify.SparseCoder(24, cfg)
+    with torch.no_grad():  # non-trivial biases and skip: where careless converters go wrong
+        for p in theirs.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    theirs.save_to_disk(tmp_path)
+    ours = load_dictionary(tmp_path)
+    x = torch.randn(50, 24)
+    with torch.no_grad():
+        expected = theirs(x).sae_out
+        got = ours.decode(ours.encode(x), x)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    assert ours.cfg.k == 6 and ours.cfg.transcoder == transcode
