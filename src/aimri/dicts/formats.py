@@ -3,7 +3,7 @@
 ```
 <dir>/cfg.json                SAELens config (architecture, d_in, d_sae, k, metadata.hook_name...)
 <dir>/sae_weights.safetensors W_enc [d_in, d_sae], b_enc [d_sae], W_dec [d_sae, d_in], b_dec [d_in]
-                              (+ threshold [d_sae] for jumprelu; + W_skip [d_in, d_out] transcoders)
+                              (+ threshold [d_sae] for jumprelu; + W_skip [d_out, d_in] transcoders)
 <dir>/aimri.json              our own record: DictConfig, training summary, sha256 of the weights
 ```
 Architectures map as: topk → "topk", relu → "standard", jumprelu → "jumprelu", and batchtopk is
@@ -30,7 +30,8 @@ from aimri.errors import AimriError
 WEIGHTS = "sae_weights.safetensors"
 SAELENS_ARCH = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 FROM_SAELENS = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu", "transcoder": "relu",
-                "skip_transcoder": "relu", "jumprelu_transcoder": "jumprelu", "topk_transcoder": "topk"}  # fmt: skip
+                "skip_transcoder": "relu", "jumprelu_transcoder": "jumprelu", "jumprelu_skip_transcoder": "jumprelu",
+                "topk_transcoder": "topk", "topk_skip_transcoder": "topk"}  # fmt: skip
 
 
 def save_dictionary(d: Dictionary, path: Path, *, extra: dict[str, Any] | None = None) -> Path:
@@ -45,7 +46,7 @@ def save_dictionary(d: Dictionary, path: Path, *, extra: dict[str, Any] | None =
     }
     skip = getattr(d, "W_skip", None)
     if skip is not None:
-        tensors["W_skip"] = skip.detach().contiguous().cpu()
+        tensors["W_skip"] = skip.detach().T.contiguous().cpu()  # SAELens applies x @ W_skipᵀ
     with atomic_path(path / WEIGHTS) as tmp:
         save_file(tensors, str(tmp))
     write_json_atomic(path / "cfg.json", _saelens_cfg(cfg))
@@ -60,9 +61,11 @@ def save_dictionary(d: Dictionary, path: Path, *, extra: dict[str, Any] | None =
 
 def _saelens_cfg(cfg: DictConfig) -> dict[str, Any]:
     arch = SAELENS_ARCH[cfg.architecture]
-    if cfg.transcoder:
-        arch = {"standard": "skip_transcoder" if cfg.skip else "transcoder"}.get(
-            arch, f"{arch}_transcoder"
+    if (
+        cfg.transcoder
+    ):  # SAELens has (skip_)transcoder and jumprelu_(skip_)transcoder; topk_* is ours
+        arch = ("" if arch == "standard" else f"{arch}_") + (
+            "skip_transcoder" if cfg.skip else "transcoder"
         )
     out: dict[str, Any] = {
         "architecture": arch,
@@ -110,7 +113,7 @@ def load_dictionary(path: str | Path, *, sparse_kernels: bool = True) -> Diction
         if "threshold" in tensors:
             d.activation.log_threshold.copy_(tensors["threshold"].clamp_min(1e-30).log())  # type: ignore[union-attr]
         if cfg.skip:
-            d.W_skip.copy_(tensors["W_skip"])  # type: ignore[union-attr]
+            d.W_skip.copy_(tensors["W_skip"].T)  # type: ignore[union-attr]
     return d.eval()
 
 
@@ -130,6 +133,17 @@ def _dict_config(path: Path) -> DictConfig:
         )
     meta = raw.get("metadata") or {}
     transcoder = "transcoder" in raw.get("architecture", "")
+    unsupported = {
+        "normalize_activations": raw.get("normalize_activations", "none") not in ("none", None),
+        "rescale_acts_by_decoder_norm": bool(raw.get("rescale_acts_by_decoder_norm")),
+        "apply_b_dec_to_input": raw.get("apply_b_dec_to_input", not transcoder) == transcoder,
+    }
+    for name, bad in unsupported.items():
+        if bad:
+            raise AimriError(
+                f"'{path}': SAELens setting {name}={raw.get(name)!r} is not supported yet; "
+                "re-save the SAE with it folded into the weights"
+            )
     return DictConfig(
         architecture=arch,  # type: ignore[arg-type]
         d_in=int(raw["d_in"]),
@@ -137,7 +151,7 @@ def _dict_config(path: Path) -> DictConfig:
         d_out=int(raw["d_out"]) if transcoder and raw.get("d_out") else None,
         k=int(raw.get("k", 1)) if arch == "topk" else 1,
         transcoder=transcoder,
-        skip=raw.get("architecture") == "skip_transcoder",
+        skip="skip_transcoder" in raw.get("architecture", ""),
         site=str(meta.get("hook_name") or raw.get("hook_name") or ""),
         site_out=str(meta.get("hook_name_out") or raw.get("hook_name_out") or "")
         if transcoder
@@ -155,7 +169,7 @@ def _check_tensors(path: Path, cfg: DictConfig, tensors: dict[str, torch.Tensor]
     if cfg.architecture == "jumprelu":
         expected["threshold"] = (cfg.d_sae,)
     if cfg.skip:
-        expected["W_skip"] = (cfg.d_in, cfg.out_width)
+        expected["W_skip"] = (cfg.out_width, cfg.d_in)
     for name, shape in expected.items():
         if name not in tensors:
             raise AimriError(
