@@ -82,12 +82,12 @@ def test_interrupted_run_resumes_with_nothing_lost_or_duplicated(
         calls.append(1)
         real_write(*a, **kw)
 
-    monkeypatch.setattr(collect_mod, "_write_shard", write_then_die)
+    monkeypatch.setattr(collect_mod, "write_shard", write_then_die)
     with pytest.raises(KeyboardInterrupt):
         collect(cut, model=m)
     with pytest.raises(AimriError, match="incomplete"):
         ActivationStore(cut.out)
-    monkeypatch.setattr(collect_mod, "_write_shard", real_write)
+    monkeypatch.setattr(collect_mod, "write_shard", real_write)
     r = collect(cut, model=m)
     assert r.resumed_shards == 2 and r.n_shards == 5
     a, b = (json.loads((p / "manifest.json").read_text())["shards"] for p in (whole.out, cut.out))
