@@ -124,7 +124,8 @@ def ours(width: int, first: torch.Tensor, tmp: Path) -> tuple[Step, Callable]:
         out=tmp / "o",
         expansion=width // D,
         k=K,
-        optim=OptimConfig(batch_size=BATCH, tokens=10**9),
+        # A constant learning rate, as the peers' steps here have (no warm-up or decay).
+        optim=OptimConfig(batch_size=BATCH, tokens=10**9, warmup_frac=0.0, decay_frac=0.0),
     )
     dict_cfg = aimri.config.DictConfig(d_in=D, d_sae=width, k=K, site="x")
     state = train_mod._resume_or_init(cfg, dict_cfg, (first, first), steps=10**6)
@@ -166,24 +167,39 @@ def sparsify_contender(width: int) -> tuple[Step, Callable] | None:
 def sae_lens_contender(width: int) -> tuple[Step, Callable] | None:
     try:
         from sae_lens import TopKTrainingSAE, TopKTrainingSAEConfig  # type: ignore[import-not-found]
+        from sae_lens.saes.sae import TrainStepInput  # type: ignore[import-not-found]
     except ImportError:
         return None
     sae = TopKTrainingSAE(
         TopKTrainingSAEConfig(d_in=D, d_sae=width, k=K, device="cpu", dtype="float32")
     )
     opt = torch.optim.Adam(sae.parameters(), lr=lr_for(width))
+    since = torch.zeros(width)
 
-    def step(x: torch.Tensor) -> None:
-        from sae_lens.saes.sae import TrainStepInput  # type: ignore[import-not-found]
-
+    def step(x: torch.Tensor) -> None:  # the body of SAELens's SAETrainer._train_step
+        sae.train()
         out = sae.training_forward_pass(
-            TrainStepInput(sae_in=x, coefficients={}, dead_neuron_mask=None, n_training_steps=0)
+            step_input=TrainStepInput(
+                sae_in=x,
+                coefficients={},
+                dead_neuron_mask=since > 1000,
+                n_training_steps=0,
+                is_logging_step=False,
+            )
         )
+        with torch.no_grad():
+            since.add_(1)
+            since[out.feature_acts.bool().any(0)] = 0
         out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), 1.0)
         opt.step()
         opt.zero_grad()
 
-    return step, lambda x: sae(x)
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        sae.eval()
+        return sae(x)
+
+    return step, forward
 
 
 def main() -> None:
