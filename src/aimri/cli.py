@@ -11,7 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import tyro
 
@@ -27,6 +29,8 @@ class SitesConfig:
     pattern: str = "*"
     """Only sites matching this glob, e.g. 'blocks.3.*'."""
 
+
+T = TypeVar("T")
 
 COMMANDS = {
     "scan": ScanConfig,
@@ -71,38 +75,44 @@ def _dispatch(cfg: object) -> None:
         print(f"scan complete in {r.seconds:.0f}s: {r.run_dir}")
         print(f"report: {r.report.resolve()}")
     elif isinstance(cfg, CollectConfig):
-        from aimri.distributed import shutdown, world
         from aimri.store.collect import collect
 
-        try:
-            c = collect(cfg)
-            if world().rank == 0:
-                print(
-                    f"{c.n_tokens:,} tokens in {c.n_shards} shard(s) at {c.path} "
-                    f"({c.resumed_shards} reused; {c.tokens_per_second:,.0f} tokens/s on this rank)"
-                )
-        finally:
-            shutdown()
+        _on_all_ranks(
+            lambda: collect(cfg),
+            lambda c: (
+                f"{c.n_tokens:,} tokens in {c.n_shards} shard(s) at {c.path} "
+                f"({c.resumed_shards} reused; {c.tokens_per_second:,.0f} tokens/s on this rank)"
+            ),
+        )
     elif isinstance(cfg, TrainConfig):
         from aimri.dicts.train import train
-        from aimri.distributed import shutdown, world
 
-        try:
-            t = train(cfg)
-            if world().rank == 0:
-                print(
-                    f"trained {t.steps} steps ({t.tokens:,} tokens, {t.tokens_per_second:,.0f} tokens/s"
-                    f"{f'; resumed at step {t.resumed_from_step}' if t.resumed_from_step else ''}): "
-                    f"FVU {t.fvu:.3f}, L0 {t.l0:.1f}, dead {100 * t.dead_fraction:.1f}% → {t.path}"
-                )
-        finally:
-            shutdown()
+        _on_all_ranks(
+            lambda: train(cfg),
+            lambda t: (
+                f"trained {t.steps} steps ({t.tokens:,} tokens, {t.tokens_per_second:,.0f} tokens/s"
+                f"{f'; resumed at step {t.resumed_from_step}' if t.resumed_from_step else ''}): "
+                f"FVU {t.fvu:.3f}, L0 {t.l0:.1f}, dead {100 * t.dead_fraction:.1f}% → {t.path}"
+            ),
+        )
     elif isinstance(cfg, EvalConfig):
         _print_eval(cfg)
     elif isinstance(cfg, SitesConfig):
         _print_sites(cfg)
     else:  # pragma: no cover - tyro only returns the classes above
         raise AssertionError(type(cfg))
+
+
+def _on_all_ranks(job: Callable[[], T], describe: Callable[[T], str]) -> None:
+    """Run a job that may run under torchrun; rank 0 prints; the process group is closed."""
+    from aimri.distributed import shutdown, world
+
+    try:
+        result = job()
+        if world().rank == 0:
+            print(describe(result))
+    finally:
+        shutdown()
 
 
 def _print_eval(cfg: EvalConfig) -> None:
