@@ -12,7 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -93,12 +93,11 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def cleanup_temp_files(directory: Path, keep: Callable[[Path], bool] = lambda p: False) -> int:
+def cleanup_temp_files(directory: Path) -> int:
     """Remove leftovers of interrupted atomic writes (`.name.XXXX.tmp`) in `directory`."""
     removed = 0
     if directory.is_dir():
         for p in directory.glob(".*.tmp"):
-            if not keep(p):
-                p.unlink(missing_ok=True)
-                removed += 1
+            p.unlink(missing_ok=True)
+            removed += 1
     return removed

@@ -53,8 +53,6 @@ class Encoded(NamedTuple):
 class Activation(nn.Module, ABC):
     """Turns pre-activations into codes; owns any parameters of its own (thresholds)."""
 
-    sparse: bool = True
-
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -140,7 +138,6 @@ class _JumpSTE(torch.autograd.Function):
 class JumpReLU(Activation):
     """pre · H(pre − θ) with a learned per-latent θ; sparsity is an L0 surrogate."""
 
-    sparse = False
     bandwidth = 0.05  # in units of the scaled input (mean norm sqrt(d_in))
 
     def __init__(self, cfg: DictConfig) -> None:
@@ -160,8 +157,6 @@ class JumpReLU(Activation):
 
 class ReLU(Activation):
     """relu(pre); sparsity is L1 weighted by each latent's decoder norm."""
-
-    sparse = False
 
     def encode(self, pre: Tensor, select: Encoder, x_in: Tensor, W_dec: Tensor) -> Encoded:
         vals = select(x_in, ALL).relu()

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from aimri import __version__
 from aimri._io import atomic_path, cleanup_temp_files, sha256_file, write_json_atomic
-from aimri.config import CollectConfig, CorpusConfig
+from aimri.config import CollectConfig
 from aimri.corpus.contexts import iter_contexts, special_tokens
 from aimri.distributed import barrier, device_for_rank, world
 from aimri.errors import AimriError
@@ -226,9 +226,3 @@ def write_manifest(out: Path, identity: dict[str, Any], records: dict[int, dict[
             "same command again to fill them in"
         )
     write_json_atomic(out / MANIFEST, _manifest(identity, records, complete=True))
-
-
-def corpus_of(manifest: dict[str, Any]) -> CorpusConfig:
-    """The corpus configuration a store was made from."""
-    corpus = {k: v for k, v in manifest["identity"]["corpus"].items() if k != "python"}
-    return CorpusConfig(**corpus)
