@@ -265,3 +265,22 @@ def test_round_trip_through_sae_lens(cls_name, cfg_name, kw, tmp_path):
         again = sae_lens.SAE.load_from_disk(str(tmp_path / "ours"), device="cpu")
         assert type(again).__name__ == cls_name
         torch.testing.assert_close(again(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_matryoshka_makes_the_first_latents_reconstruct_alone(toy, tmp_path):
+    from aimri import ActivationStore
+
+    x = ActivationStore(toy.store).load(SITE, 1)[:4096]
+
+    def prefix_fvu(path):
+        d = load_dictionary(path)
+        with torch.no_grad():
+            recon = d.decode(d.encode(x).prefix(64), x)
+        return float((recon - x).pow(2).sum() / (x - x.mean(0)).pow(2).sum())
+
+    train(toy_config(toy, tmp_path / "plain"))
+    train(toy_config(toy, tmp_path / "nested", matryoshka=(64, 128)))
+    # 64 of 256 equally common features fit in the prefix: nesting lowers its error (0.67 vs 0.75).
+    assert prefix_fvu(tmp_path / "nested") < 0.95 * prefix_fvu(tmp_path / "plain")
+    with pytest.raises(AimriError, match="prefix sizes must increase"):
+        train(toy_config(toy, tmp_path / "bad", matryoshka=(512,)))

@@ -32,6 +32,14 @@ class Codes(NamedTuple):
         dense = torch.zeros(len(self.vals), d_sae, dtype=self.vals.dtype, device=self.vals.device)
         return dense.scatter_add(1, self.idx, self.vals)
 
+    def prefix(self, m: int) -> Codes:
+        """The same codes with every latent from index m on switched off (Matryoshka)."""
+        if self.idx is None:
+            return Codes(
+                torch.cat([self.vals[:, :m], torch.zeros_like(self.vals[:, m:])], dim=1), None
+            )
+        return Codes(self.vals * (self.idx < m).to(self.vals.dtype), self.idx)
+
     def l0(self) -> Tensor:
         """Mean number of non-zero latents per token."""
         return (self.vals != 0).sum(-1).float().mean()

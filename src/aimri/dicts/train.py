@@ -72,6 +72,13 @@ def train(cfg: TrainConfig) -> TrainResult:
     store = ActivationStore(cfg.store)
     w = world()
     dict_cfg = dictionary_config(cfg, store)
+    if any(not 0 < m < dict_cfg.d_sae for m in cfg.matryoshka) or list(cfg.matryoshka) != sorted(
+        cfg.matryoshka
+    ):
+        raise AimriError(
+            f"--matryoshka {' '.join(map(str, cfg.matryoshka))}: prefix sizes must increase and "
+            f"lie between 1 and d_sae-1 = {dict_cfg.d_sae - 1}"
+        )
     steps = total_steps(cfg, store)
     if steps < 1 or _usable_tokens(cfg, store) < cfg.optim.batch_size:
         raise AimriError(
@@ -208,7 +215,13 @@ def _step(
         coeff = {"relu": 5.0, "jumprelu": 1.0}.get(cfg.architecture, 0.0)
     # Normalised by a fixed variance (of the first batch), not each batch's own, so that the
     # mean over data-parallel ranks equals the loss of the whole batch.
-    loss = (out.mse + coeff * out.sparsity + cfg.optim.aux_k_coeff * out.aux) / state.variance
+    mse = out.mse
+    if cfg.matryoshka:  # mean reconstruction error over the nested prefixes and the whole
+        prefix = [
+            (d.decode(out.codes.prefix(m), x) - y).pow(2).sum(-1).mean() for m in cfg.matryoshka
+        ]
+        mse = (mse + sum(prefix)) / (1 + len(prefix))
+    loss = (mse + coeff * out.sparsity + cfg.optim.aux_k_coeff * out.aux) / state.variance
     if not torch.isfinite(loss):
         raise AimriError(
             f"training diverged at step {state.step} (loss {loss.item()}): the last good "
