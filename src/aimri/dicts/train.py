@@ -72,26 +72,15 @@ def train(cfg: TrainConfig) -> TrainResult:
     store = ActivationStore(cfg.store)
     w = world()
     dict_cfg = dictionary_config(cfg, store)
-    if any(not 0 < m < dict_cfg.d_sae for m in cfg.matryoshka) or list(cfg.matryoshka) != sorted(
-        cfg.matryoshka
-    ):
-        raise AimriError(
-            f"--matryoshka {' '.join(map(str, cfg.matryoshka))}: prefix sizes must increase and "
-            f"lie between 1 and d_sae-1 = {dict_cfg.d_sae - 1}"
-        )
-    steps = total_steps(cfg, store)
-    if steps < 1 or _usable_tokens(cfg, store) < cfg.optim.batch_size:
-        raise AimriError(
-            f"the store holds too few tokens for one batch of {cfg.optim.batch_size}: lower "
-            "--optim.batch-size or collect more tokens"
-        )
+    steps = _checked_steps(cfg, dict_cfg, store)
     batches = _batches(cfg, store)
-    first = next(_batches(cfg, store))
+    first = next(batches)
     state = _resume_or_init(cfg, dict_cfg, first, steps)
     resumed = state.step
     if resumed and w.rank == 0:
         _truncate_metrics(cfg.out, resumed)
-    batches = itertools.islice(batches, state.step, steps)  # the data position is the step
+    # The data position is the step: a resumed run skips the batches it has already seen.
+    batches = itertools.islice(itertools.chain([first], batches), state.step, steps)
     history: list[dict[str, float]] = []
     bar = tqdm(
         total=steps, initial=state.step, unit="step", desc="train", disable=w.rank != 0 or None
@@ -111,9 +100,38 @@ def train(cfg: TrainConfig) -> TrainResult:
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t_train
-    final = _final_dictionary(state)
     if w.rank == 0:
-        save_dictionary(final, cfg.out, extra={"training": _training_summary(cfg, state, steps)})
+        summary = {"training": _training_summary(cfg, state, steps)}
+        save_dictionary(_final_dictionary(state), cfg.out, extra=summary)
+    return _result(cfg, state, history, resumed, seconds, time.perf_counter() - t0)
+
+
+def _checked_steps(cfg: TrainConfig, dict_cfg: DictConfig, store: ActivationStore) -> int:
+    """The number of steps, after refusing configurations that cannot train."""
+    prefixes = list(cfg.matryoshka)
+    if any(not 0 < m < dict_cfg.d_sae for m in prefixes) or prefixes != sorted(prefixes):
+        raise AimriError(
+            f"--matryoshka {' '.join(map(str, prefixes))}: prefix sizes must increase and "
+            f"lie between 1 and d_sae-1 = {dict_cfg.d_sae - 1}"
+        )
+    steps = total_steps(cfg, store)
+    if steps < 1 or _usable_tokens(cfg, store) < cfg.optim.batch_size:
+        raise AimriError(
+            f"the store holds too few tokens for one batch of {cfg.optim.batch_size}: lower "
+            "--optim.batch-size or collect more tokens"
+        )
+    return steps
+
+
+def _result(
+    cfg: TrainConfig,
+    state: _State,
+    history: list[dict[str, float]],
+    resumed: int,
+    train_s: float,
+    total_s: float,
+) -> TrainResult:
+    """Summary over the last 10% of this run's steps."""
     tail = history[-max(1, len(history) // 10) :] or [
         {"fvu": math.nan, "l0": math.nan, "dead_frac": math.nan}
     ]
@@ -122,8 +140,8 @@ def train(cfg: TrainConfig) -> TrainResult:
         path=cfg.out,
         steps=state.step,
         tokens=state.step * cfg.optim.batch_size,
-        seconds=time.perf_counter() - t0,
-        tokens_per_second=trained / seconds if seconds > 0 else 0.0,
+        seconds=total_s,
+        tokens_per_second=trained / train_s if train_s > 0 else 0.0,
         fvu=sum(r["fvu"] for r in tail) / len(tail),
         l0=sum(r["l0"] for r in tail) / len(tail),
         dead_fraction=tail[-1]["dead_frac"],
