@@ -75,6 +75,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
     ]
     assert lens[-1]["agreement_with_model"] > 0.95, "the last layer's lens is the model's output"
     assert lens[-1]["next_token_accuracy"] > lens[0]["next_token_accuracy"]
+    assert doc["stages"]["ground_truth"]["recovered_fraction"] >= 0.9
     dict_stage = doc["stages"]["dictionary"]
     assert dict_stage["site"] == "blocks.15.hook_resid_post" and dict_stage["training"]["steps"] > 0
     assert (r.run_dir / "dicts" / "blocks.15.hook_resid_post" / "sae_weights.safetensors").is_file()

@@ -124,6 +124,17 @@ def _charts(scan: dict[str, Any]) -> dict[str, Any]:
             ylabel="nats",
         )
     charts.update(_dictionary_charts(scan["stages"].get("dictionary") or {}))
+    gt = scan["stages"].get("ground_truth")
+    if gt:
+        h = gt["cosine_histogram"]
+        centers = [round(e + 0.05, 2) for e in h["edges"][:-1]]
+        charts["gt"] = line_chart(
+            centers,
+            {"planted features": h["counts"]},
+            title="Best cosine of each planted feature with a learned latent",
+            xlabel="cosine",
+            ylabel="features",
+        )
     return charts
 
 

@@ -71,6 +71,18 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
                 },
             }
         )
+    gt = results.get("ground_truth")
+    if gt and gt["recovered_fraction"] < 0.9:
+        out.append(
+            {
+                "id": "ground-truth-failed",
+                "title": "Dictionary training did not recover a toy model's known features",
+                "severity": "warning",
+                "summary": f"Only {100 * gt['recovered_fraction']:.0f}% of planted features were "
+                "recovered: treat this run's dictionaries with suspicion.",
+                "evidence": gt,
+            }
+        )
     out.extend(_dictionary_findings(results.get("dictionary")))
     return out
 

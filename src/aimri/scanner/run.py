@@ -6,7 +6,8 @@ runs/<name>/activations/  the activation store (see aimri.store)
 runs/<name>/scan.json     machine-readable results, schema_version
 runs/<name>/report.html   one self-contained page
 ```
-Stages so far: activations → statistics → logit lens → dictionary (train or load, evaluate).
+Stages so far: activations → statistics → logit lens → ground truth (a toy model of
+superposition: does training recover known features?) → dictionary (train or load, evaluate).
 Later stages add themselves to `_stages`. Not here: the stages' own logic (each lives in its module).
 """
 
@@ -34,6 +35,7 @@ from aimri.model.load import load_model
 from aimri.report.render import render_report
 from aimri.scanner.dictionary import dictionary_stage
 from aimri.scanner.findings import findings_from
+from aimri.scanner.ground_truth import ground_truth_stage
 from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
 from aimri.scanner.stats import site_statistics
 from aimri.store.collect import collect
@@ -106,6 +108,7 @@ def _stages() -> list[tuple[str, Stage]]:
         ("activations", _activations),
         ("statistics", _statistics),
         ("logit_lens", _logit_lens),
+        ("ground_truth", ground_truth_stage),
         ("dictionary", dictionary_stage),
     ]
 
