@@ -89,8 +89,12 @@ def line_chart(
 
 
 def _ticks(x0: float, x1: float, n: int = 6) -> list[float]:
-    step = max(1, math.ceil((x1 - x0) / n))
-    return [x0 + i * step for i in range(int((x1 - x0) // step) + 1)]
+    """About n ticks at a round step (1, 2 or 5 times a power of ten), within [x0, x1]."""
+    raw = (x1 - x0) / n
+    base = 10 ** math.floor(math.log10(raw))
+    step = next(m * base for m in (1, 2, 5, 10) if m * base >= raw)
+    first = math.ceil(x0 / step - 1e-9) * step
+    return [round(first + i * step, 10) for i in range(int((x1 - first) / step + 1e-9) + 1)]
 
 
 def _fmt(v: float) -> str:
