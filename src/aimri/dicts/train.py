@@ -12,7 +12,6 @@ Not here: the dictionary's maths (`dictionary.py`), file layouts (`formats.py`).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import json
 import logging
@@ -25,11 +24,18 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
-from aimri._io import atomic_path, read_json, write_json_atomic
 from aimri.config import DictConfig, TrainConfig
+from aimri.dicts.checkpoint import (
+    CHECKPOINT,
+    TrainState,
+    device_of,
+    identity,
+    load_checkpoint,
+    save_checkpoint,
+    truncate_metrics,
+)
 from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.dicts.formats import save_dictionary
 from aimri.distributed import world
@@ -37,7 +43,6 @@ from aimri.errors import AimriError
 from aimri.store.reader import ActivationStore
 
 log = logging.getLogger(__name__)
-CHECKPOINT = "checkpoint"
 
 
 @dataclass(frozen=True)
@@ -54,19 +59,6 @@ class TrainResult:
     resumed_from_step: int
 
 
-@dataclass
-class _State:
-    dictionary: Dictionary
-    optimizer: torch.optim.Adam
-    step: int
-    since_fired: torch.Tensor
-    """[d_sae] tokens since each latent last fired."""
-    scale_in: float
-    scale_out: float
-    variance: float
-    """Total variance of the (scaled) targets of the first batch: the loss's normaliser."""
-
-
 def train(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     store = ActivationStore(cfg.store)
@@ -78,7 +70,7 @@ def train(cfg: TrainConfig) -> TrainResult:
     state = _resume_or_init(cfg, dict_cfg, first, steps)
     resumed = state.step
     if resumed and w.rank == 0:
-        _truncate_metrics(cfg.out, resumed)
+        truncate_metrics(cfg.out, resumed)
     # The data position is the step: a resumed run skips the batches it has already seen.
     batches = itertools.islice(itertools.chain([first], batches), state.step, steps)
     history: list[dict[str, float]] = []
@@ -96,7 +88,7 @@ def train(cfg: TrainConfig) -> TrainResult:
                 fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.2f}"
             )
         if state.step % cfg.checkpoint_every == 0 or state.step == steps:
-            _save_checkpoint(cfg, state)
+            save_checkpoint(cfg, state)
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t_train
@@ -125,7 +117,7 @@ def _checked_steps(cfg: TrainConfig, dict_cfg: DictConfig, store: ActivationStor
 
 def _result(
     cfg: TrainConfig,
-    state: _State,
+    state: TrainState,
     history: list[dict[str, float]],
     resumed: int,
     train_s: float,
@@ -193,15 +185,8 @@ def _batches(
             )
 
 
-def _device(cfg: TrainConfig) -> torch.device:
-    w = world()
-    if cfg.device == "auto":
-        return torch.device(f"cuda:{w.local_rank}" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
-
-
 def _scaled_share(
-    x: torch.Tensor, y: torch.Tensor, state: _State, w: Any
+    x: torch.Tensor, y: torch.Tensor, state: TrainState, w: Any
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """This rank's rows of the global batch, as float32 on the device, scaled."""
     device = state.dictionary.W_dec.device
@@ -223,7 +208,7 @@ def _lr(cfg: TrainConfig, d_sae: int, step: int, steps: int) -> float:
 
 
 def _step(
-    state: _State, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, steps: int
+    state: TrainState, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, steps: int
 ) -> dict[str, float]:
     d = state.dictionary
     dead = state.since_fired >= cfg.optim.dead_after_tokens
@@ -277,7 +262,7 @@ def _average_gradients(d: Dictionary) -> None:
             dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
 
 
-def _count_firing(state: _State, codes: Any, global_batch: int) -> None:
+def _count_firing(state: TrainState, codes: Any, global_batch: int) -> None:
     fired = torch.zeros_like(state.since_fired, dtype=torch.bool)
     if codes.idx is None:
         fired |= (codes.vals > 0).any(0)
@@ -302,11 +287,11 @@ def _geometric_median(x: torch.Tensor, iters: int = 30) -> torch.Tensor:
 
 def _resume_or_init(
     cfg: TrainConfig, dict_cfg: DictConfig, first: tuple[torch.Tensor, torch.Tensor], steps: int
-) -> _State:
+) -> TrainState:
     ckpt = cfg.out / CHECKPOINT
     if (ckpt / "state.json").is_file():
-        return _load_checkpoint(cfg, dict_cfg, ckpt)
-    device = _device(cfg)
+        return load_checkpoint(cfg, dict_cfg, ckpt)
+    device = device_of(cfg)
     d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed).to(device)
     x, y = (t.to(device, torch.float32) for t in first)
     # Inputs (and targets) scaled to mean norm sqrt(width); folded back into the weights on save.
@@ -324,77 +309,10 @@ def _resume_or_init(
     since = torch.zeros(dict_cfg.d_sae, dtype=torch.long, device=device)
     y_scaled = y * scale_out
     variance = float((y_scaled - y_scaled.mean(0)).pow(2).sum(-1).mean())
-    return _State(d, opt, 0, since, scale_in, scale_out, variance)
+    return TrainState(d, opt, 0, since, scale_in, scale_out, variance)
 
 
-def _identity(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, Any]:
-    cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    cfg_json.pop("checkpoint_every", None)
-    cfg_json.pop("device", None)
-    return {"train": cfg_json, "dict": dataclasses.asdict(dict_cfg)}
-
-
-def _save_checkpoint(cfg: TrainConfig, state: _State) -> None:
-    if world().rank != 0:
-        return
-    ckpt = cfg.out / CHECKPOINT
-    tensors = {
-        f"param.{k}": v.detach().cpu().contiguous()
-        for k, v in state.dictionary.state_dict().items()
-    }
-    names = dict(state.dictionary.named_parameters())
-    for name, p in names.items():
-        for key, value in state.optimizer.state.get(p, {}).items():
-            tensors[f"adam.{name}.{key}"] = (
-                torch.as_tensor(value).detach().cpu().reshape(-1)
-                if key == "step"
-                else value.detach().cpu().contiguous()
-            )
-    tensors["since_fired"] = state.since_fired.cpu()
-    with atomic_path(ckpt / "state.safetensors") as tmp:
-        save_file(tensors, str(tmp))
-    write_json_atomic(
-        ckpt / "state.json",
-        {
-            "step": state.step,
-            "scale_in": state.scale_in,
-            "scale_out": state.scale_out,
-            "variance": state.variance,
-            "identity": _identity(cfg, state.dictionary.cfg),
-        },
-    )
-
-
-def _load_checkpoint(cfg: TrainConfig, dict_cfg: DictConfig, ckpt: Path) -> _State:
-    meta = read_json(ckpt / "state.json", "training checkpoint")
-    if meta["identity"] != _identity(cfg, dict_cfg):
-        raise AimriError(
-            f"'{cfg.out}' holds a checkpoint of a training run with another configuration: use "
-            "another --out, or delete its checkpoint folder to start over"
-        )
-    device = _device(cfg)
-    tensors = load_file(str(ckpt / "state.safetensors"))
-    d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed)
-    d.load_state_dict(
-        {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
-    )
-    d = d.to(device)
-    opt = torch.optim.Adam(d.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
-    for name, p in d.named_parameters():
-        if f"adam.{name}.exp_avg" in tensors:
-            opt.state[p] = {
-                "step": tensors[f"adam.{name}.step"].reshape(()).clone(),
-                "exp_avg": tensors[f"adam.{name}.exp_avg"].to(device),
-                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(device),
-            }
-    log.info("resuming training at step %d from %s", meta["step"], ckpt)
-    since = tensors["since_fired"].to(device)
-    return _State(
-        d, opt, int(meta["step"]), since, meta["scale_in"], meta["scale_out"], meta["variance"]
-    )
-
-
-def _final_dictionary(state: _State) -> Dictionary:
+def _final_dictionary(state: TrainState) -> Dictionary:
     """A copy with the input scaling folded into the weights (users never see the scale)."""
     d = state.dictionary
     final = build_dictionary(d.cfg, sparse_kernels=d.sparse_kernels)
@@ -403,13 +321,13 @@ def _final_dictionary(state: _State) -> Dictionary:
     return final.eval()
 
 
-def _training_summary(cfg: TrainConfig, state: _State, steps: int) -> dict[str, Any]:
+def _training_summary(cfg: TrainConfig, state: TrainState, steps: int) -> dict[str, Any]:
     return {
         "steps": state.step,
         "tokens": state.step * cfg.optim.batch_size,
         "store": str(cfg.store),
         "input_scale_folded": state.scale_in,
-        "config": _identity(cfg, state.dictionary.cfg)["train"],
+        "config": identity(cfg, state.dictionary.cfg)["train"],
     }
 
 
@@ -417,12 +335,3 @@ def _log_metrics(out: Path, row: dict[str, float]) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "metrics.jsonl", "a") as f:
         f.write(json.dumps(row) + "\n")
-
-
-def _truncate_metrics(out: Path, step: int) -> None:
-    """Drop metric rows logged after the checkpoint a run resumes from (they will be redone)."""
-    path = out / "metrics.jsonl"
-    if path.is_file():
-        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(r + "\n" for r in rows))

@@ -1,0 +1,127 @@
+"""Training checkpoints: everything needed to continue a run bit for bit.
+
+```
+<out>/checkpoint/state.safetensors  parameters, Adam moments and steps, dead-latent counters
+<out>/checkpoint/state.json         step, input scales, loss normaliser, the run's identity
+```
+A checkpoint of a run with another configuration is refused. Metric rows logged after the
+checkpoint a run resumes from are dropped (they will be logged again).
+Not here: the training loop (`train.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from aimri._io import atomic_path, read_json, write_json_atomic
+from aimri.config import DictConfig, TrainConfig
+from aimri.dicts.dictionary import Dictionary, build_dictionary
+from aimri.distributed import world
+from aimri.errors import AimriError
+
+log = logging.getLogger(__name__)
+CHECKPOINT = "checkpoint"
+
+
+@dataclass
+class TrainState:
+    dictionary: Dictionary
+    optimizer: torch.optim.Adam
+    step: int
+    since_fired: torch.Tensor
+    """[d_sae] tokens since each latent last fired."""
+    scale_in: float
+    scale_out: float
+    variance: float
+    """Total variance of the (scaled) targets of the first batch: the loss's normaliser."""
+
+
+def identity(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, Any]:
+    cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+    cfg_json.pop("checkpoint_every", None)
+    cfg_json.pop("device", None)
+    return {"train": cfg_json, "dict": dataclasses.asdict(dict_cfg)}
+
+
+def save_checkpoint(cfg: TrainConfig, state: TrainState) -> None:
+    if world().rank != 0:
+        return
+    ckpt = cfg.out / CHECKPOINT
+    tensors = {
+        f"param.{k}": v.detach().cpu().contiguous()
+        for k, v in state.dictionary.state_dict().items()
+    }
+    names = dict(state.dictionary.named_parameters())
+    for name, p in names.items():
+        for key, value in state.optimizer.state.get(p, {}).items():
+            tensors[f"adam.{name}.{key}"] = (
+                torch.as_tensor(value).detach().cpu().reshape(-1)
+                if key == "step"
+                else value.detach().cpu().contiguous()
+            )
+    tensors["since_fired"] = state.since_fired.cpu()
+    with atomic_path(ckpt / "state.safetensors") as tmp:
+        save_file(tensors, str(tmp))
+    write_json_atomic(
+        ckpt / "state.json",
+        {
+            "step": state.step,
+            "scale_in": state.scale_in,
+            "scale_out": state.scale_out,
+            "variance": state.variance,
+            "identity": identity(cfg, state.dictionary.cfg),
+        },
+    )
+
+
+def load_checkpoint(cfg: TrainConfig, dict_cfg: DictConfig, ckpt: Path) -> TrainState:
+    meta = read_json(ckpt / "state.json", "training checkpoint")
+    if meta["identity"] != identity(cfg, dict_cfg):
+        raise AimriError(
+            f"'{cfg.out}' holds a checkpoint of a training run with another configuration: use "
+            "another --out, or delete its checkpoint folder to start over"
+        )
+    device = device_of(cfg)
+    tensors = load_file(str(ckpt / "state.safetensors"))
+    d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed)
+    d.load_state_dict(
+        {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
+    )
+    d = d.to(device)
+    opt = torch.optim.Adam(d.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+    for name, p in d.named_parameters():
+        if f"adam.{name}.exp_avg" in tensors:
+            opt.state[p] = {
+                "step": tensors[f"adam.{name}.step"].reshape(()).clone(),
+                "exp_avg": tensors[f"adam.{name}.exp_avg"].to(device),
+                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(device),
+            }
+    log.info("resuming training at step %d from %s", meta["step"], ckpt)
+    since = tensors["since_fired"].to(device)
+    return TrainState(
+        d, opt, int(meta["step"]), since, meta["scale_in"], meta["scale_out"], meta["variance"]
+    )
+
+
+def truncate_metrics(out: Path, step: int) -> None:
+    """Drop metric rows logged after the checkpoint a run resumes from (they will be redone)."""
+    path = out / "metrics.jsonl"
+    if path.is_file():
+        rows = [r for r in path.read_text().splitlines() if r and json.loads(r)["step"] <= step]
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(r + "\n" for r in rows))
+
+
+def device_of(cfg: TrainConfig) -> torch.device:
+    w = world()
+    if cfg.device == "auto":
+        return torch.device(f"cuda:{w.local_rank}" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
