@@ -284,3 +284,40 @@ def test_matryoshka_makes_the_first_latents_reconstruct_alone(toy, tmp_path):
     assert prefix_fvu(tmp_path / "nested") < 0.95 * prefix_fvu(tmp_path / "plain")
     with pytest.raises(AimriError, match="prefix sizes must increase"):
         train(toy_config(toy, tmp_path / "bad", matryoshka=(512,)))
+
+
+def test_several_sites_from_one_pass_equal_training_each_alone(
+    tiny_model, tiny_model_dir, tmp_path
+):
+    from aimri import CollectConfig, CorpusConfig, ModelConfig, collect
+    from aimri.dicts.train import train_many
+
+    sites = ("blocks.0.hook_resid_post", "blocks.2.hook_resid_post")
+    store = tmp_path / "store"
+    model_cfg = ModelConfig(spec=str(tiny_model_dir("llama")), device="cpu")
+    collect(
+        CollectConfig(
+            out=store,
+            model=model_cfg,
+            corpus=CorpusConfig(max_tokens=32 * 64, ctx_len=32),
+            sites=sites,
+            dtype="float32",
+        ),
+        model=tiny_model("llama"),
+    )
+    optim = OptimConfig(batch_size=256, tokens=20 * 256)
+    base = {"store": store, "expansion": 2, "k": 4, "optim": optim}
+    joint = train_many(
+        TrainConfig(site=sites[0], also_sites=sites[1:], out=tmp_path / "joint", **base)
+    )
+    assert [r.path for r in joint] == [tmp_path / "joint" / s for s in sites]
+    for site in sites:
+        train(TrainConfig(site=site, out=tmp_path / "alone" / site, **base))
+        a, b = (
+            load_dictionary(tmp_path / "joint" / site),
+            load_dictionary(tmp_path / "alone" / site),
+        )
+        for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+            assert torch.equal(p, q), (site, name)
+    with pytest.raises(AimriError, match="call train_many"):
+        train(TrainConfig(site=sites[0], also_sites=sites[1:], out=tmp_path / "x", **base))

@@ -85,15 +85,10 @@ def _dispatch(cfg: object) -> None:
             ),
         )
     elif isinstance(cfg, TrainConfig):
-        from aimri.dicts.train import train
+        from aimri.dicts.train import train_many
 
         _on_all_ranks(
-            lambda: train(cfg),
-            lambda t: (
-                f"trained {t.steps} steps ({t.tokens:,} tokens, {t.tokens_per_second:,.0f} tokens/s"
-                f"{f'; resumed at step {t.resumed_from_step}' if t.resumed_from_step else ''}): "
-                f"FVU {t.fvu:.3f}, L0 {t.l0:.1f}, dead {100 * t.dead_fraction:.1f}% → {t.path}"
-            ),
+            lambda: train_many(cfg), lambda results: "\n".join(map(_describe_training, results))
         )
     elif isinstance(cfg, EvalConfig):
         _print_eval(cfg)
@@ -101,6 +96,17 @@ def _dispatch(cfg: object) -> None:
         _print_sites(cfg)
     else:  # pragma: no cover - tyro only returns the classes above
         raise AssertionError(type(cfg))
+
+
+def _describe_training(t: object) -> str:
+    from aimri.dicts.train import TrainResult
+
+    assert isinstance(t, TrainResult)
+    resumed = f"; resumed at step {t.resumed_from_step}" if t.resumed_from_step else ""
+    return (
+        f"trained {t.steps} steps ({t.tokens:,} tokens, {t.tokens_per_second:,.0f} tokens/s{resumed}): "
+        f"FVU {t.fvu:.3f}, L0 {t.l0:.1f}, dead {100 * t.dead_fraction:.1f}% → {t.path}"
+    )
 
 
 def _on_all_ranks(job: Callable[[], T], describe: Callable[[T], str]) -> None:

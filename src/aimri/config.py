@@ -209,6 +209,9 @@ class TrainConfig:
     """Leave out position 0, whose outsized norm would dominate the loss."""
     sparse_kernels: bool = True
     """Sparse decoder and encoder-gradient kernels for topk/batchtopk (off: dense reference)."""
+    also_sites: tuple[str, ...] = ()
+    """Train one more SAE for each of these sites in the same pass over the store; every
+    dictionary then goes to `<out>/<site>/`. SAEs only."""
     matryoshka: tuple[int, ...] = ()
     """Matryoshka training: also reconstruct from only the first m latents, for each m given
     (e.g. 576 2304), so early latents learn general features; empty: off."""

@@ -12,9 +12,9 @@ Not here: the dictionary's maths (`dictionary.py`), file layouts (`formats.py`).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
-import logging
 import math
 import time
 from collections.abc import Iterator
@@ -42,8 +42,6 @@ from aimri.distributed import world
 from aimri.errors import AimriError
 from aimri.store.reader import ActivationStore
 
-log = logging.getLogger(__name__)
-
 
 @dataclass(frozen=True)
 class TrainResult:
@@ -60,42 +58,87 @@ class TrainResult:
 
 
 def train(cfg: TrainConfig) -> TrainResult:
+    """Train the dictionary `cfg` describes (see `train_many` for `also_sites`)."""
+    if cfg.also_sites:
+        raise AimriError("also_sites trains several dictionaries: call train_many (the CLI does)")
+    return _train([cfg])[0]
+
+
+def train_many(cfg: TrainConfig) -> list[TrainResult]:
+    """One dictionary per site in [site, *also_sites], from one pass over the store; each is
+    trained exactly as it would be alone (same batches, same order)."""
+    if not cfg.also_sites:
+        return [train(cfg)]
+    if cfg.site_out:
+        raise AimriError("also_sites is for SAEs; train transcoders one at a time")
+    sites = list(dict.fromkeys([cfg.site, *cfg.also_sites]))
+    return _train([dataclasses.replace(cfg, site=s, also_sites=(), out=cfg.out / s) for s in sites])
+
+
+@dataclass
+class _Run:
+    cfg: TrainConfig
+    state: TrainState
+    history: list[dict[str, float]]
+    resumed: int
+
+
+def _train(cfgs: list[TrainConfig]) -> list[TrainResult]:
     t0 = time.perf_counter()
-    store = ActivationStore(cfg.store)
+    store = ActivationStore(cfgs[0].store)
     w = world()
-    dict_cfg = dictionary_config(cfg, store)
-    steps = _checked_steps(cfg, dict_cfg, store)
-    batches = _batches(cfg, store)
+    dict_cfgs = [dictionary_config(c, store) for c in cfgs]
+    steps = max(_checked_steps(c, d, store) for c, d in zip(cfgs, dict_cfgs, strict=True))
+    batches = _batches(cfgs, store)
     first = next(batches)
-    state = _resume_or_init(cfg, dict_cfg, first, steps)
-    resumed = state.step
-    if resumed and w.rank == 0:
-        truncate_metrics(cfg.out, resumed)
+    runs = [_start(c, d, pair, steps) for c, d, pair in zip(cfgs, dict_cfgs, first, strict=True)]
+    start = min(r.state.step for r in runs)
+    if any(r.state.step != start for r in runs):
+        raise AimriError(
+            f"the checkpoints under '{cfgs[0].out.parent}' are at different steps: delete the "
+            "checkpoint folders of the dictionaries ahead, or train them apart"
+        )
     # The data position is the step: a resumed run skips the batches it has already seen.
-    batches = itertools.islice(itertools.chain([first], batches), state.step, steps)
-    history: list[dict[str, float]] = []
-    bar = tqdm(
-        total=steps, initial=state.step, unit="step", desc="train", disable=w.rank != 0 or None
-    )
+    batches = itertools.islice(itertools.chain([first], batches), start, steps)
+    bar = tqdm(total=steps, initial=start, unit="step", desc="train", disable=w.rank != 0 or None)
     t_train = time.perf_counter()
-    for x, y in batches:
-        x, y = _scaled_share(x, y, state, w)
-        row = _step(state, x, y, cfg, steps)
-        history.append(row)
-        if w.rank == 0 and (state.step % 10 == 0 or state.step == steps):
-            _log_metrics(cfg.out, row)
-            bar.set_postfix(
-                fvu=f"{row['fvu']:.3f}", l0=f"{row['l0']:.1f}", dead=f"{row['dead_frac']:.2f}"
-            )
-        if state.step % cfg.checkpoint_every == 0 or state.step == steps:
-            save_checkpoint(cfg, state)
+    for batch in batches:
+        for run, (x, y) in zip(runs, batch, strict=True):
+            _advance(run, x, y, steps, w)
+        bar.set_postfix(
+            fvu=f"{runs[0].history[-1]['fvu']:.3f}", l0=f"{runs[0].history[-1]['l0']:.1f}"
+        )
         bar.update(1)
     bar.close()
     seconds = time.perf_counter() - t_train
-    if w.rank == 0:
-        summary = {"training": _training_summary(cfg, state, steps)}
-        save_dictionary(_final_dictionary(state), cfg.out, extra=summary)
-    return _result(cfg, state, history, resumed, seconds, time.perf_counter() - t0)
+    for run in runs:
+        if w.rank == 0:
+            summary = {"training": _training_summary(run.cfg, run.state, steps)}
+            save_dictionary(_final_dictionary(run.state), run.cfg.out, extra=summary)
+    return [
+        _result(r.cfg, r.state, r.history, r.resumed, seconds, time.perf_counter() - t0)
+        for r in runs
+    ]
+
+
+def _start(
+    cfg: TrainConfig, dict_cfg: DictConfig, first: tuple[torch.Tensor, torch.Tensor], steps: int
+) -> _Run:
+    state = _resume_or_init(cfg, dict_cfg, first, steps)
+    if state.step and world().rank == 0:
+        truncate_metrics(cfg.out, state.step)
+    return _Run(cfg, state, [], state.step)
+
+
+def _advance(run: _Run, x: torch.Tensor, y: torch.Tensor, steps: int, w: Any) -> None:
+    """One optimisation step of one dictionary, with its logging and checkpointing."""
+    x, y = _scaled_share(x, y, run.state, w)
+    row = _step(run.state, x, y, run.cfg, steps)
+    run.history.append(row)
+    if w.rank == 0 and (run.state.step % 10 == 0 or run.state.step == steps):
+        _log_metrics(run.cfg.out, row)
+    if run.state.step % run.cfg.checkpoint_every == 0 or run.state.step == steps:
+        save_checkpoint(run.cfg, run.state)
 
 
 def _checked_steps(cfg: TrainConfig, dict_cfg: DictConfig, store: ActivationStore) -> int:
@@ -167,10 +210,11 @@ def _usable_tokens(cfg: TrainConfig, store: ActivationStore) -> int:
 
 
 def _batches(
-    cfg: TrainConfig, store: ActivationStore
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(input, target) batches in the same seeded order every time (resumption relies on it);
-    pass p over the store is shuffled with seed + p."""
+    cfgs: list[TrainConfig], store: ActivationStore
+) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Per step, one (input, target) pair per dictionary, in the same seeded order every time
+    (resumption relies on it); pass p over the store is shuffled with seed + p."""
+    cfg = cfgs[0]
     size = cfg.optim.batch_size
     for p in itertools.count():
         seed = cfg.seed + p
@@ -178,11 +222,12 @@ def _batches(
             pairs = store.paired_batches(
                 cfg.site, cfg.site_out, size, seed=seed, skip_bos=cfg.skip_bos
             )
-            yield from ((b.x, b.y) for b in pairs)
+            yield from ([(b.x, b.y)] for b in pairs)
         else:
-            yield from (
-                (x, x) for x in store.batches(cfg.site, size, seed=seed, skip_bos=cfg.skip_bos)
+            joint = store.joint_batches(
+                [c.site for c in cfgs], size, seed=seed, skip_bos=cfg.skip_bos
             )
+            yield from ([(x, x) for x in xs] for xs in joint)
 
 
 def _scaled_share(

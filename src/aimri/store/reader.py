@@ -112,12 +112,30 @@ class ActivationStore:
         skip_bos: bool = False,
     ) -> Iterator[Pair]:
         """Shuffled batches of two sites at the same tokens (a transcoder's input and target)."""
+        joint = self.joint_batches(
+            [site_in, site_out],
+            batch_size,
+            seed=seed,
+            buffer_tokens=buffer_tokens,
+            skip_bos=skip_bos,
+        )
+        return (Pair(x, y) for x, y in joint)
+
+    def joint_batches(
+        self,
+        sites: list[str],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+        skip_bos: bool = False,
+    ) -> Iterator[list[Tensor]]:
+        """Shuffled batches of several sites at the same tokens, one tensor per site. Row order
+        is that of `batches(site, ...)` with the same seed, whichever sites ride along."""
         g = torch.Generator().manual_seed(seed)
-        split = self.width(site_in)
-        for joint in mix(
-            self._chunks([site_in, site_out], g, skip_bos), batch_size, g, buffer_tokens
-        ):
-            yield Pair(joint[:, :split], joint[:, split:])
+        widths = [self.width(s) for s in sites]
+        for joint in mix(self._chunks(sites, g, skip_bos), batch_size, g, buffer_tokens):
+            yield list(joint.split(widths, dim=-1))
 
     def _chunks(
         self, sites: list[str], g: torch.Generator | None, skip_bos: bool
