@@ -321,3 +321,31 @@ def test_several_sites_from_one_pass_equal_training_each_alone(
             assert torch.equal(p, q), (site, name)
     with pytest.raises(AimriError, match="call train_many"):
         train(TrainConfig(site=sites[0], also_sites=sites[1:], out=tmp_path / "x", **base))
+
+
+def test_training_on_the_fly_from_a_model(tiny_model, tmp_path):
+    from aimri import CorpusConfig
+    from aimri.store.reader import ActivationStream
+
+    m = tiny_model("llama")
+    site = "blocks.1.hook_resid_post"
+    stream = ActivationStream(
+        m, CorpusConfig(max_tokens=32 * 48, ctx_len=32), [site], forward_batch=8
+    )
+    cfg = {
+        "site": site,
+        "expansion": 2,
+        "k": 4,
+        "optim": OptimConfig(batch_size=256, tokens=12 * 256),
+        "checkpoint_every": 5,
+    }
+    r = train(TrainConfig(out=tmp_path / "a", **cfg), source=stream)
+    assert r.steps == 12 and r.l0 == pytest.approx(4.0) and r.fvu < 1.0
+    train(TrainConfig(out=tmp_path / "b", **cfg), source=stream)
+    a, b = load_dictionary(tmp_path / "a"), load_dictionary(tmp_path / "b")
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    ), "deterministic"
+    with pytest.raises(AimriError, match="no training data: pass --store"):
+        train(TrainConfig(out=tmp_path / "c", **cfg))

@@ -185,8 +185,9 @@ class OptimConfig:
 class TrainConfig:
     """Train a sparse dictionary (SAE or transcoder) on stored activations."""
 
-    store: Path
-    """Activation store made by `aimri collect`."""
+    store: Path | None = None
+    """Activation store made by `aimri collect` (or, from Python, pass an ActivationStream to
+    train from a model on the fly)."""
     site: str
     """Site the dictionary reads."""
     out: Path

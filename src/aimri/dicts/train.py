@@ -40,7 +40,7 @@ from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.dicts.formats import save_dictionary
 from aimri.distributed import world
 from aimri.errors import AimriError
-from aimri.store.reader import ActivationStore
+from aimri.store.reader import ActivationStore, BatchSource
 
 
 @dataclass(frozen=True)
@@ -57,22 +57,25 @@ class TrainResult:
     resumed_from_step: int
 
 
-def train(cfg: TrainConfig) -> TrainResult:
-    """Train the dictionary `cfg` describes (see `train_many` for `also_sites`)."""
+def train(cfg: TrainConfig, source: BatchSource | None = None) -> TrainResult:
+    """Train the dictionary `cfg` describes on `cfg.store`, or on `source` (e.g. an
+    ActivationStream: a model on the fly). See `train_many` for `also_sites`."""
     if cfg.also_sites:
         raise AimriError("also_sites trains several dictionaries: call train_many (the CLI does)")
-    return _train([cfg])[0]
+    return _train([cfg], source)[0]
 
 
-def train_many(cfg: TrainConfig) -> list[TrainResult]:
-    """One dictionary per site in [site, *also_sites], from one pass over the store; each is
+def train_many(cfg: TrainConfig, source: BatchSource | None = None) -> list[TrainResult]:
+    """One dictionary per site in [site, *also_sites], from one pass over the data; each is
     trained exactly as it would be alone (same batches, same order)."""
     if not cfg.also_sites:
-        return [train(cfg)]
+        return [train(cfg, source)]
     if cfg.site_out:
         raise AimriError("also_sites is for SAEs; train transcoders one at a time")
     sites = list(dict.fromkeys([cfg.site, *cfg.also_sites]))
-    return _train([dataclasses.replace(cfg, site=s, also_sites=(), out=cfg.out / s) for s in sites])
+    return _train(
+        [dataclasses.replace(cfg, site=s, also_sites=(), out=cfg.out / s) for s in sites], source
+    )
 
 
 @dataclass
@@ -83,9 +86,9 @@ class _Run:
     resumed: int
 
 
-def _train(cfgs: list[TrainConfig]) -> list[TrainResult]:
+def _train(cfgs: list[TrainConfig], source: BatchSource | None) -> list[TrainResult]:
     t0 = time.perf_counter()
-    store = ActivationStore(cfgs[0].store)
+    store = source or _open_store(cfgs[0])
     w = world()
     dict_cfgs = [dictionary_config(c, store) for c in cfgs]
     steps = max(_checked_steps(c, d, store) for c, d in zip(cfgs, dict_cfgs, strict=True))
@@ -121,6 +124,12 @@ def _train(cfgs: list[TrainConfig]) -> list[TrainResult]:
     ]
 
 
+def _open_store(cfg: TrainConfig) -> ActivationStore:
+    if cfg.store is None:
+        raise AimriError("no training data: pass --store DIR (a store made by `aimri collect`)")
+    return ActivationStore(cfg.store)
+
+
 def _start(
     cfg: TrainConfig, dict_cfg: DictConfig, first: tuple[torch.Tensor, torch.Tensor], steps: int
 ) -> _Run:
@@ -141,7 +150,7 @@ def _advance(run: _Run, x: torch.Tensor, y: torch.Tensor, steps: int, w: Any) ->
         save_checkpoint(run.cfg, run.state)
 
 
-def _checked_steps(cfg: TrainConfig, dict_cfg: DictConfig, store: ActivationStore) -> int:
+def _checked_steps(cfg: TrainConfig, dict_cfg: DictConfig, store: BatchSource) -> int:
     """The number of steps, after refusing configurations that cannot train."""
     prefixes = list(cfg.matryoshka)
     if any(not 0 < m < dict_cfg.d_sae for m in prefixes) or prefixes != sorted(prefixes):
@@ -184,7 +193,7 @@ def _result(
     )
 
 
-def dictionary_config(cfg: TrainConfig, store: ActivationStore) -> DictConfig:
+def dictionary_config(cfg: TrainConfig, store: BatchSource) -> DictConfig:
     d_in = store.width(cfg.site)
     return DictConfig(
         architecture=cfg.architecture,
@@ -199,18 +208,18 @@ def dictionary_config(cfg: TrainConfig, store: ActivationStore) -> DictConfig:
     )
 
 
-def total_steps(cfg: TrainConfig, store: ActivationStore) -> int:
+def total_steps(cfg: TrainConfig, store: BatchSource) -> int:
     """Steps for the token budget (default: one pass; a larger budget makes more passes)."""
     return (cfg.optim.tokens or _usable_tokens(cfg, store)) // cfg.optim.batch_size
 
 
-def _usable_tokens(cfg: TrainConfig, store: ActivationStore) -> int:
+def _usable_tokens(cfg: TrainConfig, store: BatchSource) -> int:
     ctx_len = int(store.identity["ctx_len"])
     return store.n_tokens * (ctx_len - 1) // ctx_len if cfg.skip_bos else store.n_tokens
 
 
 def _batches(
-    cfgs: list[TrainConfig], store: ActivationStore
+    cfgs: list[TrainConfig], store: BatchSource
 ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
     """Per step, one (input, target) pair per dictionary, in the same seeded order every time
     (resumption relies on it); pass p over the store is shuffled with seed + p."""

@@ -8,6 +8,7 @@ Not here: writing (`collect.py`).
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -33,55 +34,32 @@ class Pair(NamedTuple):
     """[batch, width_out] the target site, same tokens."""
 
 
-class ActivationStore:
-    """A complete store on disk. Shards are checked against their sha256 when first opened."""
-
-    def __init__(self, path: str | Path, *, verify: bool = True) -> None:
-        self.path = Path(path)
-        self.manifest: dict[str, Any] = read_manifest(self.path)
-        if not self.manifest.get("complete"):
-            raise AimriError(
-                f"activation store '{self.path}' is incomplete (its collection was interrupted): "
-                "run the same `aimri collect` command again to finish it"
-            )
-        self.verify = verify
-        self._verified: set[str] = set()
+class BatchSource(ABC):
+    """Anything that yields a site's activations in chunks: a store on disk, or a model on the
+    fly. Training reads through this interface, shuffled by the same bounded mixing buffer."""
 
     @property
+    @abstractmethod
     def identity(self) -> dict[str, Any]:
-        return self.manifest["identity"]
+        """At least `sites` (site -> width) and `ctx_len`."""
 
     @property
-    def sites(self) -> list[str]:
-        return list(self.identity["sites"])
+    @abstractmethod
+    def n_tokens(self) -> int: ...
 
-    @property
-    def n_tokens(self) -> int:
-        return int(self.manifest["n_tokens"])
-
-    @property
-    def n_shards(self) -> int:
-        return len(self.manifest["shards"])
+    @abstractmethod
+    def _chunks(
+        self, sites: list[str], g: torch.Generator | None, skip_bos: bool
+    ) -> Iterator[Tensor]:
+        """[n, Σ widths] chunks with the sites side by side; seeded order when g is given."""
 
     def width(self, site: str) -> int:
-        return int(self.identity["sites"][self._check_site(site)])
-
-    def load(self, name: str, shard: int) -> Tensor:
-        """One tensor of one shard: a site [n_tokens, width], or tokens/positions/context_ids."""
-        if name not in ("tokens", "positions", "context_ids"):
-            self._check_site(name)
-        path = self._shard_path(shard)
-        with safe_open(str(path), framework="pt") as f:
-            return f.get_tensor(name)
-
-    def tokens(self) -> Tensor:
-        """All token ids, [n_tokens] int32, in store order."""
-        return torch.cat([self.load("tokens", i) for i in range(self.n_shards)])
-
-    def iter_shards(self, site: str) -> Iterator[Tensor]:
-        """The site's activations shard by shard, in order."""
-        for i in range(self.n_shards):
-            yield self.load(site, i)
+        if site not in self.identity["sites"]:
+            raise AimriError(
+                f"site '{site}' is not in {self} (it holds: {', '.join(self.identity['sites'])}); "
+                f"collect it with `aimri collect --sites {site}`"
+            )
+        return int(self.identity["sites"][site])
 
     def batches(
         self,
@@ -137,6 +115,54 @@ class ActivationStore:
         for joint in mix(self._chunks(sites, g, skip_bos), batch_size, g, buffer_tokens):
             yield list(joint.split(widths, dim=-1))
 
+
+class ActivationStore(BatchSource):
+    """A complete store on disk. Shards are checked against their sha256 when first opened."""
+
+    def __init__(self, path: str | Path, *, verify: bool = True) -> None:
+        self.path = Path(path)
+        self.manifest: dict[str, Any] = read_manifest(self.path)
+        if not self.manifest.get("complete"):
+            raise AimriError(
+                f"activation store '{self.path}' is incomplete (its collection was interrupted): "
+                "run the same `aimri collect` command again to finish it"
+            )
+        self.verify = verify
+        self._verified: set[str] = set()
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.manifest["identity"]
+
+    @property
+    def sites(self) -> list[str]:
+        return list(self.identity["sites"])
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.manifest["n_tokens"])
+
+    @property
+    def n_shards(self) -> int:
+        return len(self.manifest["shards"])
+
+    def load(self, name: str, shard: int) -> Tensor:
+        """One tensor of one shard: a site [n_tokens, width], or tokens/positions/context_ids."""
+        if name not in ("tokens", "positions", "context_ids"):
+            self._check_site(name)
+        path = self._shard_path(shard)
+        with safe_open(str(path), framework="pt") as f:
+            return f.get_tensor(name)
+
+    def tokens(self) -> Tensor:
+        """All token ids, [n_tokens] int32, in store order."""
+        return torch.cat([self.load("tokens", i) for i in range(self.n_shards)])
+
+    def iter_shards(self, site: str) -> Iterator[Tensor]:
+        """The site's activations shard by shard, in order."""
+        for i in range(self.n_shards):
+            yield self.load(site, i)
+
     def _chunks(
         self, sites: list[str], g: torch.Generator | None, skip_bos: bool
     ) -> Iterator[Tensor]:
@@ -156,12 +182,11 @@ class ActivationStore:
             yield x
 
     def _check_site(self, site: str) -> str:
-        if site not in self.identity["sites"]:
-            raise AimriError(
-                f"site '{site}' is not in activation store '{self.path}' (it holds: "
-                f"{', '.join(self.sites)}); collect it with `aimri collect --sites {site}`"
-            )
+        self.width(site)
         return site
+
+    def __str__(self) -> str:
+        return f"activation store '{self.path}'"
 
     def _shard_path(self, shard: int) -> Path:
         record = self.manifest["shards"][shard]
@@ -178,6 +203,46 @@ class ActivationStore:
                 )
             self._verified.add(record["file"])
         return path
+
+
+class ActivationStream(BatchSource):
+    """Activations made on the fly by a model over a corpus, no disk. Deterministic: a resumed
+    training run replays the stream from its start."""
+
+    def __init__(
+        self, model: Model, corpus: CorpusConfig, sites: Sequence[str], *, forward_batch: int = 16
+    ) -> None:
+        self.model = model
+        self.corpus = corpus
+        self.sites = model.expand_sites(sites)
+        self.forward_batch = forward_batch
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return {
+            "sites": {s: self.model.site_width(s) for s in self.sites},
+            "ctx_len": self.corpus.ctx_len,
+        }
+
+    @property
+    def n_tokens(self) -> int:
+        return self.corpus.max_tokens // self.corpus.ctx_len * self.corpus.ctx_len
+
+    def _chunks(
+        self, sites: list[str], g: torch.Generator | None, skip_bos: bool
+    ) -> Iterator[Tensor]:
+        for site in sites:
+            self.width(site)
+        for acts in stream_activations(
+            self.model, self.corpus, sites, batch_size=self.forward_batch
+        ):
+            x = torch.cat([acts[s] for s in sites], dim=-1).to("cpu", torch.float32)
+            if skip_bos:
+                x = x[torch.arange(len(x)) % self.corpus.ctx_len != 0]
+            yield x
+
+    def __str__(self) -> str:
+        return f"the activation stream of '{self.model.info.spec}'"
 
 
 def stream_activations(
