@@ -8,13 +8,13 @@ numbers, not a production dictionary. Not here: the training and evaluation them
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
 
 from aimri.config import (
     CollectConfig,
-    CorpusConfig,
     EvalConfig,
     OptimConfig,
     ScanConfig,
@@ -49,12 +49,7 @@ def dictionary_stage(
     else:
         path = run_dir / "dicts" / site
         training = _train(cfg, model, run_dir, site, path)
-    corpus = CorpusConfig(
-        max_tokens=EVAL_TOKENS,
-        ctx_len=cfg.corpus.ctx_len,
-        seed=cfg.corpus.seed + 1,
-        source=cfg.corpus.source,
-    )
+    corpus = dataclasses.replace(cfg.corpus, max_tokens=EVAL_TOKENS, seed=cfg.corpus.seed + 1)
     result = evaluate(EvalConfig(dictionary=path, model=cfg.model, corpus=corpus), model=model)
     return {
         "site": site,
@@ -69,13 +64,7 @@ def dictionary_stage(
 
 def _train(cfg: ScanConfig, model: Model, run_dir: Path, site: str, out: Path) -> dict[str, Any]:
     store = run_dir / "activations-dict"
-    corpus = CorpusConfig(
-        source=cfg.corpus.source,
-        ctx_len=cfg.corpus.ctx_len,
-        max_tokens=cfg.dict_tokens,
-        seed=cfg.corpus.seed,
-        text_field=cfg.corpus.text_field,
-    )
+    corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.dict_tokens)
     collect(
         CollectConfig(
             out=store,

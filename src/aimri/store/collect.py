@@ -67,7 +67,7 @@ def collect(cfg: CollectConfig, model: Model | None = None) -> CollectResult:
     sites = model.expand_sites(cfg.sites)
     widths = {s: model.site_width(s) for s in sites}
     identity = store_identity(cfg, model, widths)
-    per_shard = _shard_contexts(cfg, widths)
+    per_shard = identity["shard_contexts"]
     if w.rank == 0:
         _prepare(cfg.out, identity, cfg.overwrite)
     barrier()
