@@ -17,9 +17,11 @@ STAGES = {
     "store": 2,
     "dicts": 3,
     "report": 3,
-    "scanner": 4,
-    "cli": 5,
-    "__init__": 5,
+    "features": 4,
+    "steer": 5,
+    "scanner": 6,
+    "cli": 7,
+    "__init__": 7,
 }
 
 

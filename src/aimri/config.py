@@ -233,3 +233,104 @@ class EvalConfig:
     """Contexts per forward pass."""
     baselines: bool = True
     """Also evaluate PCA and random-direction dictionaries of the same size."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LLMConfig:
+    """A chat model that explains and judges features: any OpenAI-compatible endpoint (vLLM,
+    llama.cpp's server, Ollama, hosted APIs) or Anthropic's API. Keys come from the environment
+    only and are never written anywhere."""
+
+    provider: Literal["openai", "anthropic"] = "openai"
+    """`openai` (any OpenAI-compatible /v1/chat/completions) or `anthropic` (/v1/messages)."""
+    base_url: str = "http://127.0.0.1:8080/v1"
+    """Endpoint root, e.g. http://127.0.0.1:8080/v1 (llama.cpp), https://api.anthropic.com/v1."""
+    model: str = ""
+    """Model name sent to the endpoint (local servers often ignore it)."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Name of the environment variable holding the key (not the key); unset is fine locally."""
+    concurrency: int = 8
+    """Requests in flight at once."""
+    max_retries: int = 4
+    """Retries with exponential backoff on timeouts, 429 and 5xx replies."""
+    timeout_s: float = 60.0
+    cache_dir: Path | None = None
+    """On-disk cache of calls; default `$AIMRI_CACHE_DIR/llm`. A repeated call costs nothing."""
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1 or self.max_retries < 0:
+            raise AimriError("concurrency must be at least 1 and max_retries at least 0")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeaturesConfig:
+    """Describe a dictionary's features: statistics, labels scored on held-out text, baselines
+    (neurons and random directions at the same site), all into one SQLite catalog."""
+
+    dictionary: Path
+    """A dictionary folder (aimri, SAELens, sparsify layouts)."""
+    out: Path
+    """The catalog file to write, e.g. runs/x/features/catalog.sqlite."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=lambda: CorpusConfig(max_tokens=131_072))
+    store: Path | None = None
+    """Read the site's activations from this store instead of running the corpus."""
+    n_features: int | None = None
+    """Analyse the first N features (default all); statistics of density cover all."""
+    explainers: tuple[str, ...] = ("tokens", "logits")
+    """Explainers to run: `tokens`, `logits` (offline), `llm` (needs --llm.*)."""
+    scorers: tuple[str, ...] = ("embedding",)
+    """Scorers to run: `embedding` (offline), `detection`, `fuzzing` (need --llm.*)."""
+    baselines: bool = True
+    """Also label and score neurons and random directions at the same site."""
+    n_baseline: int = 64
+    """Units of each baseline to label and score."""
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class SearchConfig:
+    """Search a catalog's labels by text (SQLite FTS5)."""
+
+    catalog: Path
+    query: str
+    limit: int = 20
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExplainTextConfig:
+    """Which features fire on a text, token by token, with their labels."""
+
+    catalog: Path
+    text: str
+    model: ModelConfig = field(default_factory=ModelConfig)
+    top: int = 5
+    """Features shown per token."""
+
+
+SteerMode = Literal["add", "clamp", "ablate"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteerConfig:
+    """Steer generation with a feature (add its direction, clamp it, ablate it) and measure what
+    changed: the feature's activation, a concept score, fluency, and KL on neutral text."""
+
+    dictionary: Path | None = None
+    """Dictionary whose feature steers (its site is where the edit applies)."""
+    feature: int | None = None
+    direction: Path | None = None
+    """Instead of a feature: a direction in a safetensors file (tensor `direction` [d_model]),
+    e.g. a difference of means or a probe; needs --site."""
+    site: str = ""
+    mode: SteerMode = "clamp"
+    strengths: tuple[float, ...] = (0.0, 4.0, 8.0)
+    """add: multiples of the direction's unit vector × the site's mean norm / 10 … see docs;
+    clamp: multiples of the feature's maximum activation; ignored for ablate."""
+    prompts: tuple[str, ...] = ("I went to the store and", "My favourite thing about today is")
+    concept: str = ""
+    """Text describing the concept (for the concept score); default: the feature's label."""
+    max_new_tokens: int = 24
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0

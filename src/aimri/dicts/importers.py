@@ -4,14 +4,24 @@
   `encoder.bias` [F], `W_dec` [F, D], `b_dec` [D], optional `W_skip` [D_out, D_in] applied as
   x @ W_skipᵀ. An SAE centres its input by b_dec; a transcoder (`transcode`) does not. The
   activation is TopK on relu(pre), which selects what TopK on pre then relu selects.
-Each importer is checked against the original library's own reconstructions in the tests.
-Not here: SAELens's layout (native, see `formats.py`).
+- dictionary_learning (Marks et al.): `config.json` ({"trainer": {"dict_class", "k", "layer",
+  "submodule_name"...}}) + `ae.pt` (a torch.save'd state_dict, read with the tensors-only loader)
+  or `ae.safetensors`. Classes and what they become are in `DL_CLASSES`.
+- Gemma Scope (Google DeepMind): `params.npz` with `W_enc` [D, F], `b_enc` [F], `W_dec` [F, D],
+  `b_dec` [D], `threshold` [F]; codes (pre > threshold)·relu(pre) with pre = x @ W_enc + b_enc.
+A layout whose encoder reads x, not x − b_dec, is folded: b_enc' = b_enc + W_enc b_dec gives the
+same pre-activations from our centred input. Each importer is checked against the original
+library's own reconstructions in the tests. Never unpickles. Not here: SAELens's layout (native,
+see `formats.py`).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+import re
+from typing import Any, Literal, NamedTuple
+
+import numpy as np
 
 import torch
 from safetensors.torch import load_file

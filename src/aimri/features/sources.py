@@ -1,0 +1,112 @@
+"""Where feature statistics read text and activations from: a store on disk, or a model on the fly.
+
+Both give the same thing, whole contexts in a fixed order, as often as asked (statistics make
+two passes): `ContextBatch(ids [B], tokens [B, T], acts [B, T, d])`. Not here: features.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+from aimri.config import CorpusConfig
+from aimri.corpus.contexts import iter_contexts
+from aimri.errors import AimriError
+from aimri.model.adapter import Model
+from aimri.store.reader import ActivationStore
+
+
+class ContextBatch(NamedTuple):
+    ids: Tensor
+    """[B] context indices (0, 1, 2 … in source order)."""
+    tokens: Tensor
+    """[B, T] token ids."""
+    acts: Tensor
+    """[B, T, d] activations of the site (float32, CPU)."""
+
+
+class ContextSource:
+    """Re-iterable source of whole contexts of one site."""
+
+    site: str
+    ctx_len: int
+    n_contexts: int
+
+    def __iter__(self) -> Iterator[ContextBatch]:
+        raise NotImplementedError
+
+
+class StoreContexts(ContextSource):
+    """Contexts of an activation store, shard by shard (each shard holds whole contexts)."""
+
+    def __init__(self, store: ActivationStore, site: str) -> None:
+        store.width(site)  # a clear error for a site the store lacks
+        self.store = store
+        self.site = site
+        self.ctx_len = int(store.identity["ctx_len"])
+        self.n_contexts = store.n_tokens // self.ctx_len
+
+    def __iter__(self) -> Iterator[ContextBatch]:
+        T = self.ctx_len
+        for i in range(self.store.n_shards):
+            acts = self.store.load(self.site, i).float()
+            tokens = self.store.load("tokens", i).long()
+            ids = self.store.load("context_ids", i).long()
+            B = len(tokens) // T
+            yield ContextBatch(ids.view(B, T)[:, 0], tokens.view(B, T), acts.view(B, T, -1))
+
+
+class ModelContexts(ContextSource):
+    """Contexts made on the fly: the corpus through the model, stopping after the site."""
+
+    def __init__(self, model: Model, corpus: CorpusConfig, site: str, batch_size: int = 16) -> None:
+        model.expand_sites([site])
+        self.model = model
+        self.corpus = corpus
+        self.site = site
+        self.batch_size = batch_size
+        self.ctx_len = corpus.ctx_len
+        self.n_contexts = corpus.max_tokens // corpus.ctx_len
+
+    def __iter__(self) -> Iterator[ContextBatch]:
+        contexts = iter_contexts(self.model.tokenizer, self.corpus)
+        start = 0
+        while batch := [c for _, c in zip(range(self.batch_size), contexts, strict=False)]:
+            tokens = torch.stack(batch)
+            acts = self.model.run(tokens, read=[self.site], logits=False).acts[self.site]
+            ids = torch.arange(start, start + len(batch))
+            start += len(batch)
+            yield ContextBatch(ids, tokens, acts.to("cpu", torch.float32))
+
+
+def contexts_of(source: Any, site: str, model: Model | None = None) -> ContextSource:
+    """A store path/object or a corpus config → a ContextSource for `site`."""
+    if isinstance(source, ContextSource):
+        return source
+    if isinstance(source, ActivationStore):
+        return StoreContexts(source, site)
+    if isinstance(source, CorpusConfig):
+        if model is None:
+            raise AimriError("statistics on a corpus need the model that reads it")
+        return ModelContexts(model, source, site)
+    return StoreContexts(ActivationStore(source), site)
+
+
+class TokenText:
+    """Token id → its text, decoded one token at a time and cached."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self._cache: dict[int, str] = {}
+
+    def __call__(self, ids: list[int]) -> list[str]:
+        out = []
+        for i in ids:
+            s = self._cache.get(i)
+            if s is None:
+                s = self._cache[i] = self.tokenizer.decode([i])
+            out.append(s)
+        return out
