@@ -20,8 +20,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(PIP) install -e .
 	touch $@
 
+# dictionary-learning (the dictionary_learning importer is tested against its own classes) goes
+# in with --no-deps: its declared deps (nnsight<0.4, circuitsvis, umap-learn, wandb) would
+# replace torch with a CUDA build; its dictionary and trainer modules need only torch and einops.
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -e ".[dev]"
+	$(PIP) install --no-deps dictionary-learning==0.1.0
 	touch $@
 
 install: $(VENV)/.installed

@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from aimri._io import atomic_path, read_json, sha256_file, write_json_atomic
 from aimri.config import DictConfig
 from aimri.dicts.dictionary import Dictionary, build_dictionary
-from aimri.dicts.importers import import_sparsify, is_sparsify
+from aimri.dicts.importers import IMPORTERS
 from aimri.errors import AimriError
 
 WEIGHTS = "sae_weights.safetensors"
@@ -91,15 +91,19 @@ def _saelens_cfg(cfg: DictConfig) -> dict[str, Any]:
 
 
 def load_dictionary(path: str | Path, *, sparse_kernels: bool = True) -> Dictionary:
-    """Load a dictionary saved by aimri or SAELens (cfg.json + sae_weights.safetensors), or
-    by sparsify (cfg.json + sae.safetensors)."""
+    """Load a dictionary saved by aimri or SAELens (cfg.json + sae_weights.safetensors), by
+    sparsify (cfg.json + sae.safetensors), dictionary_learning (config.json + ae.pt) or Gemma
+    Scope (params.npz)."""
     path = Path(path)
-    if not (path / WEIGHTS).is_file() and is_sparsify(path):
-        return import_sparsify(path, sparse_kernels=sparse_kernels)
+    if not (path / WEIGHTS).is_file():
+        for is_layout, importer in IMPORTERS:
+            if is_layout(path):
+                return importer(path, sparse_kernels=sparse_kernels)
     if not (path / "cfg.json").is_file() or not (path / WEIGHTS).is_file():
         raise AimriError(
             f"'{path}' is not a dictionary folder: it needs cfg.json and {WEIGHTS} (SAELens "
-            "layout); train one with `aimri train` or point at a SAELens save"
+            "layout), or sparsify's, dictionary_learning's or Gemma Scope's files; train one "
+            "with `aimri train` or point at such a save"
         )
     cfg = _dict_config(path)
     tensors = load_file(str(path / WEIGHTS))
