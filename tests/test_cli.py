@@ -7,7 +7,7 @@ import dataclasses
 import subprocess
 import sys
 
-from aimri.cli import COMMANDS, main
+from aimri.cli import COMMANDS, GROUPS, main
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -27,9 +27,11 @@ def test_help_does_not_import_torch():
 
 
 def test_every_config_field_is_a_flag(capsys):
-    for name, cls in COMMANDS.items():
+    commands = {(name,): cls for name, cls in COMMANDS.items()}
+    commands |= {(g, name): cls for g, sub in GROUPS.items() for name, cls in sub.items()}
+    for name, cls in commands.items():
         with contextlib.suppress(SystemExit):
-            main([name, "--help"])
+            main([*name, "--help"])
         text = capsys.readouterr().out
         for f in dataclasses.fields(cls):
             flag = "--" + f.name.replace("_", "-")

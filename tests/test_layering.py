@@ -21,6 +21,7 @@ STAGES = {
     "steer": 5,
     "scanner": 6,
     "cli": 7,
+    "cli_features": 7,
     "__init__": 7,
 }
 

@@ -15,12 +15,13 @@ DOCS = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 def render() -> str:
     os.environ["COLUMNS"] = "100"
-    from aimri.cli import COMMANDS, main
+    from aimri.cli import COMMANDS, GROUPS, main
 
     parts = [
         "# aimri command line\n\nGenerated from `aimri --help` by `tools/gen_cli_docs.py`; do not edit.\n"
     ]
-    for args in ([], *([name] for name in COMMANDS)):
+    groups = [[g, name] for g, sub in GROUPS.items() for name in sub]
+    for args in ([], *([name] for name in COMMANDS), *groups):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf), contextlib.suppress(SystemExit):
             main([*args, "--help"])

@@ -17,7 +17,17 @@ from typing import TypeVar
 
 import tyro
 
-from aimri.config import CollectConfig, EvalConfig, ModelConfig, ScanConfig, TrainConfig
+from aimri.config import (
+    CollectConfig,
+    EvalConfig,
+    ExplainTextConfig,
+    FeaturesConfig,
+    ModelConfig,
+    ScanConfig,
+    SearchConfig,
+    SteerConfig,
+    TrainConfig,
+)
 from aimri.errors import AimriError
 
 
@@ -37,8 +47,19 @@ COMMANDS = {
     "collect": CollectConfig,
     "train": TrainConfig,
     "eval": EvalConfig,
+    "steer": SteerConfig,
     "sites": SitesConfig,
 }
+# Commands with subcommands of their own: `aimri features search "…"`.
+GROUPS = {
+    "features": {
+        "describe": FeaturesConfig,
+        "search": SearchConfig,
+        "explain-text": ExplainTextConfig,
+    },
+}
+# A first bare argument of these subcommands fills this field: `aimri features search dogs`.
+POSITIONAL = {"search": "--query", "explain-text": "--text"}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,12 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if "--traceback" in args:
         args.remove("--traceback")
         show_traceback = True
-    cfg = tyro.extras.subcommand_cli_from_dict(
-        COMMANDS,  # type: ignore[arg-type]
-        args=args,
-        prog="aimri",
-        description="aimri: an MRI for AI models. Add --traceback to any command for full errors.",
-    )
+    cfg = _parse(args)
     _setup_logging()
     try:
         _dispatch(cfg)
@@ -65,6 +81,37 @@ def main(argv: list[str] | None = None) -> int:
         print("aimri: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _parse(args: list[str]) -> object:
+    if args and args[0] in GROUPS:
+        group, rest = args[0], args[1:]
+        if len(rest) >= 2 and rest[0] in POSITIONAL and not rest[1].startswith("-"):
+            rest = [rest[0], POSITIONAL[rest[0]], *rest[1:]]
+        return tyro.extras.subcommand_cli_from_dict(
+            GROUPS[group],  # type: ignore[arg-type]
+            args=rest,
+            prog=f"aimri {group}",
+            description=f"aimri {group}: " + _GROUP_HELP[group],
+        )
+    commands = {**COMMANDS, **{g: _GroupHelp for g in GROUPS}}
+    return tyro.extras.subcommand_cli_from_dict(
+        commands,  # type: ignore[arg-type]
+        args=args,
+        prog="aimri",
+        description="aimri: an MRI for AI models. Add --traceback to any command for full errors.",
+    )
+
+
+_GROUP_HELP = {
+    "features": "describe a dictionary's features (statistics, labels with scores, catalog), "
+    "search the catalog, see which features fire on a text. Run `aimri features <command> --help`.",
+}
+
+
+@dataclass(frozen=True)
+class _GroupHelp:
+    """Describe, search and explain features: `aimri features describe|search|explain-text`."""
 
 
 def _dispatch(cfg: object) -> None:
@@ -94,6 +141,16 @@ def _dispatch(cfg: object) -> None:
         _print_eval(cfg)
     elif isinstance(cfg, SitesConfig):
         _print_sites(cfg)
+    elif isinstance(cfg, FeaturesConfig | SearchConfig | ExplainTextConfig):
+        from aimri.cli_features import dispatch_features
+
+        dispatch_features(cfg)
+    elif isinstance(cfg, SteerConfig):
+        from aimri.cli_features import print_steering
+
+        print_steering(cfg)
+    elif isinstance(cfg, _GroupHelp):
+        raise AimriError("name a subcommand: `aimri features describe|search|explain-text --help`")
     else:  # pragma: no cover - tyro only returns the classes above
         raise AssertionError(type(cfg))
 

@@ -114,6 +114,15 @@ class ScanConfig:
     """Tokens collected for the dictionary (it trains on several passes over them)."""
     dictionary: Path | None = None
     """Load this dictionary (SAELens layout) instead of training one."""
+    n_features: int = 256
+    """Dictionary features to describe (a seeded random sample), label and score."""
+    labeler: Literal["offline", "llm"] = "offline"
+    """`offline`: token and logit explainers scored by sentence embeddings; `llm`: also an LLM
+    explainer and detection scoring through --llm.* (an OpenAI-compatible or Anthropic API)."""
+    steer: bool = True
+    """Demonstrate steering: clamp a concrete-concept feature and measure the drift."""
+    llm: LLMConfig = field(default_factory=lambda: LLMConfig())
+    """The LLM used when --labeler llm."""
 
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "relu"]
@@ -318,19 +327,25 @@ class SteerConfig:
     changed: the feature's activation, a concept score, fluency, and KL on neutral text."""
 
     dictionary: Path | None = None
-    """Dictionary whose feature steers (its site is where the edit applies)."""
+    """Dictionary whose feature steers. An SAE is edited at its own site; a transcoder reads the
+    feature at its input site and is edited at its output site."""
     feature: int | None = None
+    """Index of the feature in --dictionary."""
     direction: Path | None = None
     """Instead of a feature: a direction in a safetensors file (tensor `direction` [d_model]),
     e.g. a difference of means or a probe; needs --site."""
     site: str = ""
+    """Site a --direction is added at (a dictionary brings its own)."""
     mode: SteerMode = "clamp"
+    """add: add the unit direction (the feature's decoder row, or --direction); clamp: set the
+    feature's activation, keeping the dictionary's error term; ablate: clamp it to 0."""
     strengths: tuple[float, ...] = (0.0, 4.0, 8.0)
-    """add: multiples of the direction's unit vector × the site's mean norm / 10 … see docs;
-    clamp: multiples of the feature's maximum activation; ignored for ablate."""
+    """add: multiples of the site's mean activation norm; clamp: multiples of the feature's
+    maximum activation; ignored for ablate."""
     prompts: tuple[str, ...] = ("I went to the store and", "My favourite thing about today is")
     concept: str = ""
     """Text describing the concept (for the concept score); default: the feature's label."""
     max_new_tokens: int = 24
     model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
+    """Seed for anything random (decoding itself is greedy)."""

@@ -1,0 +1,73 @@
+"""What `aimri features …` and `aimri steer` print: thin views over the API's results.
+
+Part of the CLI (the only layer that prints); kept apart from `cli.py` so that `aimri --help`
+stays a small import. Not here: any computation.
+"""
+
+from __future__ import annotations
+
+from aimri.config import ExplainTextConfig, FeaturesConfig, SearchConfig, SteerConfig
+
+
+def dispatch_features(cfg: FeaturesConfig | SearchConfig | ExplainTextConfig) -> None:
+    if isinstance(cfg, FeaturesConfig):
+        _describe(cfg)
+    elif isinstance(cfg, SearchConfig):
+        _search(cfg)
+    else:
+        _explain_text(cfg)
+
+
+def _describe(cfg: FeaturesConfig) -> None:
+    from aimri.features.pipeline import describe
+    from aimri.features.summary import format_summary
+
+    r = describe(cfg)
+    fs = r.dictionary.features
+    print(
+        f"{len(fs.features):,} features of {fs.basis.name} described on {fs.n_tokens:,} tokens "
+        f"({100 * fs.dead_fraction:.1f}% of all features never fired)"
+    )
+    print(format_summary(r.summary))
+    print(f"catalog: {r.catalog}")
+
+
+def _search(cfg: SearchConfig) -> None:
+    from aimri.features.catalog import search
+
+    hits = search(cfg)
+    if not hits:
+        print(f"no label matches {cfg.query!r}")
+    for h in hits:
+        score = "–" if h.score is None else f"{h.score:.2f}"
+        print(f"{h.basis:<40} #{h.feature:<6} {score:>5}  [{h.explainer}] {h.text}")
+
+
+def _explain_text(cfg: ExplainTextConfig) -> None:
+    from aimri.features.catalog import explain_text_cli
+
+    r = explain_text_cli(cfg)
+    print(f"features of {r.basis}, strongest first, per token:")
+    for token, feats in zip(r.tokens, r.features, strict=True):
+        shown = "  ".join(
+            f"#{t.feature} {t.activation:.2f} ({t.label or 'unlabelled'})" for t in feats
+        )
+        print(f"{token!r:>16}  {shown or '–'}")
+
+
+def print_steering(cfg: SteerConfig) -> None:
+    from aimri.steer.cli import run_steer
+
+    r = run_steer(cfg)
+    for row in r.rows:
+        print(
+            f"strength {row.strength:>6g}: feature {_f(row.feature_act)}, concept "
+            f"{row.concept_score:.3f} ({row.concept_delta:+.3f}), perplexity {row.perplexity:.1f}, "
+            f"KL {row.kl:.3f}"
+        )
+        for g in row.generations:
+            print(f"    {g.prompt!r} → {g.text!r}")
+
+
+def _f(v: float | None) -> str:
+    return "–" if v is None else f"{v:.2f}"

@@ -1,0 +1,82 @@
+"""`aimri features describe|search|explain-text` end to end on a tiny random model."""
+
+from __future__ import annotations
+
+import pytest
+
+from aimri.cli import main
+from aimri.config import CorpusConfig, DictConfig, FeaturesConfig, ModelConfig
+from aimri.dicts.dictionary import build_dictionary
+from aimri.dicts.formats import save_dictionary
+from aimri.features.catalog import Catalog
+from aimri.features.pipeline import describe
+
+SITE = "blocks.1.hook_resid_post"
+
+
+@pytest.fixture(scope="module")
+def described(tiny_model, tiny_model_dir, tmp_path_factory):
+    from tests.conftest import TRAINING_TEXT
+
+    root = tmp_path_factory.mktemp("describe")
+    corpus_file = root / "corpus.txt"
+    corpus_file.write_text("\n\n".join(TRAINING_TEXT[i % 5] * 3 for i in range(60)))
+    dictionary = save_dictionary(
+        build_dictionary(DictConfig(d_in=32, d_sae=40, k=3, site=SITE), seed=2), root / "sae"
+    )
+    cfg = FeaturesConfig(
+        dictionary=dictionary,
+        out=root / "catalog.sqlite",
+        model=ModelConfig(spec=str(tiny_model_dir("llama")), device="cpu"),
+        corpus=CorpusConfig(source=str(corpus_file), ctx_len=24, max_tokens=24 * 30),
+        n_features=12,
+        n_baseline=6,
+    )
+    return cfg, describe(cfg, model=tiny_model("llama"))
+
+
+def test_every_basis_is_labelled_scored_and_catalogued(described):
+    cfg, r = described
+    kinds = [r.dictionary.features.basis.kind, *(b.features.basis.kind for b in r.baselines)]
+    assert kinds == ["sae", "neurons", "random"]
+    alive = {f.index for f in r.dictionary.features.features if f.density > 0}
+    assert {lab.feature for lab in r.dictionary.labels} == alive
+    assert {(s.explainer, s.scorer) for s in r.dictionary.scores} == {
+        ("tokens", "embedding"),
+        ("logits", "embedding"),
+    }
+    # one summary row per basis × explainer × scorer, counting every scored feature
+    assert len(r.summary) == 3 * 2
+    for row in r.summary:
+        basis = next(b for b in [r.dictionary, *r.baselines] if b.features.basis.name == row.basis)
+        assert row.n == sum(
+            1 for s in basis.scores if s.explainer == row.explainer and s.scorer == row.scorer
+        )
+    with Catalog.open(cfg.out) as cat:
+        assert [b.kind for b in cat.bases()] == ["sae", "neurons", "random"]
+        f = r.dictionary.features.features[0]
+        assert cat.feature(r.dictionary.features.basis.name, f.index) == f
+
+
+def test_cli_search_and_explain_text(described, capsys):
+    cfg, r = described
+    label = next(lab for lab in r.dictionary.labels if any(c.isalpha() for c in lab.text))
+    word = next(w for w in label.text.replace('"', " ").split() if w.isalpha() and len(w) > 2)
+    assert main(["features", "search", word, "--catalog", str(cfg.out)]) == 0
+    assert word.lower() in capsys.readouterr().out.lower()
+    code = main(
+        [
+            "features",
+            "explain-text",
+            "The quick brown fox",
+            "--catalog",
+            str(cfg.out),
+            "--model.spec",
+            cfg.model.spec,
+            "--model.device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "features of sae" in out and "quick" in out
