@@ -1,19 +1,26 @@
 """Render the scan's report: one self-contained HTML file (styles and scripts inline).
 
 Autoescaping is on for every template, so token strings such as `<script>` show as text.
+The features section's dashboards are drawn by static/features.js from one JSON block, with
+`textContent` only (see report/features.py for how that block is made safe).
 Not here: computing anything; the report only shows what scan.json holds.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from functools import cache
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup
 
 from aimri._io import write_bytes_atomic
 from aimri.model.sites import parse_site
+from aimri.report.features import features_view, steering_view
 from aimri.report.svg import line_chart
 
 
@@ -25,17 +32,41 @@ def _env() -> Environment:
         lstrip_blocks=True,
     )
     env.globals["line_chart"] = line_chart
+    env.globals["asset"] = _asset
     env.filters["num"] = lambda v, d=3: (
-        "–" if v is None else f"{v:,.{d}g}" if abs(v) < 1e5 else f"{v:,.0f}"
+        "–" if not _finite(v) else f"{v:,.{d}g}" if abs(v) < 1e5 else f"{v:,.0f}"
     )
-    env.filters["pct"] = lambda v: "–" if v is None else f"{100 * v:.1f}%"
+    env.filters["pct"] = lambda v: "–" if not _finite(v) else f"{100 * v:.1f}%"
     return env
 
 
+def _finite(v: Any) -> bool:
+    """A number to print: not None, nan or infinite (those show as "–")."""
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
 def render_report(scan: dict[str, Any], path: Path) -> Path:
-    html = _env().get_template("report.html.j2").render(scan=scan, charts=_charts(scan))
+    stages = scan["stages"]
+    html = (
+        _env()
+        .get_template("report.html.j2")
+        .render(
+            scan=scan,
+            charts=_charts(scan),
+            features=features_view(stages["features"]) if stages.get("features") else None,
+            steering=steering_view(stages["steering"]) if stages.get("steering") else None,
+        )
+    )
     write_bytes_atomic(path, html.encode("utf-8"))
     return path
+
+
+@cache
+def _asset(name: str) -> Markup:
+    """A script or style sheet from report/static, to inline (our own code, never data)."""
+    text = files("aimri.report").joinpath("static", name).read_text(encoding="utf-8")
+    assert "</script" not in text.lower() and "</style" not in text.lower(), name
+    return Markup(text)
 
 
 def _by_kind(

@@ -1,0 +1,210 @@
+"""The features and steering sections, prepared for the templates from scan.json's stages.
+
+Features: the bases (dictionary, neurons, random directions) with their dead fractions and a
+density chart, the interpretable-fraction table grouped by explainer and scorer, and the
+per-feature dashboards' data as ONE JSON block that static/features.js renders (search, sort,
+pages). Steering: a row per strength and two charts.
+
+The JSON block is safe inside `<script type="application/json">`: `<`, `>` and `&` are written
+as `\\u003c`, `\\u003e`, `\\u0026`, so no token string can close the block or open a comment;
+JSON.parse (and json.loads) read the original strings back.
+Not here: computing anything new (the scan did), page layout (templates), drawing the cards (JS).
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import math
+from dataclasses import dataclass
+from itertools import pairwise
+from typing import Any
+
+from markupsafe import Markup
+
+from aimri.report.svg import line_chart
+
+# Dictionaries first, then the baselines they are compared with.
+_KIND_ORDER = {"sae": 0, "transcoder": 0, "neurons": 1, "random": 2}
+
+
+@dataclass(frozen=True)
+class SummaryGroup:
+    """The interpretable-fraction rows of one (explainer, scorer) pair, dictionary first."""
+
+    explainer: str
+    scorer: str
+    rows: list[dict[str, Any]]
+    """The summary rows as in scan.json, each with `kind` and bar widths `bar`, `bar_baseline`,
+    `bar_ci` (left, width) in percent added."""
+
+
+@dataclass(frozen=True)
+class FeaturesView:
+    bases: list[dict[str, Any]]
+    groups: list[SummaryGroup]
+    density_chart: Markup | None
+    data_json: Markup
+    """`stage["features"]`, for the dashboards' `<script type="application/json">` block."""
+    meta_json: Markup
+    """What the cards need besides: the summary's thresholds, {explainer: {scorer: threshold}}."""
+    n_features: int
+
+
+@dataclass(frozen=True)
+class SteeringView:
+    rows: list[dict[str, Any]]
+    """The stage's rows, sorted by strength."""
+    charts: list[Markup]
+    generations: list[tuple[str, list[tuple[float, str]]]]
+    """Per prompt (in first-seen order): (strength, generated text) for every strength."""
+
+
+def features_view(stage: dict[str, Any]) -> FeaturesView:
+    bases = stage.get("bases") or []
+    features = stage.get("features") or []
+    summary = stage.get("summary") or []
+    thresholds: dict[str, dict[str, float]] = {}
+    for r in summary:
+        thresholds.setdefault(r["explainer"], {})[r["scorer"]] = r["threshold"]
+    return FeaturesView(
+        bases=_by_kind_order(bases),
+        groups=summary_groups(summary, bases),
+        density_chart=density_chart(bases),
+        data_json=json_for_script(features),
+        meta_json=json_for_script({"thresholds": thresholds}),
+        n_features=len(features),
+    )
+
+
+def json_for_script(obj: Any) -> Markup:
+    """JSON text that is safe as the body of `<script type="application/json">`.
+
+    NaN and infinities (not JSON; JSON.parse would reject the whole block) become null.
+    """
+    try:
+        text = json.dumps(obj, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        text = json.dumps(_finite(obj), ensure_ascii=False, separators=(",", ":"))
+    for ch, esc in (("&", "\\u0026"), ("<", "\\u003c"), (">", "\\u003e")):
+        text = text.replace(ch, esc)  # inside JSON strings only: JSON syntax has none of them
+    return Markup(text)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def summary_groups(
+    summary: list[dict[str, Any]], bases: list[dict[str, Any]]
+) -> list[SummaryGroup]:
+    """Rows grouped by (explainer, scorer), each group ordered dictionary → neurons → random."""
+    kinds = {b["info"]["name"]: b["info"]["kind"] for b in bases}
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in summary:
+        kind = kinds.get(r["basis"], str(r["basis"]).split(" ")[0])
+        row = {
+            **r,
+            "kind": kind,
+            "bar": _pct(r.get("frac_above")),
+            "bar_baseline": _pct(r.get("frac_above_baseline")),
+        }
+        lo, hi = _pct(r.get("ci_low")), _pct(r.get("ci_high"))
+        row["bar_ci"] = (lo, max(0.0, hi - lo))
+        groups.setdefault((r["explainer"], r["scorer"]), []).append(row)
+    return [
+        SummaryGroup(e, s, sorted(rows, key=lambda r: _KIND_ORDER.get(r["kind"], 3)))
+        for (e, s), rows in groups.items()
+    ]
+
+
+def _pct(v: Any) -> float:
+    """A share as a percentage for a CSS width: a plain float in [0, 100]."""
+    try:
+        x = float(v)
+    except (TypeError, ValueError):
+        return 0.0
+    return round(min(100.0, max(0.0, 100 * x)), 2) if math.isfinite(x) else 0.0
+
+
+def density_chart(bases: list[dict[str, Any]]) -> Markup | None:
+    """Firing density per basis as the share of its live features in each log10-density bin.
+
+    Shares, not counts, so a dictionary of 4,608 features and 576 neurons compare by shape.
+    Bases with different bin edges are put on one grid spanning all of them.
+    """
+    hists = [b for b in _by_kind_order(bases) if sum(b.get("density_hist_counts") or []) > 0]
+    if not hists:
+        return None
+    edges = [float(e) for e in hists[0]["density_hist_edges"]]
+    if any(b["density_hist_edges"] != hists[0]["density_hist_edges"] for b in hists):
+        lo = min(b["density_hist_edges"][0] for b in hists)
+        hi = max(b["density_hist_edges"][-1] for b in hists)
+        edges = [lo + (hi - lo) * i / 30 for i in range(31)]
+    series: dict[str, list[float | None]] = {}
+    for b in hists:
+        shares: list[float | None] = [0.0] * (len(edges) - 1)
+        total = sum(b["density_hist_counts"])
+        for (a, z), c in zip(
+            _pairs(b["density_hist_edges"]), b["density_hist_counts"], strict=False
+        ):
+            i = min(len(shares) - 1, max(0, bisect.bisect_right(edges, (a + z) / 2) - 1))
+            shares[i] = (shares[i] or 0.0) + c / total
+        series[b["info"]["name"]] = shares
+    return line_chart(
+        [round((a + z) / 2, 3) for a, z in _pairs(edges)],
+        series,
+        title="Firing density: share of each basis's live features",
+        xlabel="log10 firing density (share of tokens on which it fires)",
+        ylabel="share of features",
+        width=720,
+    )
+
+
+def _by_kind_order(bases: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Dictionary first, then neurons, then random (the chart's colours follow this order)."""
+    return sorted(bases, key=lambda b: _KIND_ORDER.get(b["info"]["kind"], 3))
+
+
+def _or_zero(v: Any) -> float:
+    return 0.0 if v is None else float(v)
+
+
+def _pairs(edges: list[float]) -> list[tuple[float, float]]:
+    return list(pairwise(edges))
+
+
+def steering_view(stage: dict[str, Any]) -> SteeringView:
+    # An unsteered row (strength None) goes first and is drawn at 0.
+    rows = sorted(stage.get("rows") or [], key=lambda r: _or_zero(r.get("strength")))
+    xs = [_or_zero(r.get("strength")) for r in rows]
+    unit = "× max activation" if stage.get("mode") == "clamp" else ""
+    charts = [
+        line_chart(
+            xs,
+            {"concept score": [r.get("concept_score") for r in rows]},
+            title="Concept score by strength",
+            xlabel=f"strength {unit}".strip(),
+            ylabel="concept score",
+            width=420,
+        ),
+        line_chart(
+            xs,
+            {"perplexity": [r.get("perplexity") for r in rows]},
+            title="Perplexity of the generations by strength",
+            xlabel=f"strength {unit}".strip(),
+            ylabel="perplexity",
+            width=420,
+        ),
+    ]
+    prompts: dict[str, list[tuple[float, str]]] = {}
+    for r in rows:
+        for g in r.get("generations") or []:
+            prompts.setdefault(g["prompt"], []).append((_or_zero(r.get("strength")), g["text"]))
+    return SteeringView(rows, charts, list(prompts.items()))
