@@ -437,3 +437,23 @@ def test_wilson_interval_matches_its_formula_and_narrows_with_n():
     assert wilson_interval(0, 0) == (0.0, 1.0)
     assert wilson_interval(0, 20).low == 0.0 and wilson_interval(20, 20).high == 1.0
     assert wilson_interval(80, 100).high - wilson_interval(80, 100).low < high - low
+
+
+def test_token_rule_scorer_checks_the_named_tokens_on_held_out_windows():
+    from aimri.features.records import Example, FeatureStats, Label
+    from aimri.features.score import make_scorer
+
+    def ex(words: list[str], kind: str, bucket: int = 0, fire: bool = False) -> Example:
+        acts = [1.0 if fire and w == " import" else 0.0 for w in words]
+        return Example(words, acts, 0, 1, kind, bucket)  # type: ignore[arg-type]
+
+    pos = [ex(["x", " import", " os"], "quantile", b, fire=True) for b in (1, 1, 2, 2, 3, 3)]
+    neg = [ex(["def", " f", "()"], "random_negative") for _ in range(6)]
+    f = FeatureStats(0, 0.1, 1.0, 1.0, {}, [], [], pos + neg)
+    g = FeatureStats(1, 0.1, 1.0, 1.0, {}, [], [], [*pos[:2], *neg])
+    labels = [Label(0, 'the token " import"', "tokens"), Label(1, 'tokens " def"', "tokens")]
+    scores = make_scorer("rule").score(labels, [f, g])
+    assert scores[0].value == 1.0  # " import" is in every held-out positive, no negative
+    assert scores[0].baseline == 0.0  # " def" is in every negative and no positive
+    none = make_scorer("rule").score([Label(0, "import statements", "llm:x")], [f])[0]
+    assert math.isnan(none.value) and none.metrics == {"no_token_claim": 1.0}

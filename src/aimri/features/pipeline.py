@@ -102,6 +102,8 @@ def _one_basis(
         made = make_explainer(name, cfg.llm if name == "llm" else None).explain(alive)
         labels += made
         for scorer in cfg.scorers:
+            if scorer == "rule" and name == "logits":
+                continue  # a logits label names output tokens: "fires where they occur" is no claim of it
             scores += make_scorer(scorer, client if scorer in LLM_PARTS else None).score(
                 made, alive
             )

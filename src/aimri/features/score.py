@@ -1,6 +1,8 @@
 """Scoring labels on held-out text: how well a label predicts where its feature fires.
 
 Three scorers, registered by name in `SCORERS` and built with `make_scorer`:
+- `rule` (offline): a label that names tokens predicts firing where they occur; balanced
+  accuracy (see `TokenRuleScorer`).
 - `embedding` (offline): cosine similarity of the label's sentence embedding with each held-out
   example's; the AUROC of that similarity separating positives from negatives (delphi's idea).
 - `detection` (LLM judge): the judge sees the label and a numbered, shuffled batch of held-out
@@ -23,6 +25,7 @@ Not here: LLM clients (`llm.py`), AUROC and the summary across bases (`summary.p
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -153,6 +156,45 @@ class EmbeddingScorer(Scorer):
             metrics = {"auroc": value, "n_pos": float(len(pos)), "n_neg": float(len(neg))}
             out.append(Measure(value, metrics))
         return out
+
+
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+class TokenRuleScorer(Scorer):
+    """Offline check of a label that names tokens (the `tokens` explainer's claims, or any label
+    with quoted tokens): predict "fires in this window" iff a named token occurs in it (case and
+    surrounding spaces ignored); balanced accuracy on held-out windows. A label naming no token
+    gets nan with `no_token_claim`. Cheap, exact, and blind to meaning beyond the tokens."""
+
+    name = "rule"
+
+    def measure(self, tasks: Sequence[Task]) -> list[Measure]:
+        out = []
+        for t in tasks:
+            claim = {_norm(_unquote(q)) for q in _QUOTED.findall(t.label)}
+            claim.discard("")
+            if not claim:
+                out.append(Measure(math.nan, {"no_token_claim": 1.0}))
+                continue
+            s = score_split(t.feature)
+            truth = [True] * len(s.positives) + [False] * len(s.negatives)
+            said = [any(_norm(tok) in claim for tok in e.tokens) for e in s.positives + s.negatives]
+            m = binary_metrics(truth, said)
+            out.append(Measure(m["balanced_accuracy"], m))
+        return out
+
+
+def _norm(token: str) -> str:
+    return token.strip().lower()
+
+
+def _unquote(q: str) -> str:
+    """The text of a quoted token as the explainers write it (JSON escapes, see explain.show)."""
+    try:
+        return json.loads(f'"{q}"')
+    except json.JSONDecodeError:
+        return q
 
 
 class Item(NamedTuple):
@@ -385,6 +427,7 @@ def _judge(cls: type[DetectionScorer] | type[FuzzingScorer], name: str) -> Score
 
 SCORERS: dict[str, ScorerFactory] = {
     "embedding": lambda client, concurrency, seed: EmbeddingScorer(seed=seed),
+    "rule": lambda client, concurrency, seed: TokenRuleScorer(seed=seed),
     "detection": _judge(DetectionScorer, "detection"),
     "fuzzing": _judge(FuzzingScorer, "fuzzing"),
 }

@@ -42,21 +42,26 @@ class ContextSource:
 class StoreContexts(ContextSource):
     """Contexts of an activation store, shard by shard (each shard holds whole contexts)."""
 
-    def __init__(self, store: ActivationStore, site: str) -> None:
+    def __init__(self, store: ActivationStore, site: str, batch_contexts: int = 16) -> None:
         store.width(site)  # a clear error for a site the store lacks
+        self.batch_contexts = batch_contexts
         self.store = store
         self.site = site
         self.ctx_len = int(store.identity["ctx_len"])
         self.n_contexts = store.n_tokens // self.ctx_len
 
     def __iter__(self) -> Iterator[ContextBatch]:
-        T = self.ctx_len
+        T, step = self.ctx_len, self.batch_contexts
         for i in range(self.store.n_shards):
-            acts = self.store.load(self.site, i).float()
+            acts = self.store.load(self.site, i)
             tokens = self.store.load("tokens", i).long()
             ids = self.store.load("context_ids", i).long()
             B = len(tokens) // T
-            yield ContextBatch(ids.view(B, T)[:, 0], tokens.view(B, T), acts.view(B, T, -1))
+            ids, tokens, acts = ids.view(B, T)[:, 0], tokens.view(B, T), acts.view(B, T, -1)
+            for s in range(0, B, step):  # a shard may hold 256 MiB: hand it out in slices
+                yield ContextBatch(
+                    ids[s : s + step], tokens[s : s + step], acts[s : s + step].float()
+                )
 
 
 class ModelContexts(ContextSource):

@@ -240,7 +240,10 @@ def _plan_examples(
         for v, c in zip(p.top_vals[:, j].tolist(), p.top_ids[:, j].tolist(), strict=True):
             if v > 0:
                 requests.setdefault(c, []).append(_Request(j, "top", 0, -1))
-        filled = p.res_keys[:, j] >= 0
+        # Quantile examples come from contexts other than the top ones, so that a context an
+        # explainer saw as a top example is never a held-out example as well.
+        top_ctx = p.top_ids[:, j][p.top_vals[:, j] > 0]
+        filled = (p.res_keys[:, j] >= 0) & ~torch.isin(p.res_ids[:, j], top_ctx)
         vals, ids = p.res_vals[filled, j], p.res_ids[filled, j]
         order = vals.argsort(descending=True)
         for b, chunk in enumerate(order.tensor_split(spec.n_buckets), start=1):

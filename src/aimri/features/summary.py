@@ -20,9 +20,14 @@ from typing import NamedTuple
 from aimri.errors import AimriError
 from aimri.features.records import Score
 
-DEFAULT_THRESHOLDS: dict[str, float] = {"embedding": 0.75, "detection": 0.7, "fuzzing": 0.7}
+DEFAULT_THRESHOLDS: dict[str, float] = {
+    "rule": 0.7,
+    "embedding": 0.75,
+    "detection": 0.7,
+    "fuzzing": 0.7,
+}
 """Scorer → the score that counts as "interpretable": AUROC for `embedding`, balanced accuracy
-for `detection` and `fuzzing` (0.5 is chance for all three)."""
+for `rule`, `detection` and `fuzzing` (0.5 is chance for all four)."""
 
 
 def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:

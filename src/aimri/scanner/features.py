@@ -42,7 +42,7 @@ def features_stage(
         out=run_dir / CATALOG,
         model=cfg.model,
         explainers=("tokens", "logits", "llm") if llm else ("tokens", "logits"),
-        scorers=("embedding", "detection") if llm else ("embedding",),
+        scorers=("rule", "embedding", "detection") if llm else ("rule", "embedding"),
         n_baseline=min(64, cfg.n_features),
         llm=cfg.llm,
         seed=cfg.corpus.seed,

@@ -84,7 +84,44 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     out.extend(_dictionary_findings(results.get("dictionary")))
+    out.extend(_features_findings(results.get("features")))
     return out
+
+
+def _features_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Dictionary features vs neurons vs random directions: the interpretable fraction."""
+    if not stage or not stage.get("summary"):
+        return []
+    rows = stage["summary"]
+    kind = {b["info"]["name"]: b["info"]["kind"] for b in stage["bases"]}
+    best = max(
+        (r for r in rows if kind.get(r["basis"]) in ("sae", "transcoder")),
+        key=lambda r: r["frac_above"] or 0.0,
+        default=None,
+    )
+    if best is None:
+        return []
+    same = [r for r in rows if (r["explainer"], r["scorer"]) == (best["explainer"], best["scorer"])]
+    by_kind = {kind.get(r["basis"], r["basis"]): r for r in same}
+    others = ", ".join(
+        f"{k} {100 * (r['frac_above'] or 0):.0f}%"
+        for k, r in by_kind.items()
+        if k not in ("sae", "transcoder")
+    )
+    pct = lambda r: f"{100 * (r['frac_above'] or 0):.0f}%"  # noqa: E731
+    return [
+        {
+            "id": "interpretable-fraction",
+            "title": f"{pct(best)} of sampled dictionary features have a label that predicts them",
+            "severity": "info",
+            "summary": f"With the {best['explainer']} explainer and {best['scorer']} scorer on held-out "
+            f"text, {pct(best)} of {best['n']} sampled features score at least {best['threshold']:g} "
+            f"(95% CI {100 * (best['ci_low'] or 0):.0f}-{100 * (best['ci_high'] or 0):.0f}%; with "
+            f"shuffled labels {100 * (best['frac_above_baseline'] or 0):.0f}%). "
+            f"Same site, same pipeline: {others or 'no baselines'}.",
+            "evidence": {"rows": same},
+        }
+    ]
 
 
 def _dictionary_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -7,7 +7,9 @@ runs/<name>/scan.json     machine-readable results, schema_version
 runs/<name>/report.html   one self-contained page
 ```
 Stages so far: activations → statistics → logit lens → ground truth (a toy model of
-superposition: does training recover known features?) → dictionary (train or load, evaluate).
+superposition: does training recover known features?) → dictionary (train or load, evaluate) →
+features (statistics, labels scored on held-out text, catalog; neurons and random directions as
+baselines) → steering (clamp a concrete-concept feature, measure the drift).
 Later stages add themselves to `_stages`. Not here: the stages' own logic (each lives in its module).
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import platform
 import re
 import time
@@ -34,6 +37,7 @@ from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
 from aimri.scanner.dictionary import dictionary_stage
+from aimri.scanner.features import features_stage
 from aimri.scanner.findings import findings_from
 from aimri.scanner.ground_truth import ground_truth_stage
 from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
@@ -92,6 +96,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         "timings_s": timings,
         "versions": run_info["versions"],
     }
+    scan_doc = finite(scan_doc)
     write_json_atomic(run_dir / "scan.json", scan_doc)
     with _timed(timings, "report"):
         report = render_report(scan_doc, run_dir / "report.html")
@@ -110,6 +115,7 @@ def _stages() -> list[tuple[str, Stage]]:
         ("logit_lens", _logit_lens),
         ("ground_truth", ground_truth_stage),
         ("dictionary", dictionary_stage),
+        ("features", features_stage),
     ]
 
 
@@ -181,6 +187,18 @@ def _versions() -> dict[str, str]:
         "transformers": transformers.__version__,
         "platform": platform.platform(),
     }
+
+
+def finite(obj: Any) -> Any:
+    """NaN and inf become null, so scan.json is strict JSON that any parser (and the report's
+    JavaScript) reads; a missing number is shown as missing, never as a number."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def to_jsonable(obj: Any) -> Any:
