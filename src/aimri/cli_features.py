@@ -56,14 +56,15 @@ def _explain_text(cfg: ExplainTextConfig) -> None:
 
 
 def print_steering(cfg: SteerConfig) -> None:
-    from aimri.steer.cli import run_steer
+    from aimri.steer import steer
 
-    r = run_steer(cfg)
-    for row in r.rows:
+    r = steer(cfg)
+    print(f"concept: {r.concept!r}")
+    for row in (r.baseline, *r.rows):
+        name = "no edit" if row.strength is None else f"strength {row.strength:g}"
         print(
-            f"strength {row.strength:>6g}: feature {_f(row.feature_act)}, concept "
-            f"{row.concept_score:.3f} ({row.concept_delta:+.3f}), perplexity {row.perplexity:.1f}, "
-            f"KL {row.kl:.3f}"
+            f"{name:>14}: feature {_f(row.feature_act)}, concept {row.concept_score:.3f} "
+            f"({row.concept_delta:+.3f}), perplexity {row.perplexity:.1f}, KL {row.kl:.3f}"
         )
         for g in row.generations:
             print(f"    {g.prompt!r} → {g.text!r}")

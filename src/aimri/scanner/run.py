@@ -42,6 +42,7 @@ from aimri.scanner.findings import findings_from
 from aimri.scanner.ground_truth import ground_truth_stage
 from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
 from aimri.scanner.stats import site_statistics
+from aimri.scanner.steering import steering_stage
 from aimri.store.collect import collect
 from aimri.store.reader import ActivationStore
 
@@ -116,6 +117,7 @@ def _stages() -> list[tuple[str, Stage]]:
         ("ground_truth", ground_truth_stage),
         ("dictionary", dictionary_stage),
         ("features", features_stage),
+        ("steering", steering_stage),
     ]
 
 
