@@ -55,6 +55,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         runs_dir=tmp_path,
         name="e2e",
         dict_tokens=8192,
+        n_features=48,
     )
     r = scan(cfg, model=smollm2)
     for name in ("run.json", "scan.json", "report.html", "activations/manifest.json"):
@@ -86,6 +87,16 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         ev["reconstruction_quality"]["fvu"]
         < dict_stage["baselines"]["random"]["reconstruction_quality"]["fvu"]
     )
+    feats = doc["stages"]["features"]
+    assert [b["info"]["kind"] for b in feats["bases"]] == ["sae", "neurons", "random"]
+    assert feats["sampled"] == 48 and len(feats["features"]) == 48
+    assert (r.run_dir / feats["catalog"]).is_file()
+    scored = {(row["explainer"], row["scorer"]) for row in feats["summary"]}
+    assert {("tokens", "rule"), ("tokens", "embedding"), ("logits", "embedding")} <= scored
+    for row in feats["summary"]:
+        assert 0 <= row["frac_above"] <= 1 and row["n"] > 0
+    steering = doc["stages"]["steering"]
+    assert "skipped" in steering or steering["rows"][0]["strength"] is None  # no-edit first
     run = json.loads((r.run_dir / "run.json").read_text())
     assert run["status"] == "complete" and set(run["timings_s"]) >= {
         "activations",
@@ -93,6 +104,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         "logit_lens",
     }
     html = r.report.read_text()
+    assert 'id="features-data"' in html
     assert (
         "smollm2-135m" in html
         and "<svg" in html

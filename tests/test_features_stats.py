@@ -9,9 +9,10 @@ from aimri.config import CorpusConfig, DictConfig
 from aimri.dicts.dictionary import build_dictionary
 from aimri.errors import AimriError
 from aimri.features.basis import DictionaryBasis, NeuronBasis, RandomBasis
+from aimri.features.effects import logit_effects
 from aimri.features.records import explain_split, score_split
 from aimri.features.sources import ModelContexts
-from aimri.features.stats import ExampleSpec, feature_statistics, logit_effects
+from aimri.features.stats import ExampleSpec, feature_statistics
 
 SITE = "blocks.1.hook_resid_post"
 

@@ -351,7 +351,11 @@ def test_absent_and_empty_stages_render(tmp_path: Path):
     doc["stages"]["steering"] = {**steering_stage(hostile=False), "rows": []}
     html = render_report(doc, tmp_path / "b.html").read_text()
     assert "No features were analysed" in html and "No labels were scored" in html
-    assert "No generations were recorded" in html and "features-data" not in html
+    assert 'id="steering"' not in html and "features-data" not in html  # no rows: no section
+
+    doc["stages"]["steering"] = {"skipped": "no concrete-concept <feature>"}
+    html = render_report(doc, tmp_path / "s.html").read_text()
+    assert "demonstration was skipped: no concrete-concept &lt;feature&gt;" in html
 
     steer = steering_stage(hostile=False)
     steer["rows"][0]["strength"] = None  # the unsteered baseline, as the sweep names it

@@ -32,10 +32,13 @@ class Embedder:
 
     @torch.inference_mode()
     def embed(self, texts: list[str]) -> Tensor:
+        # Batches of similar length waste little on padding; the order is restored at the end.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        ordered = [texts[i] for i in order]
         out = []
-        for i in range(0, len(texts), self.batch_size):
+        for i in range(0, len(ordered), self.batch_size):
             enc = self.tokenizer(
-                texts[i : i + self.batch_size],
+                ordered[i : i + self.batch_size],
                 padding=True,
                 truncation=True,
                 max_length=256,
@@ -45,7 +48,10 @@ class Embedder:
             mask = enc["attention_mask"][..., None].float()
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1)
             out.append(torch.nn.functional.normalize(pooled, dim=-1))
-        return torch.cat(out) if out else torch.zeros(0, 384)
+        if not out:
+            return torch.zeros(0, 384)
+        emb = torch.cat(out)
+        return emb[torch.argsort(torch.tensor(order))]
 
 
 def model_dir() -> Path:

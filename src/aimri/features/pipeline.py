@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,26 +94,30 @@ def _one_basis(
     source: ContextSource,
     spec: ExampleSpec,
 ) -> BasisResult:
+    t0 = time.perf_counter()
     fs = feature_statistics(basis, model, source, features=features, spec=spec)
+    t_stats = time.perf_counter() - t0
     alive = [f for f in fs.features if f.density > 0]
     client = make_client(cfg.llm) if LLM_PARTS & {*cfg.explainers, *cfg.scorers} else None
     labels: list[Label] = []
     scores: list[Score] = []
+    # One scorer per kind for the basis: scorers may cache work on its examples (embeddings).
+    scorers = {s: make_scorer(s, client if s in LLM_PARTS else None) for s in cfg.scorers}
     for name in cfg.explainers:
         made = make_explainer(name, cfg.llm if name == "llm" else None).explain(alive)
         labels += made
-        for scorer in cfg.scorers:
-            if scorer == "rule" and name == "logits":
+        for scorer_name, scorer in scorers.items():
+            if scorer_name == "rule" and name == "logits":
                 continue  # a logits label names output tokens: "fires where they occur" is no claim of it
-            scores += make_scorer(scorer, client if scorer in LLM_PARTS else None).score(
-                made, alive
-            )
+            scores += scorer.score(made, alive)
     log.info(
-        "%s: %d features, %d labels, %d scores",
+        "%s: %d features, %d labels, %d scores (statistics %.0fs, labels and scores %.0fs)",
         basis.info.name,
         len(fs.features),
         len(labels),
         len(scores),
+        t_stats,
+        time.perf_counter() - t0 - t_stats,
     )
     return BasisResult(fs, labels, scores)
 

@@ -35,6 +35,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, final
 
+import torch
+from torch import Tensor
+
 from aimri.errors import AimriError
 from aimri.features.chat import ChatClient, ChatReply, Message
 from aimri.features.embed import Embedder, load_embedder
@@ -134,6 +137,9 @@ class EmbeddingScorer(Scorer):
     def __init__(self, embedder: Embedder | None = None, *, seed: int = 0) -> None:
         super().__init__(seed=seed)
         self._embedder = embedder
+        self._cache: dict[str, Tensor] = {}
+        """text → embedding, kept across calls: several explainers' labels for the same
+        features are scored on the same examples, which are embedded once."""
 
     def measure(self, tasks: Sequence[Task]) -> list[Measure]:
         splits = {t.feature.index: score_split(t.feature) for t in tasks}
@@ -144,7 +150,9 @@ class EmbeddingScorer(Scorer):
             )
         )
         embedder = self._embedder or load_embedder()
-        emb = embedder.embed(texts)  # [n_texts, 384], unit norm
+        fresh = [t for t in texts if t not in self._cache]
+        self._cache.update(zip(fresh, embedder.embed(fresh), strict=True))
+        emb = torch.stack([self._cache[t] for t in texts])  # [n_texts, 384], unit norm
         row = {text: k for k, text in enumerate(texts)}
         out = []
         for t in tasks:

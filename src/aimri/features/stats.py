@@ -5,8 +5,7 @@ log-spaced activation histogram, the top contexts by maximum activation, a unifo
 activating contexts (for examples across quantile buckets), and co-occurrence counts when codes
 are sparse. Memory: O(features × (top + reservoir + bins)), whatever the corpus size.
 Pass 2 (only contexts some example needs): token-level activations → example windows, random
-and hard negatives. Then logit effects (decoder direction through the unembedding) and
-neighbours by decoder cosine. BOS (position 0) never counts.
+and hard negatives. Logit effects and neighbours come from `effects.py`. BOS never counts.
 Not here: labels, scores, storage (`explain.py`, `score.py`, `catalog.py`).
 """
 
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from aimri.errors import AimriError
 from aimri.features.basis import FeatureBasis
+from aimri.features.effects import LogitEffects, decoder_neighbours, logit_effects
 from aimri.features.records import (
     Example,
     ExampleKind,
@@ -58,14 +58,6 @@ class ExampleSpec:
     seed: int = 0
 
 
-class LogitEffects(NamedTuple):
-    promoted: Tensor
-    """[F, k] token ids whose logits the direction raises most."""
-    promoted_values: Tensor
-    suppressed: Tensor
-    suppressed_values: Tensor
-
-
 def feature_statistics(
     basis: FeatureBasis,
     model: Model,
@@ -78,7 +70,7 @@ def feature_statistics(
     basis.check_fits(model)
     sel = _selection(basis, features)
     p1 = _first_pass(basis, source, sel, spec)
-    neighbours = _neighbours(basis, sel, spec.n_neighbours)
+    neighbours = decoder_neighbours(basis, sel, spec.n_neighbours)
     plan = _plan_examples(p1, sel, neighbours, source.n_contexts, spec)
     text = TokenText(model.tokenizer)
     examples = _second_pass(basis, source, sel, plan, spec, text)
@@ -369,41 +361,6 @@ def _add_random_negatives(
         for _, key, at, tokens, acts in candidates[: spec.n_random_negative]:
             c = pool[key // tries][0]
             examples.append(_window(acts, tokens, c, "random_negative", 0, spec, text, at=at))
-
-
-def _neighbours(basis: FeatureBasis, sel: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
-    """(cosines [S, k], feature ids [S, k]) of the nearest decoder directions; None for neurons."""
-    if basis.info.kind == "neurons" or basis.n_features < 2:
-        return None
-    W = basis.write_directions().float()
-    W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-8)
-    vals, ids = [], []
-    for chunk in sel.split(1024):
-        sims = W[chunk] @ W.T
-        sims[torch.arange(len(chunk)), chunk] = -2.0  # not its own neighbour
-        top = sims.topk(min(k, basis.n_features - 1), dim=-1)
-        vals.append(top.values)
-        ids.append(top.indices)
-    return torch.cat(vals), torch.cat(ids)
-
-
-@torch.no_grad()
-def logit_effects(model: Model, directions: Tensor, k: int = 10) -> LogitEffects:
-    """Direct effect of each direction [F, d_model] on the logits through the final norm and the
-    unembedding. A norm rescales a single direction, so the ranking of tokens is exact; the
-    values are in logits per unit of the normalised direction."""
-    layout = model.layout
-    dtype = next(model.hf.parameters()).dtype
-    base = layout.unembed(torch.zeros(1, directions.shape[1], device=model.device, dtype=dtype))
-    parts: list[LogitEffects] = []
-    for chunk in directions.split(256):
-        x = chunk.to(model.device, dtype)
-        if layout.final_norm is not None:
-            x = layout.final_norm(x)
-        eff = (layout.unembed(x) - base).float().cpu()
-        up, down = eff.topk(k, dim=-1), (-eff).topk(k, dim=-1)
-        parts.append(LogitEffects(up.indices, up.values, down.indices, -down.values))
-    return LogitEffects(*(torch.cat(t) for t in zip(*parts, strict=True)))
 
 
 def _record(

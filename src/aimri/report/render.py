@@ -54,7 +54,9 @@ def render_report(scan: dict[str, Any], path: Path) -> Path:
             scan=scan,
             charts=_charts(scan),
             features=features_view(stages["features"]) if stages.get("features") else None,
-            steering=steering_view(stages["steering"]) if stages.get("steering") else None,
+            steering=steering_view(stages["steering"])
+            if (stages.get("steering") or {}).get("rows")
+            else None,
         )
     )
     write_bytes_atomic(path, html.encode("utf-8"))

@@ -14,7 +14,6 @@ from typing import Any
 
 from aimri.config import ScanConfig
 from aimri.dicts.formats import load_dictionary
-from aimri.errors import AimriError
 from aimri.features.catalog import Catalog
 from aimri.model.adapter import Model
 from aimri.steer.golden_gate import demonstrate, rank_concept_features
@@ -38,11 +37,12 @@ def steering_stage(
     ranked = rank_concept_features(
         model, dictionary, stats, labels=_word_labels(labels), n_probe=N_PROBE
     )
-    if not ranked:
-        raise AimriError(
-            f"no concrete-concept feature among the {len(stats)} described: raise --n-features "
-            "or turn the demonstration off with --no-steer"
-        )
+    if not ranked:  # a finding in itself; the scan goes on and the report says why
+        return {
+            "skipped": f"no concrete-concept feature among the {len(stats)} described (the rule "
+            "wants rare features whose top examples peak on two or more related words); raise "
+            "--n-features or train the dictionary on more tokens"
+        }
     chosen = ranked[0]
     result = demonstrate(model, dictionary, chosen)
     return {

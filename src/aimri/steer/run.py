@@ -22,7 +22,7 @@ from aimri.corpus.contexts import iter_contexts
 from aimri.dicts.dictionary import Dictionary
 from aimri.dicts.formats import load_dictionary
 from aimri.errors import AimriError
-from aimri.features.stats import logit_effects
+from aimri.features.effects import logit_effects
 from aimri.model.adapter import Model
 from aimri.steer.directions import site_norm
 from aimri.steer.edits import AblateFeature, AddDirection, ClampFeature, Edit, feature_activation
