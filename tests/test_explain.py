@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections import deque
 
 import pytest
 
 from aimri.config import LLMConfig
 from aimri.errors import AimriError
-from aimri.features.chat import ChatReply, Message, Usage
+from aimri.features.chat import ChatReply
 from aimri.features.explain import (
     EXPLAINERS,
     LLMExplainer,
@@ -20,34 +19,7 @@ from aimri.features.explain import (
     make_explainer,
 )
 from aimri.features.records import Example, FeatureStats, TokenEffect, explain_split, score_split
-
-
-class ScriptedClient:
-    """A ChatClient that answers from a queue and records every prompt it was sent."""
-
-    def __init__(self, *replies: ChatReply | str | Exception) -> None:
-        self.replies = deque(replies)
-        self.prompts: list[list[Message]] = []
-
-    @property
-    def name(self) -> str:
-        return "scripted"
-
-    def complete(
-        self,
-        messages: list[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        logprobs: int | None = None,
-    ) -> ChatReply:
-        self.prompts.append(messages)
-        reply = self.replies.popleft()
-        if isinstance(reply, Exception):
-            raise reply
-        if isinstance(reply, str):
-            return ChatReply(reply, "stop", usage=Usage(prompt_tokens=120, completion_tokens=7))
-        return reply
+from tests.scripted import ScriptedClient
 
 
 def window(tokens: list[str], fire: dict[int, float], kind="top", bucket=0, context=0):

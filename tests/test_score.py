@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import random
 import re
-import threading
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from itertools import product
 
 import pytest
@@ -44,6 +43,7 @@ from aimri.features.summary import (
     interpretability_summary,
     wilson_interval,
 )
+from tests.scripted import ScriptedClient
 
 DOG_WORDS = {"dog", "dogs", "puppy", "puppies", "retriever", "beagle", "terrier", "poodle"}
 CODE_WORDS = {"def", "import", "return", "print"}
@@ -110,32 +110,6 @@ def dog_feature(index: int = 0) -> FeatureStats:
 
 def code_feature(index: int = 1) -> FeatureStats:
     return feature(index, CODE[:20], DOGS[:12], CODE_WORDS)
-
-
-class ScriptedClient:
-    """A ChatClient whose reply is a function of the prompt; records every prompt it gets."""
-
-    def __init__(self, respond: Callable[[list[Message]], str | ChatReply]) -> None:
-        self.respond = respond
-        self.prompts: list[list[Message]] = []
-        self._lock = threading.Lock()
-
-    @property
-    def name(self) -> str:
-        return "scripted"
-
-    def complete(
-        self,
-        messages: list[Message],
-        *,
-        max_tokens: int = 256,
-        temperature: float = 0.0,
-        logprobs: int | None = None,
-    ) -> ChatReply:
-        with self._lock:
-            self.prompts.append(messages)
-        out = self.respond(messages)
-        return out if isinstance(out, ChatReply) else ChatReply(out, "stop")
 
 
 def read_prompt(messages: list[Message]) -> tuple[str, list[str]]:
@@ -279,7 +253,7 @@ def test_scorers_see_only_the_held_out_split(embedder):
     assert {t for t in embedded if tag.match(t)} == held_texts
 
     for scorer in (DetectionScorer, FuzzingScorer):
-        client = ScriptedClient(right_detector)
+        client = ScriptedClient(respond=right_detector)
         scorer(client).score([Label(0, "dogs", "x")], [f])
         shown = {m for p in client.prompts for m in tag.findall(p[-1]["content"])}
         assert shown and not shown & {tag.findall(t)[0] for t in explained}
@@ -290,7 +264,7 @@ def test_scorers_see_only_the_held_out_split(embedder):
 
 
 def test_detection_with_a_right_judge_is_perfect_and_its_baseline_is_not():
-    client = ScriptedClient(right_detector)
+    client = ScriptedClient(respond=right_detector)
     dog, code = DetectionScorer(client, batch_size=7).score(LABELS, [dog_feature(), code_feature()])
     for s in (dog, code):
         assert s.value == 1.0 and s.scorer == "detection"
@@ -304,7 +278,7 @@ def test_detection_with_a_right_judge_is_perfect_and_its_baseline_is_not():
 
 
 def test_detection_with_a_constant_or_random_judge_is_at_chance():
-    always = ScriptedClient(lambda m: bits([True] * len(read_prompt(m)[1])))
+    always = ScriptedClient(respond=lambda m: bits([True] * len(read_prompt(m)[1])))
     s = DetectionScorer(always).score(LABELS, [dog_feature(), code_feature()])[0]
     assert s.value == 0.5 and s.metrics["recall"] == 1.0
 
@@ -314,7 +288,9 @@ def test_detection_with_a_constant_or_random_judge_is_at_chance():
 
     features = [dog_feature(i) for i in range(30)]
     labels = [Label(i, "dogs", "x") for i in range(30)]
-    values = [s.value for s in DetectionScorer(ScriptedClient(coin)).score(labels, features)]
+    values = [
+        s.value for s in DetectionScorer(ScriptedClient(respond=coin)).score(labels, features)
+    ]
     assert abs(sum(values) / len(values) - 0.5) < 0.08
     assert len(set(values)) > 3  # the judge really answered differently per feature
 
@@ -332,7 +308,9 @@ def test_detection_auroc_comes_from_the_logprob_of_1():
             tokens.append(TokenLogprob("," if k < len(texts) - 1 else "]", 0.0))
         return ChatReply(bits([True] * len(texts)), "stop", logprobs=tokens)
 
-    dog = DetectionScorer(ScriptedClient(unsure)).score(LABELS, [dog_feature(), code_feature()])[0]
+    dog = DetectionScorer(ScriptedClient(respond=unsure)).score(
+        LABELS, [dog_feature(), code_feature()]
+    )[0]
     assert dog.value == 0.5
     assert dog.metrics["auroc"] == 1.0
 
@@ -340,14 +318,14 @@ def test_detection_auroc_comes_from_the_logprob_of_1():
         reply = unsure(messages)
         return ChatReply(reply.text.replace("1", "0"), "stop", logprobs=reply.logprobs)
 
-    dog = DetectionScorer(ScriptedClient(mismatched)).score(
+    dog = DetectionScorer(ScriptedClient(respond=mismatched)).score(
         LABELS, [dog_feature(), code_feature()]
     )[0]
     assert dog.value == 0.5 and "auroc" not in dog.metrics
 
 
 def test_junk_and_failing_judges_give_nan_with_the_error_counted():
-    junk = ScriptedClient(lambda m: "As an AI, I would rather talk about cats.")
+    junk = ScriptedClient(respond=lambda m: "As an AI, I would rather talk about cats.")
     for s in DetectionScorer(junk, batch_size=10).score(LABELS, [dog_feature(), code_feature()]):
         assert math.isnan(s.value) and math.isnan(s.baseline)
         assert s.metrics["unparsed_calls"] == 3 and s.metrics["failed_calls"] == 0
@@ -355,7 +333,9 @@ def test_junk_and_failing_judges_give_nan_with_the_error_counted():
     def down(messages: list[Message]) -> str:
         raise AimriError("endpoint http://127.0.0.1:8080/v1 is down")
 
-    s = FuzzingScorer(ScriptedClient(down)).score(LABELS, [dog_feature(), code_feature()])[0]
+    s = FuzzingScorer(ScriptedClient(respond=down)).score(LABELS, [dog_feature(), code_feature()])[
+        0
+    ]
     assert math.isnan(s.value) and s.metrics["failed_calls"] > 0
 
 
@@ -364,7 +344,7 @@ def test_junk_and_failing_judges_give_nan_with_the_error_counted():
 
 def test_fuzzing_marks_activating_tokens_or_as_many_silent_ones():
     f = dog_feature()
-    items = FuzzingScorer(ScriptedClient(right_detector)).items(f, random.Random(0))
+    items = FuzzingScorer(ScriptedClient(respond=right_detector)).items(f, random.Random(0))
     held = {show(e.tokens) for e in score_split(f).positives}
     assert len(items) == 2 * len(held)
     assert sum(i.truth for i in items) == len(held)
@@ -375,7 +355,7 @@ def test_fuzzing_marks_activating_tokens_or_as_many_silent_ones():
 
 
 def test_fuzzing_with_a_right_judge_is_perfect_and_beats_its_baseline():
-    client = ScriptedClient(right_fuzz_judge)
+    client = ScriptedClient(respond=right_fuzz_judge)
     dog, code = FuzzingScorer(client).score(LABELS, [dog_feature(), code_feature()])
     for s in (dog, code):
         assert s.value == 1.0 and s.scorer == "fuzzing"
@@ -387,7 +367,7 @@ def test_fuzzing_with_a_right_judge_is_perfect_and_beats_its_baseline():
 
 def test_make_scorer_builds_by_name_and_explains_what_is_missing():
     assert isinstance(make_scorer("embedding"), EmbeddingScorer)
-    assert isinstance(make_scorer("fuzzing", ScriptedClient(right_detector)), FuzzingScorer)
+    assert isinstance(make_scorer("fuzzing", ScriptedClient(respond=right_detector)), FuzzingScorer)
     with pytest.raises(AimriError, match=r"--llm\.base-url"):
         make_scorer("detection")
     with pytest.raises(AimriError, match="unknown scorer 'simulation'.*embedding"):
