@@ -182,7 +182,10 @@ def test_llm_explainer_sees_only_the_explain_split():
     prompt = " ".join(m["content"] for m in client.prompts[0])
     seen = set(re.findall(r"(?:top|q|neg|hard)\d+(?:_\d+)?", prompt))
     allowed = {e.tokens[1].strip() for e in explain_split(f)}
-    held_out = {e.tokens[1].strip() for e in score_split(f).positives + score_split(f).negatives}
+    held_out = {
+        e.tokens[1].strip()
+        for e in score_split(f).positives + score_split(f).negatives + score_split(f).hard
+    }
     assert seen == allowed
     assert not seen & held_out
     assert held_out, "the test needs held-out examples to mean anything"
@@ -192,7 +195,9 @@ def test_llm_explainer_sees_only_the_explain_split():
 def test_offline_explainers_ignore_the_held_out_examples(explainer):
     """Rewriting every score-split example (a loud " LEAK" token) leaves the label unchanged."""
     f = dataclasses.replace(import_feature(), promoted=[TokenEffect(" import", 1.0)])
-    held = {id(e) for e in score_split(f).positives + score_split(f).negatives}
+    held = {
+        id(e) for e in score_split(f).positives + score_split(f).negatives + score_split(f).hard
+    }
     leaked = [
         dataclasses.replace(e, tokens=[" LEAK"] * len(e.tokens), acts=[99.0] * len(e.acts))
         if id(e) in held

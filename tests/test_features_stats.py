@@ -81,7 +81,7 @@ def test_negatives_are_silent_and_splits_are_disjoint(setup):
             assert not e.active
         seen = {id(e) for e in explain_split(f)}
         held_out = score_split(f)
-        assert not seen & {id(e) for e in held_out.positives + held_out.negatives}
+        assert not seen & {id(e) for e in held_out.positives + held_out.negatives + held_out.hard}
         assert all(e.kind == "quantile" for e in held_out.positives)
 
 

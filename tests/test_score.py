@@ -207,7 +207,8 @@ def test_embedding_separates_dogs_from_code_and_beats_its_shuffled_baseline(embe
     assert dog.baseline < dog.value - 0.4 and code.baseline < code.value - 0.4
     split = score_split(dog_feature())
     assert dog.metrics["n_pos"] == len(split.positives) == 10
-    assert dog.metrics["n_neg"] == len(split.negatives) == 12
+    assert dog.metrics["n_neg"] == len(split.negatives) == 8  # random negatives: the headline
+    assert dog.metrics["n_hard"] == len(split.hard) == 4  # hard ones reported apart
     assert dog.metrics["auroc"] == dog.value
 
 
@@ -237,7 +238,7 @@ def test_scorers_see_only_the_held_out_split(embedder):
     f = tagged_feature()
     explained = {e.text for e in explain_split(f)}
     held = score_split(f)
-    held_texts = {e.text for e in held.positives + held.negatives}
+    held_texts = {e.text for e in held.positives + held.negatives + held.hard}
     assert explained and held_texts and not explained & held_texts
     tag = re.compile(r"ex\d{3}[qnt]")
 
@@ -269,11 +270,11 @@ def test_detection_with_a_right_judge_is_perfect_and_its_baseline_is_not():
     for s in (dog, code):
         assert s.value == 1.0 and s.scorer == "detection"
         assert s.metrics["f1"] == s.metrics["precision"] == s.metrics["recall"] == 1.0
-        assert s.metrics["n_pos"] == 10 and s.metrics["n_neg"] == 12
+        assert s.metrics["n_pos"] == 10 and s.metrics["n_neg"] == 8  # random negatives only
         assert s.baseline == 0.0  # the other feature's label says yes exactly where it should not
         assert "auroc" not in s.metrics  # no logprobs came back
     assert len(client.prompts) == 2 * 2 * math.ceil(
-        22 / 7
+        18 / 7
     )  # features × (label, baseline) × batches
 
 
@@ -328,7 +329,7 @@ def test_junk_and_failing_judges_give_nan_with_the_error_counted():
     junk = ScriptedClient(respond=lambda m: "As an AI, I would rather talk about cats.")
     for s in DetectionScorer(junk, batch_size=10).score(LABELS, [dog_feature(), code_feature()]):
         assert math.isnan(s.value) and math.isnan(s.baseline)
-        assert s.metrics["unparsed_calls"] == 3 and s.metrics["failed_calls"] == 0
+        assert s.metrics["unparsed_calls"] == 2 and s.metrics["failed_calls"] == 0  # 18 items / 10
 
     def down(messages: list[Message]) -> str:
         raise AimriError("endpoint http://127.0.0.1:8080/v1 is down")

@@ -151,6 +151,11 @@ class Score:
 class Split(NamedTuple):
     positives: list[Example]
     negatives: list[Example]
+    """Random windows where the feature is quietest: the same task for every basis."""
+    hard: list[Example]
+    """Hard negatives (a decoder neighbour fires, this feature does not). Only bases with
+    neighbours have them (neurons have none), so scorers report them beside the headline,
+    never inside it: a headline with them would not compare bases on the same task."""
 
 
 def explain_split(f: FeatureStats, n_top: int = 10, seed: int = 0) -> list[Example]:
@@ -160,10 +165,10 @@ def explain_split(f: FeatureStats, n_top: int = 10, seed: int = 0) -> list[Examp
 
 
 def score_split(f: FeatureStats, seed: int = 0) -> Split:
-    """Held-out examples for scoring: the other half of the quantile examples (positives), and
-    random and hard negatives. Disjoint from `explain_split` by construction."""
+    """Held-out examples for scoring: the other half of the quantile examples (positives),
+    random negatives, and hard negatives apart. Disjoint from `explain_split` by construction."""
     positives = _halves(f.of_kind("quantile"), seed)[1]
-    return Split(positives, f.of_kind("random_negative", "hard_negative"))
+    return Split(positives, f.of_kind("random_negative"), f.of_kind("hard_negative"))
 
 
 def _halves(examples: list[Example], seed: int) -> tuple[list[Example], list[Example]]:

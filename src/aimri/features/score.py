@@ -13,7 +13,9 @@ Three scorers, registered by name in `SCORERS` and built with `make_scorer`:
   fit the label; balanced accuracy (and AUROC from P("1") when there are logprobs).
 
 Every scorer reads only `records.score_split(f)` (with its default seed, the one `explain_split`
-uses), never an example an explainer saw, and scores each label twice on the same examples:
+uses), never an example an explainer saw; the headline sets positives against random negatives
+(the same task for every basis) and hard negatives are reported apart in metrics (`auroc_hard`,
+`hard_false_positive_rate`; judges skip them). Each label is scored twice on the same examples:
 with its own text (`Score.value`) and with the text of another feature's label from the same
 explainer, a fixed seeded derangement (`Score.baseline`), so a number can be set beside what a
 wrong label gets. Conventions: one Score per label, in order. A label with empty text gets
@@ -146,7 +148,7 @@ class EmbeddingScorer(Scorer):
         texts = list(
             dict.fromkeys(
                 [t.label for t in tasks]
-                + [e.text for s in splits.values() for e in s.positives + s.negatives]
+                + [e.text for s in splits.values() for e in s.positives + s.negatives + s.hard]
             )
         )
         embedder = self._embedder or load_embedder()
@@ -162,6 +164,9 @@ class EmbeddingScorer(Scorer):
             neg = [float(sims[row[e.text]]) for e in s.negatives]
             value = auroc(pos, neg)
             metrics = {"auroc": value, "n_pos": float(len(pos)), "n_neg": float(len(neg))}
+            if s.hard:  # reported apart: not every basis has hard negatives (see Split)
+                metrics["auroc_hard"] = auroc(pos, [float(sims[row[e.text]]) for e in s.hard])
+                metrics["n_hard"] = float(len(s.hard))
             out.append(Measure(value, metrics))
         return out
 
@@ -189,6 +194,9 @@ class TokenRuleScorer(Scorer):
             truth = [True] * len(s.positives) + [False] * len(s.negatives)
             said = [any(_norm(tok) in claim for tok in e.tokens) for e in s.positives + s.negatives]
             m = binary_metrics(truth, said)
+            if s.hard:  # share of hard negatives the rule wrongly says fire (reported apart)
+                wrong = sum(any(_norm(tok) in claim for tok in e.tokens) for e in s.hard)
+                m["hard_false_positive_rate"] = wrong / len(s.hard)
             out.append(Measure(m["balanced_accuracy"], m))
         return out
 
