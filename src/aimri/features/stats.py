@@ -356,10 +356,10 @@ def _add_random_negatives(
                 at = int(torch.randint(1, T, (1,), generator=g))
                 lo = max(1, min(at - (spec.window - spec.after) + 1, T - spec.window))
                 peak = float(a[lo : lo + spec.window, j].max())
-                candidates.append((max(peak, 0.0), n * tries + t, at, tokens, a[:, j]))
+                candidates.append((max(peak, 0.0), t * len(pool) + n, at, tokens, a[:, j]))
         candidates.sort(key=lambda x: (x[0], x[1]))
         for _, key, at, tokens, acts in candidates[: spec.n_random_negative]:
-            c = pool[key // tries][0]
+            c = pool[key % len(pool)][0]
             examples.append(_window(acts, tokens, c, "random_negative", 0, spec, text, at=at))
 
 
