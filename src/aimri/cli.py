@@ -149,8 +149,6 @@ def _dispatch(cfg: object) -> None:
         from aimri.cli_features import print_steering
 
         print_steering(cfg)
-    elif isinstance(cfg, _GroupHelp):
-        raise AimriError("name a subcommand: `aimri features describe|search|explain-text --help`")
     else:  # pragma: no cover - tyro only returns the classes above
         raise AssertionError(type(cfg))
 

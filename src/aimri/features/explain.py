@@ -42,6 +42,21 @@ def show(token: str) -> str:
     return json.dumps(token, ensure_ascii=False)
 
 
+_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def named_tokens(label: str) -> list[str]:
+    """The tokens a label names, read back from `show`'s notation (JSON escapes undone):
+    `tokens " import", "\\n"` → [" import", "\n"]."""
+    out = []
+    for q in _QUOTED.findall(label):
+        try:
+            out.append(json.loads(f'"{q}"'))
+        except json.JSONDecodeError:
+            out.append(q)
+    return out
+
+
 # --- tokens ---------------------------------------------------------------------------------
 
 
@@ -287,27 +302,30 @@ class LLMExplainer:
 # --- registry -------------------------------------------------------------------------------
 
 
-def _llm(llm: LLMConfig | None) -> Explainer:
+def _llm(llm: LLMConfig | None, client: ChatClient | None) -> Explainer:
     if llm is None:
         raise AimriError(
             "explainer 'llm' needs a chat endpoint: pass --llm.base-url (and --llm.model), e.g. "
             "a llama.cpp server at http://127.0.0.1:8080/v1"
         )
-    return LLMExplainer(make_client(llm), concurrency=llm.concurrency)
+    return LLMExplainer(client or make_client(llm), concurrency=llm.concurrency)
 
 
-EXPLAINERS: dict[str, Callable[[LLMConfig | None], Explainer]] = {
-    "tokens": lambda _: TokensExplainer(),
-    "logits": lambda _: LogitsExplainer(),
+EXPLAINERS: dict[str, Callable[[LLMConfig | None, ChatClient | None], Explainer]] = {
+    "tokens": lambda _, __: TokensExplainer(),
+    "logits": lambda _, __: LogitsExplainer(),
     "llm": _llm,
 }
-"""Explainer name → factory taking the LLM endpoint (None for offline explainers)."""
+"""Explainer name → factory taking the LLM endpoint (None for offline explainers) and, when the
+caller already has one, its client (so one run shares one client and one set of accounts)."""
 
 
-def make_explainer(name: str, llm: LLMConfig | None = None) -> Explainer:
+def make_explainer(
+    name: str, llm: LLMConfig | None = None, *, client: ChatClient | None = None
+) -> Explainer:
     factory = EXPLAINERS.get(name)
     if factory is None:
         raise AimriError(
             f"unknown explainer '{name}': use one of {', '.join(EXPLAINERS)} (--explainers)"
         )
-    return factory(llm)
+    return factory(llm, client)

@@ -21,6 +21,7 @@ from aimri.dicts.formats import load_dictionary
 from aimri.errors import AimriError
 from aimri.features.basis import DictionaryBasis, FeatureBasis, NeuronBasis, RandomBasis
 from aimri.features.catalog import Catalog, run_identity
+from aimri.features.chat import ChatClient
 from aimri.features.explain import make_explainer
 from aimri.features.llm import make_client
 from aimri.features.records import FeatureSet, Label, Score
@@ -78,7 +79,9 @@ def describe(
             (RandomBasis(basis.site, mean, n, seed=cfg.seed), list(range(n))),
         ]
     spec = spec or ExampleSpec(seed=cfg.seed)
-    results = [_one_basis(cfg, b, f, model, source, spec) for b, f in bases]
+    # One client for the whole run: explainer and judges share its cache and its accounts.
+    client = make_client(cfg.llm) if LLM_PARTS & {*cfg.explainers, *cfg.scorers} else None
+    results = [_one_basis(cfg, b, f, model, source, spec, client) for b, f in bases]
     summary = interpretability_summary(
         {r.features.basis.name: r.scores for r in results}, threshold=None
     )
@@ -93,18 +96,21 @@ def _one_basis(
     model: Model,
     source: ContextSource,
     spec: ExampleSpec,
+    client: ChatClient | None,
 ) -> BasisResult:
     t0 = time.perf_counter()
     fs = feature_statistics(basis, model, source, features=features, spec=spec)
     t_stats = time.perf_counter() - t0
     alive = [f for f in fs.features if f.density > 0]
-    client = make_client(cfg.llm) if LLM_PARTS & {*cfg.explainers, *cfg.scorers} else None
     labels: list[Label] = []
     scores: list[Score] = []
     # One scorer per kind for the basis: scorers may cache work on its examples (embeddings).
-    scorers = {s: make_scorer(s, client if s in LLM_PARTS else None) for s in cfg.scorers}
+    scorers = {
+        s: make_scorer(s, client if s in LLM_PARTS else None, concurrency=cfg.llm.concurrency)
+        for s in cfg.scorers
+    }
     for name in cfg.explainers:
-        made = make_explainer(name, cfg.llm if name == "llm" else None).explain(alive)
+        made = make_explainer(name, cfg.llm, client=client).explain(alive)
         labels += made
         for scorer_name, scorer in scorers.items():
             if scorer_name == "rule" and name == "logits":

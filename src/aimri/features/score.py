@@ -27,7 +27,6 @@ Not here: LLM clients (`llm.py`), AUROC and the summary across bases (`summary.p
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
@@ -43,6 +42,7 @@ from torch import Tensor
 from aimri.errors import AimriError
 from aimri.features.chat import ChatClient, ChatReply, Message
 from aimri.features.embed import Embedder, load_embedder
+from aimri.features.explain import named_tokens
 from aimri.features.llm import ChatRequest, complete_many
 from aimri.features.records import Example, FeatureStats, Label, Score, score_split
 from aimri.features.summary import auroc, binary_metrics
@@ -171,9 +171,6 @@ class EmbeddingScorer(Scorer):
         return out
 
 
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
 class TokenRuleScorer(Scorer):
     """Offline check of a label that names tokens (the `tokens` explainer's claims, or any label
     with quoted tokens): predict "fires in this window" iff a named token occurs in it (case and
@@ -185,7 +182,7 @@ class TokenRuleScorer(Scorer):
     def measure(self, tasks: Sequence[Task]) -> list[Measure]:
         out = []
         for t in tasks:
-            claim = {_norm(_unquote(q)) for q in _QUOTED.findall(t.label)}
+            claim = {_norm(tok) for tok in named_tokens(t.label)}
             claim.discard("")
             if not claim:
                 out.append(Measure(math.nan, {"no_token_claim": 1.0}))
@@ -203,14 +200,6 @@ class TokenRuleScorer(Scorer):
 
 def _norm(token: str) -> str:
     return token.strip().lower()
-
-
-def _unquote(q: str) -> str:
-    """The text of a quoted token as the explainers write it (JSON escapes, see explain.show)."""
-    try:
-        return json.loads(f'"{q}"')
-    except json.JSONDecodeError:
-        return q
 
 
 class Item(NamedTuple):

@@ -6,6 +6,7 @@ two passes): `ContextBatch(ids [B], tokens [B, T], acts [B, T, d])`. Not here: f
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
@@ -14,7 +15,6 @@ from torch import Tensor
 
 from aimri.config import CorpusConfig
 from aimri.corpus.contexts import iter_contexts
-from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.store.reader import ActivationStore
 
@@ -28,15 +28,16 @@ class ContextBatch(NamedTuple):
     """[B, T, d] activations of the site (float32, CPU)."""
 
 
-class ContextSource:
+class ContextSource(ABC):
     """Re-iterable source of whole contexts of one site."""
 
     site: str
     ctx_len: int
     n_contexts: int
 
+    @abstractmethod
     def __iter__(self) -> Iterator[ContextBatch]:
-        raise NotImplementedError
+        """Every context, in the same order each time."""
 
 
 class StoreContexts(ContextSource):
@@ -85,19 +86,6 @@ class ModelContexts(ContextSource):
             ids = torch.arange(start, start + len(batch))
             start += len(batch)
             yield ContextBatch(ids, tokens, acts.to("cpu", torch.float32))
-
-
-def contexts_of(source: Any, site: str, model: Model | None = None) -> ContextSource:
-    """A store path/object or a corpus config → a ContextSource for `site`."""
-    if isinstance(source, ContextSource):
-        return source
-    if isinstance(source, ActivationStore):
-        return StoreContexts(source, site)
-    if isinstance(source, CorpusConfig):
-        if model is None:
-            raise AimriError("statistics on a corpus need the model that reads it")
-        return ModelContexts(model, source, site)
-    return StoreContexts(ActivationStore(source), site)
 
 
 class TokenText:

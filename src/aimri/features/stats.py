@@ -293,8 +293,9 @@ def _second_pass(
         keep = [i for i, c in enumerate(batch.ids.tolist()) if c in wanted]
         if not keep:
             continue
-        B, T, _ = batch.acts[keep].shape
-        full = basis.activations(batch.acts[keep].reshape(B * T, -1)).cpu().view(B, T, -1)
+        acts = batch.acts[keep]
+        B, T, _ = acts.shape
+        full = basis.activations(acts.reshape(B * T, -1)).cpu().view(B, T, -1)
         full[:, 0] = 0  # BOS never counts
         a = full[:, :, sel]
         for row, i in enumerate(keep):

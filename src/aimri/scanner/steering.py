@@ -15,6 +15,7 @@ from typing import Any
 from aimri.config import ScanConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.features.catalog import Catalog
+from aimri.features.explain import named_tokens
 from aimri.model.adapter import Model
 from aimri.steer.golden_gate import demonstrate, rank_concept_features
 
@@ -63,11 +64,9 @@ def steering_stage(
 def _word_labels(labels: dict[int, str]) -> dict[int, str]:
     """Concept descriptions for the concept score: the label's quoted tokens as plain words
     (`tokens " sequence"` → `sequence`), since embeddings compare words, not our notation."""
-    import re
-
     out = {}
     for f, text in labels.items():
-        words = [w.strip() for w in re.findall(r'"([^"]*)"', text) if w.strip()]
+        words = [w.strip() for w in named_tokens(text) if w.strip()]
         if words:
             out[f] = ", ".join(words)
     return out
