@@ -362,6 +362,9 @@ def test_absent_and_empty_stages_render(tmp_path: Path):
     doc["stages"]["steering"] = {**steer, "rows": steer["rows"][::-1]}
     html = render_report(doc, tmp_path / "c.html").read_text()
     assert "Concept score by strength" in html, "an unsteered row (strength None) renders"
+    # the unedited model is named as such, in the table and beside every prompt's generations
+    n_prompts = len({g["prompt"] for g in steer["rows"][0]["generations"]})
+    assert html.count(">no edit</td>") == 1 + n_prompts
 
 
 def test_json_block_is_safe_and_exact():

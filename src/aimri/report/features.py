@@ -56,8 +56,9 @@ class SteeringView:
     rows: list[dict[str, Any]]
     """The stage's rows, sorted by strength."""
     charts: list[Markup]
-    generations: list[tuple[str, list[tuple[float, str]]]]
-    """Per prompt (in first-seen order): (strength, generated text) for every strength."""
+    generations: list[tuple[str, list[tuple[float | None, str]]]]
+    """Per prompt (in first-seen order): (strength, generated text) for every strength; strength
+    None is the unedited model."""
 
 
 def features_view(stage: dict[str, Any]) -> FeaturesView:
@@ -203,8 +204,8 @@ def steering_view(stage: dict[str, Any]) -> SteeringView:
             width=420,
         ),
     ]
-    prompts: dict[str, list[tuple[float, str]]] = {}
+    prompts: dict[str, list[tuple[float | None, str]]] = {}
     for r in rows:
         for g in r.get("generations") or []:
-            prompts.setdefault(g["prompt"], []).append((_or_zero(r.get("strength")), g["text"]))
+            prompts.setdefault(g["prompt"], []).append((r.get("strength"), g["text"]))
     return SteeringView(rows, charts, list(prompts.items()))
