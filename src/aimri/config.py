@@ -198,9 +198,11 @@ class TrainConfig:
     """Activation store made by `aimri collect` (or, from Python, pass an ActivationStream to
     train from a model on the fly)."""
     site: str
-    """Site the dictionary reads."""
+    """Site the dictionary reads. With --site-out, both may be globs: a transcoder per layer
+    from one pass (e.g. `blocks.*.ln2.hook_normalized` → `blocks.*.hook_mlp_out`)."""
     out: Path
-    """Output folder: SAELens layout (cfg.json + sae_weights.safetensors) plus metrics."""
+    """Output folder: SAELens layout (cfg.json + sae_weights.safetensors) plus metrics; a
+    transcoder set puts each layer's in `<out>/layer_<L>/`."""
     site_out: str = ""
     """Train a transcoder predicting this site (e.g. blocks.6.hook_mlp_out from
     blocks.6.ln2.hook_normalized); empty: an SAE."""
@@ -221,7 +223,7 @@ class TrainConfig:
     """Sparse decoder and encoder-gradient kernels for topk/batchtopk (off: dense reference)."""
     also_sites: tuple[str, ...] = ()
     """Train one more SAE for each of these sites in the same pass over the store; every
-    dictionary then goes to `<out>/<site>/`. SAEs only."""
+    dictionary then goes to `<out>/<site>/`. SAEs only (transcoders: use site globs)."""
     matryoshka: tuple[int, ...] = ()
     """Matryoshka training: also reconstruct from only the first m latents, for each m given
     (e.g. 576 2304), so early latents learn general features; empty: off."""

@@ -38,6 +38,7 @@ from aimri.dicts.checkpoint import (
 )
 from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.dicts.formats import save_dictionary
+from aimri.dicts.transcoder_set import is_glob, layer_dir, pair_by_layer
 from aimri.distributed import world
 from aimri.errors import AimriError
 from aimri.store.reader import ActivationStore, BatchSource
@@ -59,23 +60,53 @@ class TrainResult:
 
 def train(cfg: TrainConfig, source: BatchSource | None = None) -> TrainResult:
     """Train the dictionary `cfg` describes on `cfg.store`, or on `source` (e.g. an
-    ActivationStream: a model on the fly). See `train_many` for `also_sites`."""
-    if cfg.also_sites:
-        raise AimriError("also_sites trains several dictionaries: call train_many (the CLI does)")
+    ActivationStream: a model on the fly). See `train_many` for `also_sites` and globs."""
+    if cfg.also_sites or is_glob(cfg.site) or is_glob(cfg.site_out):
+        raise AimriError(
+            "also_sites and site globs train several dictionaries: call train_many (the CLI does)"
+        )
     return _train([cfg], source)[0]
 
 
 def train_many(cfg: TrainConfig, source: BatchSource | None = None) -> list[TrainResult]:
-    """One dictionary per site in [site, *also_sites], from one pass over the data; each is
-    trained exactly as it would be alone (same batches, same order)."""
+    """Several dictionaries from one pass over the data, each trained exactly as it would be
+    alone (same batches, same order):
+    - SAEs: one per site in [site, *also_sites], saved to `<out>/<site>/`;
+    - transcoders: `site` and `site_out` globs (`blocks.*.ln2.hook_normalized`,
+      `blocks.*.hook_mlp_out`) give one transcoder per layer, saved to `<out>/layer_<L>/`
+      (read the set back with `load_transcoder_set`).
+    """
+    if cfg.site_out and cfg.also_sites:
+        raise AimriError(
+            "also_sites is for SAEs; for a transcoder per layer pass globs instead: "
+            "--site 'blocks.*.ln2.hook_normalized' --site-out 'blocks.*.hook_mlp_out'"
+        )
+    if is_glob(cfg.site) or is_glob(cfg.site_out):
+        return _train_transcoder_set(cfg, source)
     if not cfg.also_sites:
         return [train(cfg, source)]
-    if cfg.site_out:
-        raise AimriError("also_sites is for SAEs; train transcoders one at a time")
     sites = list(dict.fromkeys([cfg.site, *cfg.also_sites]))
     return _train(
         [dataclasses.replace(cfg, site=s, also_sites=(), out=cfg.out / s) for s in sites], source
     )
+
+
+def _train_transcoder_set(cfg: TrainConfig, source: BatchSource | None) -> list[TrainResult]:
+    if not cfg.site_out:
+        raise AimriError(
+            f"--site '{cfg.site}' is a glob, which trains a transcoder per layer: also pass "
+            "--site-out (e.g. 'blocks.*.hook_mlp_out'); for several SAEs list the sites with "
+            "--also-sites"
+        )
+    store = source or _open_store(cfg)
+    pairs = pair_by_layer(cfg.site, cfg.site_out, list(store.identity["sites"]))
+    cfgs = [
+        dataclasses.replace(
+            cfg, site=p.site_in, site_out=p.site_out, out=layer_dir(cfg.out, p.layer)
+        )
+        for p in pairs
+    ]
+    return _train(cfgs, store)
 
 
 @dataclass
@@ -222,21 +253,18 @@ def _batches(
     cfgs: list[TrainConfig], store: BatchSource
 ) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
     """Per step, one (input, target) pair per dictionary, in the same seeded order every time
-    (resumption relies on it); pass p over the store is shuffled with seed + p."""
+    (resumption relies on it); pass p over the store is shuffled with seed + p. The row order
+    does not depend on which sites ride along, so each dictionary sees what it would alone."""
     cfg = cfgs[0]
-    size = cfg.optim.batch_size
+    pairs = [(c.site, c.site_out or c.site) for c in cfgs]
+    sites = list(dict.fromkeys(s for pair in pairs for s in pair))
     for p in itertools.count():
-        seed = cfg.seed + p
-        if cfg.site_out:
-            pairs = store.paired_batches(
-                cfg.site, cfg.site_out, size, seed=seed, skip_bos=cfg.skip_bos
-            )
-            yield from ([(b.x, b.y)] for b in pairs)
-        else:
-            joint = store.joint_batches(
-                [c.site for c in cfgs], size, seed=seed, skip_bos=cfg.skip_bos
-            )
-            yield from ([(x, x) for x in xs] for xs in joint)
+        joint = store.joint_batches(
+            sites, cfg.optim.batch_size, seed=cfg.seed + p, skip_bos=cfg.skip_bos
+        )
+        for xs in joint:
+            by_site = dict(zip(sites, xs, strict=True))
+            yield [(by_site[x], by_site[y]) for x, y in pairs]
 
 
 def _scaled_share(
