@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from aimri._io import write_bytes_atomic
 from aimri.model.sites import parse_site
+from aimri.report.circuits import circuits_view
 from aimri.report.features import features_view, steering_view
 from aimri.report.svg import line_chart
 
@@ -47,6 +48,7 @@ def _finite(v: Any) -> bool:
 
 def render_report(scan: dict[str, Any], path: Path) -> Path:
     stages = scan["stages"]
+    circuits = scan.get("circuits") or stages.get("circuits")
     html = (
         _env()
         .get_template("report.html.j2")
@@ -57,6 +59,7 @@ def render_report(scan: dict[str, Any], path: Path) -> Path:
             steering=steering_view(stages["steering"])
             if (stages.get("steering") or {}).get("rows")
             else None,
+            circuits=circuits_view(circuits) if circuits else None,
         )
     )
     write_bytes_atomic(path, html.encode("utf-8"))
