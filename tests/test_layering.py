@@ -19,10 +19,11 @@ STAGES = {
     "report": 3,
     "features": 4,
     "steer": 5,
-    "scanner": 6,
-    "cli": 7,
-    "cli_features": 7,
-    "__init__": 7,
+    "circuits": 6,
+    "scanner": 7,
+    "cli": 8,
+    "cli_features": 8,
+    "__init__": 8,
 }
 
 

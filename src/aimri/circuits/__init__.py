@@ -1,0 +1,1 @@
+"""Circuits: how a model reaches an answer, as attribution graphs through transcoders."""

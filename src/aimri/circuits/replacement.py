@@ -1,0 +1,379 @@
+"""The replacement model of one prompt: the model made linear around that prompt.
+
+On a fixed prompt, attention patterns and normalisation scales are frozen at the values the
+model computed, each MLP is replaced by its transcoder plus an error term (what the transcoder
+misses, a constant), and each active feature is a node whose activation is held. What is left
+is linear in the residual stream, so the direct effect of any node on any other is a product
+of the weights between them. This module builds that model and its two linear maps:
+
+- `forward`: the frozen forward pass; with the error terms it reproduces the model's logits.
+- `vjp_*`: vector-Jacobian products through one frozen attention block or norm, written as
+  plain matrix products (no autograd), so attribution batches many targets at once and sweeps
+  only each target's causal cone (positions after a target cannot feed it).
+
+Families: any block of the form norm → attention → add → norm → MLP → add whose attention
+value/output projections are found (`_VALUE_OUTPUT`). Both frozen parts are checked against
+the model's own activations, so a family this code does not understand fails loudly.
+Not here: which targets to sweep and what to keep (`attribute.py`), graphs (`graph.py`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from aimri.dicts.dictionary import Transcoder
+from aimri.errors import AimriError
+from aimri.model.adapter import Model
+
+# Families whose attention or normalisation this module cannot freeze, and why.
+_UNSUPPORTED = {
+    "gemma2": "its blocks normalise each branch's output (sandwich norms) and soft-cap logits",
+    "gemma3": "its blocks normalise each branch's output (sandwich norms)",
+    "gemma3_text": "its blocks normalise each branch's output (sandwich norms)",
+    "gpt_neox": "attention and MLP read the same residual stream (parallel residual)",
+    "gptj": "attention and MLP read the same residual stream (parallel residual)",
+    "phi": "attention and MLP read the same residual stream (parallel residual)",
+}
+
+
+@dataclass(frozen=True)
+class FrozenNorm:
+    """A LayerNorm/RMSNorm with its per-position scale frozen: linear in its input."""
+
+    scale: Tensor
+    """[P] 1/rms (RMSNorm) or 1/std (LayerNorm) of the prompt's input at each position."""
+    weight: Tensor
+    """[D] effective gain (1 + w for Gemma's norm; read off the module, not assumed)."""
+    bias: Tensor | None
+    center: bool
+    """LayerNorm subtracts the mean; RMSNorm does not."""
+
+    def linear(self, x: Tensor) -> Tensor:
+        """The linear part at positions 0..x.shape[-2]-1 (x: [..., P', D])."""
+        if self.center:
+            x = x - x.mean(-1, keepdim=True)
+        return x * self.scale[: x.shape[-2], None] * self.weight
+
+    def __call__(self, x: Tensor) -> Tensor:
+        out = self.linear(x)
+        return out if self.bias is None else out + self.bias
+
+    def vjp(self, g: Tensor) -> Tensor:
+        """Gradient w.r.t. the input given the gradient w.r.t. the output (transpose of
+        `linear`; centring is symmetric)."""
+        c = g * self.scale[: g.shape[-2], None] * self.weight
+        return c - c.mean(-1, keepdim=True) if self.center else c
+
+
+@dataclass(frozen=True)
+class FrozenAttention:
+    """Attention with its pattern frozen: out = W_O · (pattern @ (W_V · x + b_V)) + b_O."""
+
+    pattern: Tensor
+    """[H, P, P] attention probabilities (query, key) on the prompt."""
+    W_V: Tensor
+    """[H_kv · d_head, D] value projection (rows: output units)."""
+    b_V: Tensor | None
+    W_O: Tensor
+    """[D, H · d_head] output projection."""
+    b_O: Tensor | None
+    n_kv: int
+
+    @property
+    def n_heads(self) -> int:
+        return self.pattern.shape[0]
+
+    @property
+    def d_head(self) -> int:
+        return self.W_O.shape[1] // self.n_heads
+
+    def head_outputs(self, x: Tensor) -> Tensor:
+        """[P, H, D]: what each head adds to the residual stream (x: normalised input [P, D])."""
+        P = x.shape[0]
+        v = x @ self.W_V.T + (0 if self.b_V is None else self.b_V)
+        v = v.view(P, self.n_kv, self.d_head).repeat_interleave(self.n_heads // self.n_kv, 1)
+        z = torch.einsum("hqk,khd->qhd", self.pattern[:, :P, :P], v)
+        W_O = self.W_O.view(-1, self.n_heads, self.d_head)
+        return torch.einsum("qhd,ohd->qho", z, W_O)
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return self.head_outputs(x).sum(1) + (0 if self.b_O is None else self.b_O)
+
+    def vjp(self, g: Tensor) -> Tensor:
+        """g [B, P', D] w.r.t. the output → [B, P', D] w.r.t. the (normalised) input."""
+        B, P, _ = g.shape
+        H, G = self.n_heads, self.n_heads // self.n_kv
+        g_z = (g @ self.W_O).view(B, P, H, self.d_head)
+        g_v = torch.einsum("hqk,bqhd->bkhd", self.pattern[:, :P, :P], g_z)
+        g_v = g_v.view(B, P, self.n_kv, G, self.d_head).sum(3)
+        return g_v.reshape(B, P, -1) @ self.W_V
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """The linearised model of one prompt (see the module docstring). L layers, P positions,
+    D = d_model, K = most active features at any (layer, position)."""
+
+    input_ids: Tensor
+    """[P]"""
+    embed: Tensor
+    """[P, D] the residual stream entering layer 0 (token embeddings, scaled as the model does)."""
+    ln1: list[FrozenNorm]
+    attn: list[FrozenAttention]
+    ln2: list[FrozenNorm]
+    final_norm: FrozenNorm
+    W_U: Tensor
+    """[V, D] unembedding."""
+    b_U: Tensor | None
+    transcoders: Sequence[Transcoder]
+    feat_idx: Tensor
+    """[L, P, K] latent index of each active feature (0 in padding slots)."""
+    feat_val: Tensor
+    """[L, P, K] its activation (0 in padding slots, so padding adds nothing)."""
+    mlp_in: Tensor
+    """[L, P, D] what each transcoder reads."""
+    error: Tensor
+    """[L, P, D] the MLP's true output minus the transcoder's."""
+    logits: Tensor
+    """[P, V] the model's own logits on the prompt."""
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.attn)
+
+    @property
+    def n_pos(self) -> int:
+        return len(self.input_ids)
+
+    def source_vectors(self, layer: int) -> Tensor:
+        """[P, K+1, D]: what each active feature (activation × decoder row) and, last, the error
+        node write into the residual stream at this layer's MLP output."""
+        tc = self.transcoders[layer]
+        dec = tc.W_dec.detach()[self.feat_idx[layer]] * self.feat_val[layer, ..., None]
+        return torch.cat([dec, self.error[layer, :, None]], dim=1)
+
+    def mlp_out(self, layer: int, x: Tensor, features: Tensor | None = None) -> Tensor:
+        """The replacement MLP at `layer`: active features' writes + b_dec (+ skip) + error.
+        `features` [P, K] overrides the frozen activations (for interventions)."""
+        tc = self.transcoders[layer]
+        vals = self.feat_val[layer] if features is None else features
+        out = torch.einsum("pk,pkd->pd", vals, tc.W_dec.detach()[self.feat_idx[layer]])
+        skip = tc.skip_out(x)
+        return out + tc.b_dec.detach() + (0 if skip is None else skip.detach()) + self.error[layer]
+
+    def forward(
+        self,
+        features: dict[int, Tensor] | None = None,
+        edit_resid: Callable[[int, Tensor], Tensor] | None = None,
+    ) -> Tensor:
+        """Logits [P, V] of the frozen replacement model. `features` {layer: [P, K]} replaces
+        frozen activations; `edit_resid(layer, resid_mid)` may edit the stream before the MLP."""
+        features = features or {}
+        resid = self.embed
+        for layer in range(self.n_layers):
+            resid = resid + self.attn[layer](self.ln1[layer](resid))
+            if edit_resid is not None:
+                resid = edit_resid(layer, resid)
+            x = self.ln2[layer](resid)
+            resid = resid + self.mlp_out(layer, x, features.get(layer))
+        out = self.final_norm(resid) @ self.W_U.T
+        return out if self.b_U is None else out + self.b_U
+
+
+@torch.no_grad()
+def build_replacement(
+    model: Model, transcoders: Sequence[Transcoder], input_ids: Tensor
+) -> Replacement:
+    """Run the model once on `input_ids` [P] and freeze it around that prompt."""
+    check_transcoders(model, transcoders)
+    family = model.info.family
+    if family in _UNSUPPORTED:
+        raise AimriError(
+            f"cannot freeze a '{family}' model for attribution: {_UNSUPPORTED[family]}; "
+            "attribution supports llama-style blocks (llama, mistral, qwen2, gemma, gpt2, ...)"
+        )
+    L = model.info.n_layers
+    read = ["blocks.*.hook_resid_pre", "blocks.*.attn.hook_pattern", "blocks.*.hook_attn_out"]
+    read += ["blocks.*.hook_resid_mid", "blocks.*.ln2.hook_normalized", "blocks.*.hook_mlp_out"]
+    read += [f"blocks.{L - 1}.hook_resid_post"]
+    ids = input_ids.reshape(1, -1)
+    run = model.run(ids, read=read)
+    assert run.logits is not None
+    act = {k: v[0].float() for k, v in run.acts.items()}
+
+    def a(layer: int, kind: str) -> Tensor:
+        return act[f"blocks.{layer}.{kind}"]
+
+    ln1, attn, ln2 = [], [], []
+    for layer, block in enumerate(model.layout.layers):
+        children = dict(block.named_children())
+        ln1_module = _first_norm(children, exclude=model.layout.block.ln2, family=family)
+        ln1.append(_freeze_norm(ln1_module, a(layer, "hook_resid_pre"), family, "input norm"))
+        x1 = ln1[-1](a(layer, "hook_resid_pre"))
+        attn_module = children[model.layout.block.attn]
+        attn.append(_freeze_attention(attn_module, model, a(layer, "attn.hook_pattern")))
+        _check_close(attn[-1](x1), a(layer, "hook_attn_out"), family, f"layer {layer} attention")
+        ln2_module = children[model.layout.block.ln2]
+        ln2.append(_freeze_norm(ln2_module, a(layer, "hook_resid_mid"), family, "MLP norm"))
+        _check_close(
+            ln2[-1](a(layer, "hook_resid_mid")),
+            a(layer, "ln2.hook_normalized"),
+            family,
+            f"layer {layer} MLP norm",
+        )
+    final = model.layout.final_norm
+    if final is None:
+        raise AimriError(f"this '{family}' model has no final norm that attribution can freeze")
+    final_norm = _freeze_norm(final, a(L - 1, "hook_resid_post"), family, "final norm")
+    mlp_in = torch.stack([a(layer, "ln2.hook_normalized") for layer in range(L)])
+    feat_idx, feat_val, error = _features_and_errors(transcoders, mlp_in, act)
+    unembed = model.layout.unembed
+    W_U = unembed.weight.detach().float()  # type: ignore[union-attr]
+    b_U = getattr(unembed, "bias", None)
+    return Replacement(
+        input_ids=input_ids.reshape(-1).cpu(),
+        embed=a(0, "hook_resid_pre"),
+        ln1=ln1,
+        attn=attn,
+        ln2=ln2,
+        final_norm=final_norm,
+        W_U=W_U,
+        b_U=None if b_U is None else b_U.detach().float(),
+        transcoders=transcoders,
+        feat_idx=feat_idx,
+        feat_val=feat_val,
+        mlp_in=mlp_in,
+        error=error,
+        logits=run.logits[0].float(),
+    )
+
+
+def check_transcoders(model: Model, transcoders: Sequence[Transcoder]) -> None:
+    """One transcoder per layer, reading the MLP input and writing the MLP output."""
+    L, D = model.info.n_layers, model.info.d_model
+    if len(transcoders) != L:
+        raise AimriError(
+            f"attribution needs one transcoder per layer: this model has {L} layers and "
+            f"{len(transcoders)} transcoders were given; train the missing layers "
+            "(aimri train --transcoder for each layer)"
+        )
+    for layer, tc in enumerate(transcoders):
+        cfg = tc.cfg
+        if not isinstance(tc, Transcoder) or cfg.d_in != D or cfg.out_width != D:
+            raise AimriError(
+                f"transcoder {layer} maps {cfg.d_in} → {cfg.out_width} "
+                f"({type(tc).__name__}); attribution needs transcoders {D} → {D} "
+                "(this model's d_model), reading the MLP input and predicting the MLP output"
+            )
+        want = (f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out")
+        if (cfg.site, cfg.site_out) != want and cfg.site:
+            raise AimriError(
+                f"transcoder {layer} reads '{cfg.site}' → '{cfg.site_out}', but attribution "
+                f"needs '{want[0]}' → '{want[1]}': pass the transcoders in layer order"
+            )
+
+
+def _features_and_errors(
+    transcoders: Sequence[Transcoder], mlp_in: Tensor, act: dict[str, Tensor]
+) -> tuple[Tensor, Tensor, Tensor]:
+    dense_all, err_all = [], []
+    for layer, tc in enumerate(transcoders):
+        x = mlp_in[layer].to(tc.W_enc.dtype)
+        codes = tc.encode(x)
+        dense_all.append(codes.to_dense(tc.cfg.d_sae).float().relu())
+        recon = tc.decode(codes, x).float()
+        err_all.append(act[f"blocks.{layer}.hook_mlp_out"] - recon)
+    K = max(1, max(int((d > 0).sum(-1).max()) for d in dense_all))
+    feat_val, feat_idx = zip(*(d.topk(K, dim=-1) for d in dense_all), strict=True)
+    return torch.stack(feat_idx), torch.stack(feat_val), torch.stack(err_all)
+
+
+def _first_norm(children: dict[str, nn.Module], *, exclude: str, family: str) -> nn.Module:
+    for name, m in children.items():
+        if "norm" in type(m).__name__.lower() and name != exclude:
+            return m
+    raise AimriError(f"no attention input norm found in a '{family}' block")
+
+
+def _freeze_norm(module: nn.Module, x: Tensor, family: str, what: str) -> FrozenNorm:
+    """Freeze `module` at input x [P, D]; checked against the module's own output."""
+    D = x.shape[-1]
+    if isinstance(module, nn.LayerNorm):
+        var = x.var(-1, unbiased=False)
+        w = module.weight.detach().float() if module.weight is not None else x.new_ones(D)
+        b = module.bias.detach().float() if module.bias is not None else None
+        frozen = FrozenNorm((var + module.eps).rsqrt(), w, b, center=True)
+    else:
+        eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
+        probe = torch.ones(1, D, dtype=next(module.parameters()).dtype)
+        gain = module(probe)[0].detach().float() * (1 + eps) ** 0.5  # RMSNorm(ones) = gain/√(1+ε)
+        frozen = FrozenNorm((x.pow(2).mean(-1) + eps).rsqrt(), gain, None, center=False)
+    module_dtype = next(module.parameters()).dtype
+    _check_close(frozen(x), module(x.to(module_dtype)).float(), family, what)
+    return frozen
+
+
+def _freeze_attention(module: nn.Module, model: Model, pattern: Tensor) -> FrozenAttention:
+    family = model.info.family
+    get = _VALUE_OUTPUT.get(family, _llama_value_output)
+    W_V, b_V, W_O, b_O, n_kv = get(module, model)
+    return FrozenAttention(pattern, W_V, b_V, W_O, b_O, n_kv)
+
+
+ValueOutput = tuple[Tensor, Tensor | None, Tensor, Tensor | None, int]
+
+
+def _llama_value_output(module: nn.Module, model: Model) -> ValueOutput:
+    children = dict(module.named_children())
+    if "v_proj" not in children or "o_proj" not in children:
+        raise AimriError(
+            f"cannot freeze attention in a '{model.info.family}' model: its attention module "
+            f"({type(module).__name__}) has no v_proj/o_proj; add the family to "
+            "aimri.circuits.replacement._VALUE_OUTPUT"
+        )
+    v: Any = children["v_proj"]
+    o: Any = children["o_proj"]
+    n_heads = model.info.n_heads
+    head_dim = int(getattr(module, "head_dim", o.weight.shape[1] // n_heads))
+    n_kv = int(v.weight.shape[0]) // head_dim
+    return (_w(v.weight), _b(v), _w(o.weight), _b(o), n_kv)
+
+
+def _gpt2_value_output(module: nn.Module, model: Model) -> ValueOutput:
+    D = model.info.d_model
+    c_attn: Any = module.c_attn  # Conv1D: y = x @ weight + bias
+    c_proj: Any = module.c_proj
+    W_V = _w(c_attn.weight)[:, 2 * D :].T
+    b_V = _w(c_attn.bias)[2 * D :]
+    return (W_V, b_V, _w(c_proj.weight).T, _w(c_proj.bias), int(model.info.n_heads))
+
+
+_VALUE_OUTPUT: dict[str, Callable[[nn.Module, Model], ValueOutput]] = {
+    "gpt2": _gpt2_value_output,
+}
+
+
+def _w(t: Tensor) -> Tensor:
+    return t.detach().float()
+
+
+def _b(m: nn.Module) -> Tensor | None:
+    b = getattr(m, "bias", None)
+    return None if b is None else _w(b)
+
+
+def _check_close(ours: Tensor, theirs: Tensor, family: str, what: str) -> None:
+    scale = theirs.abs().max().clamp_min(1e-6)
+    err = float((ours - theirs).abs().max() / scale)
+    if not err < 1e-3:
+        raise AimriError(
+            f"cannot freeze the {what} of this '{family}' model: the frozen version differs "
+            f"from the model's own output by {err:.2g} (relative); this family's attention or "
+            "normalisation is not the norm → attention → add → norm → MLP → add form that "
+            "attribution supports"
+        )
