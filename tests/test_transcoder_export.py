@@ -1,0 +1,205 @@
+"""Export to circuit-tracer's transcoder layout: the files hold our weights under its names and
+shapes; what it cannot run exactly is refused; and circuit-tracer's own loader, reading the
+export, encodes (and decodes) as our transcoders do.
+
+The last check needs circuit-tracer: importable here, or in the Python named by
+$AIMRI_CT_PYTHON (a separate venv, see benchmarks/requirements-circuits.txt); else it skips.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from aimri import AimriError
+from aimri.circuits.transcoder_export import export_transcoders
+from aimri.config import DictConfig
+from aimri.dicts.dictionary import Transcoder
+
+D, F, N_LAYERS = 8, 24, 3
+
+
+def make_set(arch: str = "relu", *, skip: bool = False, n: int = N_LAYERS) -> list[Transcoder]:
+    out = []
+    for layer in range(n):
+        cfg = DictConfig(
+            architecture=arch,  # type: ignore[arg-type]
+            d_in=D,
+            d_sae=F,
+            k=4,
+            transcoder=True,
+            skip=skip,
+            site=f"blocks.{layer}.ln2.hook_normalized",
+            site_out=f"blocks.{layer}.hook_mlp_out",
+        )
+        tc = Transcoder(cfg, seed=layer)
+        g = torch.Generator().manual_seed(100 + layer)
+        with torch.no_grad():
+            for p in tc.parameters():  # every tensor distinct, so a mix-up shows
+                p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+            if arch == "jumprelu":
+                tc.activation.log_threshold.copy_(torch.rand(F, generator=g).log())  # type: ignore[union-attr]
+        out.append(tc.eval())
+    return out
+
+
+def read_config(path: Path) -> dict:
+    """config.yaml as written: one `key: <JSON value>` per line (valid YAML)."""
+    lines = (path / "config.yaml").read_text().splitlines()
+    config = {k: json.loads(v) for k, v in (line.split(": ", 1) for line in lines)}
+    if importlib.util.find_spec("yaml") is not None:
+        import yaml
+
+        assert yaml.safe_load((path / "config.yaml").read_text()) == config
+    return config
+
+
+@pytest.mark.parametrize("arch", ["relu", "jumprelu"])
+def test_export_holds_our_weights_under_circuit_tracers_names_and_shapes(tmp_path, arch):
+    tcs = make_set(arch, skip=True)
+    out = export_transcoders(tcs, tmp_path / "ct", model_name="tiny-llama")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "config.yaml",
+        *[f"layer_{i}.safetensors" for i in range(N_LAYERS)],
+    ]
+    config = read_config(out)
+    assert config["model_kind"] == "transcoder_set"
+    assert config["model_name"] == "tiny-llama"
+    assert (config["feature_input_hook"], config["feature_output_hook"]) == (
+        "mlp.hook_in",
+        "mlp.hook_out",
+    )
+    for layer, tc in enumerate(tcs):
+        t = load_file(str(out / f"layer_{layer}.safetensors"))
+        expected = {"W_enc", "b_enc", "W_dec", "b_dec", "W_skip"}
+        expected |= {"activation_function.threshold"} if arch == "jumprelu" else set()
+        assert set(t) == expected
+        assert t["W_enc"].shape == (F, D) and t["W_dec"].shape == (F, D)
+        assert t["b_enc"].shape == (F,) and t["b_dec"].shape == (D,)
+        assert torch.equal(t["W_enc"], tc.W_enc.detach())
+        assert torch.equal(t["W_dec"], tc.W_dec.detach())
+        assert torch.equal(t["b_enc"], tc.b_enc.detach())
+        assert torch.equal(t["b_dec"], tc.b_dec.detach())
+        x = torch.randn(5, D)
+        assert tc.W_skip is not None
+        torch.testing.assert_close(x @ t["W_skip"].T, x @ tc.W_skip.detach())  # its x @ W_skipᵀ
+        if arch == "jumprelu":
+            theta = tc.activation.log_threshold.detach().exp()  # type: ignore[union-attr]
+            torch.testing.assert_close(t["activation_function.threshold"], theta)
+
+
+def test_a_shorter_export_removes_the_extra_layers_of_a_longer_one(tmp_path):
+    export_transcoders(make_set(n=3), tmp_path, model_name="m")
+    export_transcoders(make_set(n=2), tmp_path, model_name="m")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "config.yaml",
+        "layer_0.safetensors",
+        "layer_1.safetensors",
+    ]
+
+
+def test_topk_is_refused_unless_allowed_and_then_recorded(tmp_path):
+    with pytest.raises(AimriError, match="TopK"):
+        export_transcoders(make_set("topk"), tmp_path / "a", model_name="m")
+    assert not (tmp_path / "a" / "config.yaml").exists()
+    out = export_transcoders(make_set("topk"), tmp_path / "b", model_name="m", allow_topk=True)
+    config = read_config(out)
+    assert (config["aimri_activation"], config["aimri_k"]) == ("topk", 4)
+    assert "activation_function.threshold" not in load_file(str(out / "layer_0.safetensors"))
+
+
+def test_what_circuit_tracer_cannot_hold_is_refused(tmp_path):
+    tcs = make_set()
+    with pytest.raises(AimriError, match="item L must read and write layer L"):
+        export_transcoders(tcs[::-1], tmp_path, model_name="m")
+    with pytest.raises(AimriError, match="no transcoders"):
+        export_transcoders([], tmp_path, model_name="m")
+    resid = DictConfig(
+        architecture="relu",
+        d_in=D,
+        d_sae=F,
+        k=4,
+        transcoder=True,
+        site="blocks.0.hook_resid_pre",
+        site_out="blocks.0.hook_mlp_out",
+    )
+    with pytest.raises(AimriError, match="cannot be exported"):
+        export_transcoders([Transcoder(resid)], tmp_path, model_name="m")
+    wide = DictConfig(
+        architecture="relu",
+        d_in=D,
+        d_sae=F,
+        d_out=2 * D,
+        k=4,
+        transcoder=True,
+        site="blocks.0.ln2.hook_normalized",
+        site_out="blocks.0.hook_mlp_out",
+    )
+    with pytest.raises(AimriError, match="model width"):
+        export_transcoders([Transcoder(wide)], tmp_path, model_name="m")
+    assert not (tmp_path / "config.yaml").exists()
+
+
+# Runs in circuit-tracer's Python: loads the export with its own loader and encodes/decodes.
+CT_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from safetensors.torch import load_file, save_file
+    from circuit_tracer.utils.caching import load_transcoders_from_cache
+    out, io = sys.argv[1], sys.argv[2]
+    ts, config = load_transcoders_from_cache(out.rsplit("/", 1)[1], cache_dir=out.rsplit("/", 1)[0],
+                                             device=torch.device("cpu"), lazy_decoder=False)
+    if config.get("aimri_activation") == "topk":
+        k = int(config["aimri_k"])
+        def relu_topk(x):
+            idx = x.topk(k, dim=-1).indices
+            return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx)).relu()
+        for t in ts:
+            t.activation_function = relu_topk
+    x = load_file(io)["x"]
+    res = {"hooks": torch.tensor([ts.feature_input_hook == "mlp.hook_in",
+                                  ts.feature_output_hook == "mlp.hook_out"])}
+    for layer, t in enumerate(ts):
+        with torch.no_grad():
+            res[f"codes_{layer}"] = t.encode(x[layer]).contiguous()
+            res[f"recon_{layer}"] = t(x[layer]).contiguous()
+    save_file(res, io)
+    """
+)
+
+
+def circuit_tracer_python() -> str | None:
+    if importlib.util.find_spec("circuit_tracer") is not None:
+        return sys.executable
+    return os.environ.get("AIMRI_CT_PYTHON") or None
+
+
+@pytest.mark.parametrize("arch,skip", [("relu", False), ("jumprelu", True), ("topk", True)])
+def test_circuit_tracers_loader_encodes_as_we_do(tmp_path, arch, skip):
+    python = circuit_tracer_python()
+    if python is None:
+        pytest.skip("circuit-tracer not installed here and $AIMRI_CT_PYTHON not set")
+    tcs = make_set(arch, skip=skip)
+    out = export_transcoders(tcs, tmp_path / "export", model_name="m", allow_topk=True)
+    x = torch.randn(N_LAYERS, 16, D)
+    io = tmp_path / "io.safetensors"
+    save_file({"x": x}, str(io))
+    subprocess.run([python, "-c", CT_SCRIPT, str(out), str(io)], check=True, timeout=300)
+    res = load_file(str(io))
+    assert bool(res["hooks"].all())
+    for layer, tc in enumerate(tcs):
+        with torch.no_grad():
+            ours = tc(x[layer])
+        codes = ours.codes.to_dense(F)
+        assert int((codes != 0).sum()) > 0
+        torch.testing.assert_close(res[f"codes_{layer}"], codes, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res[f"recon_{layer}"], ours.recon, atol=1e-5, rtol=1e-5)
