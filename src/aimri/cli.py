@@ -18,6 +18,7 @@ from typing import TypeVar
 import tyro
 
 from aimri.config import (
+    CircuitConfig,
     CollectConfig,
     EvalConfig,
     ExplainTextConfig,
@@ -48,6 +49,7 @@ COMMANDS = {
     "train": TrainConfig,
     "eval": EvalConfig,
     "steer": SteerConfig,
+    "circuit": CircuitConfig,
     "sites": SitesConfig,
 }
 # Commands with subcommands of their own: `aimri features search "…"`.
@@ -149,6 +151,10 @@ def _dispatch(cfg: object) -> None:
         from aimri.cli_features import print_steering
 
         print_steering(cfg)
+    elif isinstance(cfg, CircuitConfig):
+        from aimri.cli_features import print_circuit
+
+        print_circuit(cfg)
     else:  # pragma: no cover - tyro only returns the classes above
         raise AssertionError(type(cfg))
 

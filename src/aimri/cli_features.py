@@ -6,7 +6,13 @@ stays a small import. Not here: any computation.
 
 from __future__ import annotations
 
-from aimri.config import ExplainTextConfig, FeaturesConfig, SearchConfig, SteerConfig
+from aimri.config import (
+    CircuitConfig,
+    ExplainTextConfig,
+    FeaturesConfig,
+    SearchConfig,
+    SteerConfig,
+)
 
 
 def dispatch_features(cfg: FeaturesConfig | SearchConfig | ExplainTextConfig) -> None:
@@ -68,6 +74,30 @@ def print_steering(cfg: SteerConfig) -> None:
         )
         for g in row.generations:
             print(f"    {g.prompt!r} → {g.text!r}")
+
+
+def print_circuit(cfg: CircuitConfig) -> None:
+    from aimri.circuits.run import trace
+
+    r = trace(cfg)
+    g, rec = r.graph, r.record
+    print(f"prompt: {g.prompt!r} ({g.n_pos} tokens) in {g.seconds:.1f}s")
+    for token, p in zip(g.logit_tokens, g.logit_probs.tolist(), strict=True):
+        print(f"  attributed output {token!r}: p={p:.3f}")
+    sizes = rec["sizes"]
+    print(
+        f"graph: {sizes['features']:,} active features, {sizes['edges']:,} non-zero edges; "
+        f"pruned to {sizes['pruned_nodes']} nodes, {sizes['pruned_edges']} edges"
+    )
+    print(f"replacement score {g.scores.replacement:.3f}, completeness {g.scores.completeness:.3f}")
+    v = r.validation
+    if v is not None:
+        print(
+            f"validation ({v.n} ablations in the real model): r={_f(v.pearson)} (direct-only "
+            f"r={_f(v.pearson_direct)}), sign agreement {_f(v.sign_agreement)}, median relative "
+            f"error {_f(v.median_relative_error)}"
+        )
+    print(f"graph JSON (circuit-tracer / Neuronpedia): {r.path}")
 
 
 def _f(v: float | None) -> str:

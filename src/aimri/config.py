@@ -123,6 +123,15 @@ class ScanConfig:
     """Demonstrate steering: clamp a concrete-concept feature and measure the drift."""
     llm: LLMConfig = field(default_factory=lambda: LLMConfig())
     """The LLM used when --labeler llm."""
+    circuits: bool = True
+    """Trace attribution graphs through transcoders on demonstration prompts, checked by
+    intervention (trains a small transcoder per layer unless --transcoders is given)."""
+    transcoders: Path | None = None
+    """Load this transcoder set (`layer_<L>/` folders) instead of training one."""
+    tc_tokens: int = 24_576
+    """Tokens the scan's transcoders train on (one pass of the model; several over the data)."""
+    circuit_prompts: tuple[str, ...] = ()
+    """More prompts to trace, beside the built-in demonstrations."""
 
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "relu"]
@@ -351,3 +360,31 @@ class SteerConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
     """Seed for anything random (decoding itself is greedy)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class CircuitConfig:
+    """Trace how the model reaches its next token on a prompt: an attribution graph through a
+    transcoder per layer, pruned, checked by ablation in the real model, written as the graph
+    JSON that circuit-tracer's frontend and Neuronpedia read."""
+
+    prompt: str
+    transcoders: Path
+    """Transcoder set: one `layer_<L>/` folder per layer (from `aimri train --site
+    'blocks.*.ln2.hook_normalized' --site-out 'blocks.*.hook_mlp_out' --transcoder`)."""
+    out: Path = Path("graphs")
+    """Folder for `<slug>.json`."""
+    slug: str = ""
+    """File name and graph id; default: from the prompt."""
+    target: str | None = None
+    """Attribute this next token (a single token, mind the leading space) instead of the most
+    likely ones."""
+    max_n_logits: int = 10
+    desired_logit_prob: float = 0.95
+    node_threshold: float = 0.8
+    edge_threshold: float = 0.98
+    batch_size: int = 256
+    """Targets per sweep; memory grows with batch size × prompt length × d_model."""
+    validate: bool = True
+    """Check the strongest edges by ablation in the real model."""
+    model: ModelConfig = field(default_factory=ModelConfig)

@@ -309,13 +309,24 @@ def _freeze_norm(module: nn.Module, x: Tensor, family: str, what: str) -> Frozen
         b = module.bias.detach().float() if module.bias is not None else None
         frozen = FrozenNorm((var + module.eps).rsqrt(), w, b, center=True)
     else:
-        eps = float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
-        probe = torch.ones(1, D, dtype=next(module.parameters()).dtype)
-        gain = module(probe)[0].detach().float() * (1 + eps) ** 0.5  # RMSNorm(ones) = gain/√(1+ε)
-        frozen = FrozenNorm((x.pow(2).mean(-1) + eps).rsqrt(), gain, None, center=False)
+        eps = _rms_eps(module)
+        frozen = FrozenNorm((x.pow(2).mean(-1) + eps).rsqrt(), norm_gain(module, D), None, False)
     module_dtype = next(module.parameters()).dtype
     _check_close(frozen(x), module(x.to(module_dtype)).float(), family, what)
     return frozen
+
+
+def norm_gain(module: nn.Module, d_model: int) -> Tensor:
+    """[D] the effective per-dimension gain of a LayerNorm or RMS-style norm, read off the
+    module itself (Gemma's norm multiplies by 1 + w, others by w): RMSNorm(ones) = gain/√(1+ε)."""
+    if isinstance(module, nn.LayerNorm):
+        return module.weight.detach().float() if module.weight is not None else torch.ones(d_model)
+    probe = torch.ones(1, d_model, dtype=next(module.parameters()).dtype)
+    return module(probe)[0].detach().float() * (1 + _rms_eps(module)) ** 0.5
+
+
+def _rms_eps(module: nn.Module) -> float:
+    return float(getattr(module, "variance_epsilon", getattr(module, "eps", 1e-6)))
 
 
 def _freeze_attention(module: nn.Module, model: Model, pattern: Tensor) -> FrozenAttention:

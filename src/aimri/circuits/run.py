@@ -1,0 +1,109 @@
+"""`aimri circuit`: trace one prompt end to end and write its graph.
+
+attribute → validate by intervention → name the kept features → graph JSON on disk, and a
+JSON-ready record of it all (what the scan's circuits stage and the report read).
+Not here: the steps themselves (the other modules of `aimri.circuits`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from aimri._io import write_json_atomic
+from aimri.circuits.annotate import logit_labels, supernodes
+from aimri.circuits.attribute import AttributionSettings, attribute
+from aimri.circuits.graph import Graph, graph_json
+from aimri.circuits.validate import Validation, validate
+from aimri.config import CircuitConfig
+from aimri.dicts.dictionary import Transcoder
+from aimri.dicts.transcoder_set import load_transcoder_set
+from aimri.model.adapter import Model
+from aimri.model.load import load_model
+
+
+@dataclasses.dataclass(frozen=True)
+class TraceResult:
+    graph: Graph
+    validation: Validation | None
+    path: Path
+    record: dict[str, Any]
+    """The JSON-ready summary (what the scan stores): target, scores, sizes, graph, checks."""
+
+
+def trace(cfg: CircuitConfig, model: Model | None = None) -> TraceResult:
+    model = model or load_model(cfg.model)
+    transcoders = load_transcoder_set(cfg.transcoders, n_layers=model.info.n_layers)
+    settings = AttributionSettings(
+        max_n_logits=cfg.max_n_logits,
+        desired_logit_prob=cfg.desired_logit_prob,
+        target=cfg.target,
+        batch_size=cfg.batch_size,
+        node_threshold=cfg.node_threshold,
+        edge_threshold=cfg.edge_threshold,
+    )
+    slug = cfg.slug or slug_of(cfg.prompt)
+    return trace_prompt(
+        model, transcoders, cfg.out, slug, "", cfg.prompt, settings, check=cfg.validate
+    )
+
+
+def trace_prompt(
+    model: Model,
+    transcoders: Sequence[Transcoder],
+    out: Path,
+    slug: str,
+    title: str,
+    prompt: str,
+    settings: AttributionSettings | None = None,
+    *,
+    check: bool = True,
+) -> TraceResult:
+    settings = settings or AttributionSettings(progress=False)
+    graph = attribute(model, transcoders, prompt, settings)
+    validation = validate(model, transcoders, graph) if check else None
+    labels = logit_labels(model, transcoders, graph)
+    data = graph_json(
+        graph, slug=slug, scan=model.info.spec, labels=labels, supernodes=supernodes(graph, labels)
+    )
+    path = out / f"{slug}.json"
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, data)
+    record = {
+        "slug": slug,
+        "title": title,
+        "prompt": prompt,
+        "target": {
+            "token": graph.logit_tokens[0],
+            "token_id": int(graph.logit_ids[0]),
+            "prob": float(graph.logit_probs[0]),
+        },
+        "scores": dataclasses.asdict(graph.scores),
+        "sizes": {
+            "features": graph.n_features,
+            "nodes": graph.n_nodes,
+            "edges": graph.n_edges_total,
+            "pruned_nodes": int(graph.node_mask.sum()),
+            "pruned_edges": len(graph.edges),
+        },
+        "seconds": round(graph.seconds, 2),
+        "graph": data,
+        "file": path.name,
+        "validation": _validation_record(validation),
+        "qk": [],
+    }
+    return TraceResult(graph, validation, path, record)
+
+
+def slug_of(prompt: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:48] or "graph"
+
+
+def _validation_record(v: Validation | None) -> dict[str, Any] | None:
+    if v is None:
+        return None
+    summary = {k: val for k, val in dataclasses.asdict(v).items() if k != "items"}
+    return {**summary, "n": v.n, "items": [dataclasses.asdict(i) for i in v.items]}
