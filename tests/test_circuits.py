@@ -9,10 +9,10 @@ import torch
 
 from aimri.circuits.attribute import (
     AttributionSettings,
+    NodeIndex,
     Targets,
-    _logit_vectors,
-    _NodeIndex,
     attribute,
+    logit_vectors,
     sweep,
 )
 from aimri.circuits.graph import graph_json, influence_of, row_normalised
@@ -100,7 +100,7 @@ def _without(rep: Replacement, kind: str, where: tuple) -> Replacement:
 def test_every_edge_equals_the_intervention_in_the_replacement_model(tiny_model, skip):
     model = tiny_model("llama")
     rep = build_replacement(model, transcoders_for(model, skip=skip), ids_of(model))
-    index = _NodeIndex(rep, 1)
+    index = NodeIndex(rep, 1)
     K = rep.feat_val.shape[-1]
     g = torch.Generator().manual_seed(0)
     targets = [("logit", int(rep.logits[-1].argmax()))]
@@ -110,7 +110,7 @@ def test_every_edge_equals_the_intervention_in_the_replacement_model(tiny_model,
             targets.append(("feature", layer, pos, int(rep.feat_idx[layer, pos, slot])))
     for target in targets:
         if target[0] == "logit":
-            t = _logit_vectors(rep, torch.tensor([target[1]]))
+            t = logit_vectors(rep, torch.tensor([target[1]]))
         else:
             _, layer, pos, latent = target
             vec = rep.transcoders[layer].W_enc.detach()[latent][None]
@@ -134,7 +134,7 @@ def test_every_edge_equals_the_intervention_in_the_replacement_model(tiny_model,
         assert measured == pytest.approx(float(tok[0, p]), abs=1e-5, rel=1e-3)
 
 
-def _dense_adjacency(rep: Replacement, index: _NodeIndex, logit_ids) -> torch.Tensor:
+def _dense_adjacency(rep: Replacement, index: NodeIndex, logit_ids) -> torch.Tensor:
     A = torch.zeros(index.n_nodes, index.n_nodes)
 
     def put(targets, rows):
@@ -145,7 +145,7 @@ def _dense_adjacency(rep: Replacement, index: _NodeIndex, logit_ids) -> torch.Te
         A[rows[:, None], cols[take][None, :]] = e[:, take]
         A[rows[:, None], (index.token_start + torch.arange(P1))[None, :]] = tok
 
-    put(_logit_vectors(rep, logit_ids), index.logit_start + torch.arange(len(logit_ids)))
+    put(logit_vectors(rep, logit_ids), index.logit_start + torch.arange(len(logit_ids)))
     for i, (layer, pos, slot) in enumerate(index.features_lps.tolist()):
         vec = rep.transcoders[layer].W_enc.detach()[rep.feat_idx[layer, pos, slot]][None]
         put(Targets(layer, torch.tensor([pos]), vec), torch.tensor([i]))
@@ -157,7 +157,7 @@ def test_streamed_influence_equals_the_dense_matrix_power_series(tiny_model):
     tcs = transcoders_for(model)
     graph = attribute(model, tcs, PROMPT, AttributionSettings(progress=False))
     rep = build_replacement(model, tcs, ids_of(model))
-    index = _NodeIndex(rep, len(graph.logit_ids))
+    index = NodeIndex(rep, len(graph.logit_ids))
     A = _dense_adjacency(rep, index, graph.logit_ids)
     w = torch.zeros(index.n_nodes)
     w[index.logit_start :] = graph.logit_probs
@@ -215,3 +215,62 @@ def test_bad_input_is_named(tiny_model):
         attribute(model, tcs, "fox " * 300, quiet)
     with pytest.raises(AimriError, match="between 0 and 1"):
         AttributionSettings(node_threshold=1.5)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_qk_parts_sum_to_the_attention_score_and_reproduce_the_pattern(tiny_model, family):
+    from aimri.circuits.qk import qk_attribution
+
+    model = tiny_model(family)
+    tcs = transcoders_for(model)
+    graph = attribute(model, tcs, PROMPT, AttributionSettings(progress=False))
+    rep = build_replacement(model, tcs, graph.input_ids)
+    target = logit_vectors(rep, graph.logit_ids[:1])
+    result = qk_attribution(model, rep, graph, target, "logit", n_heads=3, n_parts=10_000)
+    assert result.heads and not result.note
+    for head in result.heads:
+        assert head.key_pos != head.query_pos  # information moved between positions
+        assert sum(p.weight for p in head.query) == pytest.approx(head.score, abs=1e-4)
+        assert sum(p.weight for p in head.key) == pytest.approx(head.score, abs=1e-4)
+    moved = [abs(h.moved) for h in result.heads]
+    assert moved == sorted(moved, reverse=True)
+
+
+def test_validation_reports_agreement_for_the_strongest_edges(tiny_model):
+    from aimri.circuits.validate import validate
+
+    model = tiny_model("llama")
+    tcs = transcoders_for(model)
+    graph = attribute(model, tcs, PROMPT, AttributionSettings(progress=False))
+    check = validate(model, tcs, graph, n_edges=6, n_nodes=3)
+    assert 0 < check.n <= 9
+    edge_items = [i for i in check.items if i.kind == "edge"]
+    weights = {
+        (graph.node_id(int(s)), graph.node_id(int(t))): float(w)
+        for (t, s), w in zip(graph.edges, graph.weights, strict=True)
+    }
+    for item in edge_items:
+        assert item.predicted_direct == pytest.approx(-weights[(item.source, item.target)])
+    assert -1 <= check.pearson_direct <= 1
+    assert 0 <= check.sign_agreement <= 1
+
+
+def test_circuit_command_writes_graph_json(tiny_model, tiny_model_dir, tmp_path):
+    from aimri.circuits.run import trace
+    from aimri.config import CircuitConfig, ModelConfig
+    from aimri.dicts.formats import save_dictionary
+    from aimri.dicts.transcoder_set import layer_dir
+
+    model = tiny_model("llama")
+    for layer, tc in enumerate(transcoders_for(model)):
+        save_dictionary(tc, layer_dir(tmp_path / "tcs", layer))
+    cfg = CircuitConfig(
+        prompt=PROMPT,
+        transcoders=tmp_path / "tcs",
+        out=tmp_path / "graphs",
+        model=ModelConfig(spec=str(tiny_model_dir("llama"))),
+    )
+    r = trace(cfg, model=model)
+    assert r.path == tmp_path / "graphs" / "the-quick-brown-fox-jumps-over.json"
+    assert r.record["graph"]["nodes"] and r.record["validation"]["n"] > 0
+    assert r.record["qk"] and r.record["qk"][0]["query"]

@@ -22,7 +22,7 @@ Not here: the frozen model (`replacement.py`), node numbering and JSON (`graph.p
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -99,8 +99,8 @@ def attribute(
     ids = tokenize(model, prompt)
     rep = build_replacement(model, transcoders, ids)
     logit_ids, logit_probs = _logit_targets(model, rep, settings)
-    index = _NodeIndex(rep, len(logit_ids))
-    logit_targets = _logit_vectors(rep, logit_ids)
+    index = NodeIndex(rep, len(logit_ids))
+    logit_targets = logit_vectors(rep, logit_ids)
     bar = tqdm(total=index.n_features, disable=not settings.progress, desc="attribution")
     first = _influence_pass(rep, index, logit_targets, logit_probs, settings.batch_size, bar)
     bar.close()
@@ -129,7 +129,7 @@ def attribute(
     )
 
 
-class _NodeIndex:
+class NodeIndex:
     """Where each (layer, position, slot) of the replacement lives in the node numbering.
     Slot K (the last) of every (layer, position) is its error node."""
 
@@ -169,7 +169,7 @@ def _logit_targets(
     return top.indices[:n], top.values[:n]
 
 
-def _logit_vectors(rep: Replacement, logit_ids: Tensor) -> Targets:
+def logit_vectors(rep: Replacement, logit_ids: Tensor) -> Targets:
     """A logit target is the logit minus the mean logit (as circuit-tracer defines it)."""
     vecs = rep.W_U[logit_ids] - rep.W_U.mean(0)
     pos = torch.full((len(logit_ids),), rep.n_pos - 1)
@@ -177,14 +177,19 @@ def _logit_vectors(rep: Replacement, logit_ids: Tensor) -> Targets:
 
 
 def sweep(
-    rep: Replacement, targets: Targets, *, through_features: bool = False
+    rep: Replacement,
+    targets: Targets,
+    *,
+    through_features: bool = False,
+    on_attention: Callable[[int, Tensor], None] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Direct effects of every source on B targets: (features and errors [B, layers below,
     P', K+1], tokens [B, P']) with P' = the last target position + 1.
 
     With `through_features`, the sweep also passes through the active features of the layers
     it crosses (each held active, so its activation follows its pre-activation): the result is
-    then each source's total effect along all paths of the graph, not only the direct one."""
+    then each source's total effect along all paths of the graph, not only the direct one.
+    `on_attention(layer, g)` sees the gradient w.r.t. each attention block's output."""
     B, D = targets.vecs.shape
     P1 = int(targets.pos.max()) + 1
     g = targets.vecs.new_zeros(B, P1, D)
@@ -194,11 +199,15 @@ def sweep(
         g = rep.final_norm.vjp(g)
     else:
         g = rep.ln2[top].vjp(g)
+        if on_attention is not None:
+            on_attention(top, g)
         g = g + rep.ln1[top].vjp(rep.attn[top].vjp(g))
     edges = g.new_empty(B, top, P1, rep.feat_val.shape[-1] + 1)
     for j in reversed(range(top)):
         edges[:, j] = torch.einsum("bpd,pkd->bpk", g, rep.source_vectors(j)[:P1])
         g = g + _mlp_vjp(rep, j, g, through_features)
+        if on_attention is not None:
+            on_attention(j, g)
         g = g + rep.ln1[j].vjp(rep.attn[j].vjp(g))
     return edges, torch.einsum("bpd,pd->bp", g, rep.embed[:P1])
 
@@ -229,7 +238,7 @@ class _FirstPass:
 
 def _influence_pass(
     rep: Replacement,
-    index: _NodeIndex,
+    index: NodeIndex,
     logit_targets: Targets,
     logit_probs: Tensor,
     batch_size: int,
@@ -281,7 +290,7 @@ def _influence_pass(
     return _FirstPass(influence, scores, acc["n_edges"])
 
 
-def _feature_batches(rep: Replacement, index: _NodeIndex, layer: int, batch_size: int):
+def _feature_batches(rep: Replacement, index: NodeIndex, layer: int, batch_size: int):
     """(Targets, slots) for the active features of one layer, in position order."""
     lps = index.features_lps[index.features_lps[:, 0] == layer]
     W_enc = rep.transcoders[layer].W_enc.detach()
@@ -294,7 +303,7 @@ def _feature_batches(rep: Replacement, index: _NodeIndex, layer: int, batch_size
 
 def _pruned_edges(
     rep: Replacement,
-    index: _NodeIndex,
+    index: NodeIndex,
     logit_targets: Targets,
     logit_probs: Tensor,
     node_mask: Tensor,

@@ -59,6 +59,12 @@ class FrozenNorm:
             x = x - x.mean(-1, keepdim=True)
         return x * self.scale[: x.shape[-2], None] * self.weight
 
+    def linear_at(self, x: Tensor, pos: int) -> Tensor:
+        """The linear part at one position, for a stack of vectors x [n, D]."""
+        if self.center:
+            x = x - x.mean(-1, keepdim=True)
+        return x * self.scale[pos] * self.weight
+
     def __call__(self, x: Tensor) -> Tensor:
         out = self.linear(x)
         return out if self.bias is None else out + self.bias
@@ -123,6 +129,9 @@ class Replacement:
     """[P]"""
     embed: Tensor
     """[P, D] the residual stream entering layer 0 (token embeddings, scaled as the model does)."""
+    resid_pre: Tensor
+    """[L, P, D] the residual stream entering each layer (what attention's queries and keys
+    read; for QK attribution)."""
     ln1: list[FrozenNorm]
     attn: list[FrozenAttention]
     ln2: list[FrozenNorm]
@@ -238,6 +247,7 @@ def build_replacement(
     return Replacement(
         input_ids=input_ids.reshape(-1).cpu(),
         embed=a(0, "hook_resid_pre"),
+        resid_pre=torch.stack([a(layer, "hook_resid_pre") for layer in range(L)]),
         ln1=ln1,
         attn=attn,
         ln2=ln2,

@@ -15,8 +15,10 @@ from typing import Any
 
 from aimri._io import write_json_atomic
 from aimri.circuits.annotate import logit_labels, supernodes
-from aimri.circuits.attribute import AttributionSettings, attribute
+from aimri.circuits.attribute import AttributionSettings, attribute, logit_vectors
 from aimri.circuits.graph import Graph, graph_json
+from aimri.circuits.qk import qk_attribution
+from aimri.circuits.replacement import build_replacement
 from aimri.circuits.validate import Validation, validate
 from aimri.config import CircuitConfig
 from aimri.dicts.dictionary import Transcoder
@@ -65,6 +67,11 @@ def trace_prompt(
     settings = settings or AttributionSettings(progress=False)
     graph = attribute(model, transcoders, prompt, settings)
     validation = validate(model, transcoders, graph) if check else None
+    rep = build_replacement(model, transcoders, graph.input_ids)
+    top_logit = graph.n_nodes - len(graph.logit_ids)
+    qk = qk_attribution(
+        model, rep, graph, logit_vectors(rep, graph.logit_ids[:1]), graph.node_id(top_logit)
+    )
     labels = logit_labels(model, transcoders, graph)
     data = graph_json(
         graph, slug=slug, scan=model.info.spec, labels=labels, supernodes=supernodes(graph, labels)
@@ -93,7 +100,8 @@ def trace_prompt(
         "graph": data,
         "file": path.name,
         "validation": _validation_record(validation),
-        "qk": [],
+        "qk": qk.records(),
+        "qk_note": qk.note,
     }
     return TraceResult(graph, validation, path, record)
 

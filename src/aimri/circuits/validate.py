@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aimri.circuits.attribute import Targets, _logit_vectors, sweep
+from aimri.circuits.attribute import Targets, logit_vectors, sweep
 from aimri.circuits.graph import Graph
 from aimri.circuits.replacement import Replacement, build_replacement
 from aimri.dicts.dictionary import Transcoder
@@ -134,7 +134,7 @@ def _target_of(rep: Replacement, graph: Graph, t: int) -> Targets:
         vec = rep.transcoders[layer].W_enc.detach()[latent].float()[None]
         return Targets(layer, torch.tensor([pos]), vec)
     j = t - (graph.n_nodes - len(graph.logit_ids))
-    return _logit_vectors(rep, graph.logit_ids[j : j + 1])
+    return logit_vectors(rep, graph.logit_ids[j : j + 1])
 
 
 def _total_effect(rep: Replacement, graph: Graph, t: int, source: _Node) -> float:
