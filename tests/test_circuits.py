@@ -274,3 +274,17 @@ def test_circuit_command_writes_graph_json(tiny_model, tiny_model_dir, tmp_path)
     assert r.path == tmp_path / "graphs" / "the-quick-brown-fox-jumps-over.json"
     assert r.record["graph"]["nodes"] and r.record["validation"]["n"] > 0
     assert r.record["qk"] and r.record["qk"][0]["query"]
+
+
+def test_bfloat16_sweeps_give_nearly_the_same_edges(tiny_model):
+    model = tiny_model("llama")
+    tcs = transcoders_for(model)
+    ids = ids_of(model)
+    rep = build_replacement(model, tcs, ids)
+    target = logit_vectors(rep, rep.logits[-1].topk(2).indices)
+    exact, exact_tok = sweep(rep, target)
+    fast, fast_tok = sweep(rep.with_sweep_dtype(torch.bfloat16), target)
+    scale = exact.abs().max()
+    assert (fast - exact).abs().max() < 0.02 * scale
+    assert (fast_tok - exact_tok).abs().max() < 0.02 * exact_tok.abs().max()
+    assert not torch.equal(fast, exact)  # the products really ran in bfloat16

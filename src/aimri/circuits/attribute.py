@@ -24,6 +24,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -50,6 +51,9 @@ class AttributionSettings:
     """Keep the nodes that together hold this share of the influence on the logits."""
     edge_threshold: float = 0.98
     """Keep the edges that together hold this share of the (pruned) influence."""
+    precision: Literal["float32", "bfloat16"] = "float32"
+    """Dtype of the sweeps' matrix products. bfloat16 is several times faster on CPUs with
+    AVX-512 BF16/AMX and on GPUs, with edges good to about 3 significant digits."""
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -98,6 +102,7 @@ def attribute(
     start = time.perf_counter()
     ids = tokenize(model, prompt)
     rep = build_replacement(model, transcoders, ids)
+    rep = rep.with_sweep_dtype(getattr(torch, settings.precision))
     logit_ids, logit_probs = _logit_targets(model, rep, settings)
     index = NodeIndex(rep, len(logit_ids))
     logit_targets = logit_vectors(rep, logit_ids)
