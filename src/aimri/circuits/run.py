@@ -114,4 +114,10 @@ def _validation_record(v: Validation | None) -> dict[str, Any] | None:
     if v is None:
         return None
     summary = {k: val for k, val in dataclasses.asdict(v).items() if k != "items"}
-    return {**summary, "n": v.n, "items": [dataclasses.asdict(i) for i in v.items]}
+    items = [{**dataclasses.asdict(i), "predicted": i.predicted_total} for i in v.items]
+    return {
+        **summary,
+        "n": v.n,
+        "predicted": "total effect along all paths of the graph",
+        "items": items,
+    }
