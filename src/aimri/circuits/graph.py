@@ -212,6 +212,14 @@ def graph_json(
     }
 
 
+def strongest_links(data: dict[str, Any], n: int) -> dict[str, Any]:
+    """A copy of graph JSON with only its `n` strongest links (by |weight|), for embedding in
+    a report; `metadata.links_total` keeps the full count."""
+    links = sorted(data["links"], key=lambda e: -abs(e["weight"]))
+    metadata = {**data["metadata"], "links_total": len(links)}
+    return {**data, "metadata": metadata, "links": links[:n]}
+
+
 def _node_json(
     graph: Graph, i: int, kind: str, influence: float, labels: dict[tuple[int, int], str]
 ) -> dict[str, Any]:

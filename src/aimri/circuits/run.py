@@ -16,7 +16,7 @@ from typing import Any
 from aimri._io import write_json_atomic
 from aimri.circuits.annotate import logit_labels, supernodes
 from aimri.circuits.attribute import AttributionSettings, attribute, logit_vectors
-from aimri.circuits.graph import Graph, graph_json
+from aimri.circuits.graph import Graph, graph_json, strongest_links
 from aimri.circuits.qk import qk_attribution
 from aimri.circuits.replacement import build_replacement
 from aimri.circuits.validate import Validation, validate
@@ -25,6 +25,9 @@ from aimri.dicts.dictionary import Transcoder
 from aimri.dicts.transcoder_set import load_transcoder_set
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
+
+MAX_LINKS_EMBEDDED = 5000
+"""Links of each graph kept in the record (the scan's JSON and report); the file has all."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,9 +98,10 @@ def trace_prompt(
             "edges": graph.n_edges_total,
             "pruned_nodes": int(graph.node_mask.sum()),
             "pruned_edges": len(graph.edges),
+            "embedded_edges": min(len(graph.edges), MAX_LINKS_EMBEDDED),
         },
         "seconds": round(graph.seconds, 2),
-        "graph": data,
+        "graph": strongest_links(data, MAX_LINKS_EMBEDDED),
         "file": path.name,
         "validation": _validation_record(validation),
         "qk": qk.records(),

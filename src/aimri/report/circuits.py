@@ -61,6 +61,8 @@ class GraphPanel:
     target: dict[str, Any]
     scores: dict[str, Any]
     sizes: dict[str, Any]
+    file: str
+    """Where the full graph JSON lies, relative to the run directory."""
     seconds: float | None
     validation: dict[str, Any]
     """The validation's summary numbers (method, n, pearson, …), without its items."""
@@ -239,6 +241,7 @@ def graph_panel(entry: dict[str, Any]) -> GraphPanel:
         target=entry.get("target") or {},
         scores=entry.get("scores") or {},
         sizes=entry.get("sizes") or {},
+        file=str(entry.get("file") or ""),
         seconds=entry.get("seconds"),
         validation={k: v for k, v in val.items() if k != "items"},
         validation_rows=[
