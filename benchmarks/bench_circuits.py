@@ -197,9 +197,9 @@ def ct_nnsight_model(hf_dir: Path, transcoders, check_ids: list[int]):
     )
     hf = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32).eval()
     ids = torch.tensor([check_ids])
-    with torch.no_grad(), model.trace(ids):
-        out = model.output.save()
-    diff = float((out.logits - hf(ids).logits).abs().max())
+    logits, _ = model.get_activations(ids[0])  # through circuit-tracer's own hooks
+    with torch.no_grad():
+        diff = float((logits.reshape(-1) - hf(ids).logits.reshape(-1)).abs().max())
     return model, diff
 
 
@@ -213,6 +213,8 @@ def ct_child(args: argparse.Namespace) -> None:
     transcoders = ct_transcoders(Path(args.export))
     build = ct_tl_model if args.backend == "transformerlens" else ct_nnsight_model
     model, logit_diff = build(hf_dir, transcoders, ids)
+    if args.ct_keep_bos:  # diagnostic: circuit-tracer zeroes position 0's features and error
+        model.zero_positions = slice(0, 0)
     rss_before = start_measuring()
     t0 = time.perf_counter()
     graph = attribute(
@@ -242,7 +244,7 @@ def ct_child(args: argparse.Namespace) -> None:
         logit_max_abs_diff=logit_diff,
         n_active_features=len(graph.active_features),
         n_selected_features=len(graph.selected_features),
-        logits=[int(x) for x in graph.logit_tokens],
+        logits=[int(x) for x in graph.logit_token_ids],
         nodes=[names[i] for i in kept],
         edges=[
             [names[a], names[b], float(v)]
@@ -258,7 +260,7 @@ def ct_node_names(graph) -> list[str]:
     names = [node_id("feature", layer, pos, f) for layer, pos, f in feats]
     names += [node_id("error", layer, pos) for layer in range(L) for pos in range(P)]
     names += [node_id("token", 0, pos, int(t)) for pos, t in enumerate(graph.input_tokens)]
-    return names + [node_id("logit", index=int(t)) for t in graph.logit_tokens]
+    return names + [node_id("logit", index=int(t)) for t in graph.logit_token_ids]
 
 
 # ── aimri side (runs in aimri's venv) ───────────────────────────────────────────────────
@@ -402,6 +404,7 @@ def measure(args: argparse.Namespace) -> None:
         c = a = None
         if ct and exported:
             ct_extra = [f"--export={exported}", f"--hf-dir={out / 'smollm2_hf'}"]
+            ct_extra += ["--ct-keep-bos"] if args.ct_keep_bos else []
             c = child(ct, "_ct", args, [*same, *ct_extra, f"--backend={args.backend}"])
         if not args.skip_aimri:
             a = child(sys.executable, "_aimri", args, [*same, f"--text={text}",
@@ -453,6 +456,11 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--ct-python", default=None, help="circuit-tracer's Python")
     p.add_argument("--backend", default="transformerlens", choices=["transformerlens", "nnsight"])
     p.add_argument("--skip-ct", action="store_true")
+    p.add_argument(
+        "--ct-keep-bos",
+        action="store_true",
+        help="diagnostic: stop circuit-tracer from zeroing position 0's features and error",
+    )
     p.add_argument("--skip-aimri", action="store_true")
     p.add_argument("--max-n-logits", type=int, default=10)
     p.add_argument("--desired-logit-prob", type=float, default=0.95)
