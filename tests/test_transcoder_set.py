@@ -13,9 +13,14 @@ from aimri.config import CollectConfig, CorpusConfig, ModelConfig, OptimConfig, 
 from aimri.dicts.dictionary import Transcoder
 from aimri.dicts.formats import load_dictionary
 from aimri.dicts.train import train, train_many
-from aimri.dicts.transcoder_set import load_transcoder_set, pair_by_layer
+from aimri.dicts.transcoder_set import (
+    SITE_IN,
+    SITE_OUT,
+    load_transcoder_set,
+    pair_by_layer,
+    set_recipe,
+)
 
-SITE_IN, SITE_OUT = "blocks.*.ln2.hook_normalized", "blocks.*.hook_mlp_out"
 N_LAYERS = 3  # the tiny models' depth
 
 
@@ -123,3 +128,13 @@ def test_a_set_trains_on_the_fly_from_a_model(tiny_model, tmp_path):
     results = train_many(cfg, source=stream)
     assert len(results) == N_LAYERS and all(r.fvu < 1.0 for r in results)
     assert len(load_transcoder_set(tmp_path / "set", n_layers=N_LAYERS)) == N_LAYERS
+
+
+def test_the_cpu_recipe_trains_a_set(store, tmp_path):
+    recipe = set_recipe(tmp_path / "set", store=store)
+    assert recipe.tokens == 16_384 and recipe.train.optim.tokens == 3 * 16_256
+    results = train_many(recipe.train)
+    assert [r.steps for r in results] == [95] * N_LAYERS
+    assert all(r.fvu < 1.0 for r in results)
+    gpu = set_recipe(tmp_path / "g", gpu=True)
+    assert gpu.tokens // gpu.train.optim.batch_size >= 512 and gpu.train.store is None

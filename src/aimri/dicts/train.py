@@ -38,7 +38,7 @@ from aimri.dicts.checkpoint import (
 )
 from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.dicts.formats import save_dictionary
-from aimri.dicts.transcoder_set import is_glob, layer_dir, pair_by_layer
+from aimri.dicts.transcoder_set import is_glob, member_configs
 from aimri.distributed import world
 from aimri.errors import AimriError
 from aimri.store.reader import ActivationStore, BatchSource
@@ -82,31 +82,14 @@ def train_many(cfg: TrainConfig, source: BatchSource | None = None) -> list[Trai
             "--site 'blocks.*.ln2.hook_normalized' --site-out 'blocks.*.hook_mlp_out'"
         )
     if is_glob(cfg.site) or is_glob(cfg.site_out):
-        return _train_transcoder_set(cfg, source)
+        store = source or _open_store(cfg)
+        return _train(member_configs(cfg, list(store.identity["sites"])), store)
     if not cfg.also_sites:
         return [train(cfg, source)]
     sites = list(dict.fromkeys([cfg.site, *cfg.also_sites]))
     return _train(
         [dataclasses.replace(cfg, site=s, also_sites=(), out=cfg.out / s) for s in sites], source
     )
-
-
-def _train_transcoder_set(cfg: TrainConfig, source: BatchSource | None) -> list[TrainResult]:
-    if not cfg.site_out:
-        raise AimriError(
-            f"--site '{cfg.site}' is a glob, which trains a transcoder per layer: also pass "
-            "--site-out (e.g. 'blocks.*.hook_mlp_out'); for several SAEs list the sites with "
-            "--also-sites"
-        )
-    store = source or _open_store(cfg)
-    pairs = pair_by_layer(cfg.site, cfg.site_out, list(store.identity["sites"]))
-    cfgs = [
-        dataclasses.replace(
-            cfg, site=p.site_in, site_out=p.site_out, out=layer_dir(cfg.out, p.layer)
-        )
-        for p in pairs
-    ]
-    return _train(cfgs, store)
 
 
 @dataclass
