@@ -7,7 +7,7 @@ and induction heads"):
 - induction score: on [BOS, r, r] with r a sequence of n random tokens, the mean attention from
   each token of the second r to the token right after its earlier occurrence (key q − n + 1).
 Patterns come from `Model.run(read=["blocks.*.attn.hook_pattern"])` [batch, head, query, key].
-Not here: what heads write (see `attribute.py` for effects on outputs), ablations.
+Not here: what heads write (their OV circuits), ablations.
 """
 
 from __future__ import annotations
