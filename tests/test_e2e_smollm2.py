@@ -56,6 +56,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         name="e2e",
         dict_tokens=8192,
         n_features=48,
+        tc_tokens=4096,
     )
     r = scan(cfg, model=smollm2)
     for name in ("run.json", "scan.json", "report.html", "activations/manifest.json"):
@@ -97,6 +98,14 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         assert 0 <= row["frac_above"] <= 1 and row["n"] > 0
     steering = doc["stages"]["steering"]
     assert "skipped" in steering or steering["rows"][0]["strength"] is None  # no-edit first
+    circuits = doc["stages"]["circuits"]
+    assert circuits["transcoders"]["n_layers"] == 30
+    assert [g["target"]["token"] for g in circuits["graphs"]] == [" Paris", " Spanish", "ik"]
+    for g in circuits["graphs"]:
+        assert (r.run_dir / "graphs" / f"{g['slug']}.json").is_file()
+        assert g["sizes"]["pruned_edges"] > 0 and g["validation"]["n"] > 0
+        assert 0 <= g["scores"]["completeness"] <= 1
+    assert circuits["heads"]["induction"][0]["score"] > 0.3
     run = json.loads((r.run_dir / "run.json").read_text())
     assert run["status"] == "complete" and set(run["timings_s"]) >= {
         "activations",
@@ -104,7 +113,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         "logit_lens",
     }
     html = r.report.read_text()
-    assert 'id="features-data"' in html
+    assert 'id="features-data"' in html and 'id="circuits-data"' in html
     assert (
         "smollm2-135m" in html
         and "<svg" in html

@@ -128,8 +128,9 @@ class ScanConfig:
     intervention (trains a small transcoder per layer unless --transcoders is given)."""
     transcoders: Path | None = None
     """Load this transcoder set (`layer_<L>/` folders) instead of training one."""
-    tc_tokens: int = 24_576
-    """Tokens the scan's transcoders train on (one pass of the model; several over the data)."""
+    tc_tokens: int = 16_384
+    """Tokens the scan's transcoders train on (one pass of the model; 3 passes over the data,
+    width 4 × d_model, k = 16: `aimri.dicts.transcoder_set.set_recipe`)."""
     circuit_prompts: tuple[str, ...] = ()
     """More prompts to trace, beside the built-in demonstrations."""
 

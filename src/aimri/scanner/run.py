@@ -9,7 +9,8 @@ runs/<name>/report.html   one self-contained page
 Stages so far: activations → statistics → logit lens → ground truth (a toy model of
 superposition: does training recover known features?) → dictionary (train or load, evaluate) →
 features (statistics, labels scored on held-out text, catalog; neurons and random directions as
-baselines) → steering (clamp a concrete-concept feature, measure the drift).
+baselines) → steering (clamp a concrete-concept feature, measure the drift) → circuits
+(transcoders per layer, attribution graphs of three demonstrations checked by intervention).
 Later stages add themselves to `_stages`. Not here: the stages' own logic (each lives in its module).
 """
 
@@ -36,6 +37,7 @@ from aimri.config import CollectConfig, ScanConfig
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
+from aimri.scanner.circuits import circuits_stage
 from aimri.scanner.dictionary import dictionary_stage
 from aimri.scanner.features import features_stage
 from aimri.scanner.findings import findings_from
@@ -118,6 +120,7 @@ def _stages() -> list[tuple[str, Stage]]:
         ("dictionary", dictionary_stage),
         ("features", features_stage),
         ("steering", steering_stage),
+        ("circuits", circuits_stage),
     ]
 
 

@@ -1,0 +1,131 @@
+"""The scan's circuits stage: how the model reaches three answers, traced and checked.
+
+Trains (or loads) a transcoder per layer from one pass of the model, then for each
+demonstration prompt the model gets right (a factual recall, a two-hop recall, an induction
+copy) builds the attribution graph, prunes it, checks its strongest edges by ablation in the
+real model, names its features by what they write towards, and writes the graph in the JSON
+that circuit-tracer's frontend and Neuronpedia read (`graphs/<slug>.json`). Beside the graphs:
+the prompts' logit lens and the induction and previous-token heads.
+Not here: attribution, validation, head scores themselves (`aimri.circuits`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aimri.circuits.heads import score_heads
+from aimri.circuits.run import trace_prompt
+from aimri.config import CollectConfig, ScanConfig
+from aimri.dicts.train import train_many
+from aimri.dicts.transcoder_set import load_transcoder_set, set_recipe
+from aimri.model.adapter import Model
+from aimri.scanner.lens import lens_logits
+from aimri.store.collect import collect
+from aimri.store.reader import ActivationStore
+
+DEMOS = (
+    ("capital-france", "Factual recall", "The capital of France is"),
+    ("two-hop-madrid", "Two-hop recall", "People in the country whose capital is Madrid speak"),
+    ("induction-name", "Induction (copying)", "Anna Krolikowska met Tom. Later, Anna Krol"),
+)
+
+
+def circuits_stage(
+    cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]
+) -> dict[str, Any]:
+    if not cfg.circuits:
+        return {"skipped": "turned off with --no-circuits"}
+    if cfg.transcoders is not None:
+        path, training = cfg.transcoders, None
+    else:
+        path = run_dir / "transcoders"
+        training = _train(cfg, model, run_dir, path)
+    transcoders = load_transcoder_set(path, n_layers=model.info.n_layers)
+    demos = [
+        *DEMOS,
+        *((f"prompt-{i}", "Your prompt", p) for i, p in enumerate(cfg.circuit_prompts)),
+    ]
+    graphs = [trace_prompt(model, transcoders, run_dir / "graphs", *d).record for d in demos]
+    for g in graphs:
+        g["file"] = f"graphs/{g['file']}"
+    heads = score_heads(model, _text_ids(cfg, run_dir))
+    first = transcoders[0].cfg
+    return {
+        "transcoders": {
+            "path": str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path),
+            "n_layers": len(transcoders),
+            "d_sae": first.d_sae,
+            "k": first.k,
+            "architecture": first.architecture,
+            "training": training,
+        },
+        "graphs": graphs,
+        "heads": {
+            "induction": [h._asdict() for h in heads.top(10, "induction")],
+            "previous_token": [h._asdict() for h in heads.top(10, "previous_token")],
+            "method": "induction: mean attention to the token after the current token's earlier "
+            "occurrence on 8 random 64-token sequences repeated twice; previous token: mean "
+            "attention to the position before, on 8 contexts of the scan's corpus",
+        },
+        "lens": [_prompt_lens(model, g["prompt"], g["target"]["token_id"]) for g in graphs],
+    }
+
+
+def _text_ids(cfg: ScanConfig, run_dir: Path) -> torch.Tensor:
+    """Up to 8 contexts of the scan's corpus, as token ids [n, ctx_len]."""
+    tokens = ActivationStore(run_dir / "activations").load("tokens", 0)
+    ctx = cfg.corpus.ctx_len
+    return torch.as_tensor(tokens[: 8 * ctx]).long().view(-1, ctx)
+
+
+def _train(cfg: ScanConfig, model: Model, run_dir: Path, out: Path) -> dict[str, Any]:
+    store = run_dir / "activations-transcoders"
+    corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.tc_tokens, seed=cfg.corpus.seed + 2)
+    collect(
+        CollectConfig(
+            out=store,
+            model=cfg.model,
+            corpus=corpus,
+            sites=("blocks.*.ln2.hook_normalized", "blocks.*.hook_mlp_out"),
+            dtype=cfg.store_dtype,
+            batch_size=cfg.batch_size,
+            overwrite=cfg.overwrite,
+        ),
+        model=model,
+    )
+    recipe = set_recipe(out, store=store)
+    optim = recipe.train.optim
+    assert optim.tokens is not None
+    train_tokens = optim.tokens * cfg.tc_tokens // recipe.tokens
+    scaled = dataclasses.replace(optim, tokens=train_tokens)
+    train_cfg = dataclasses.replace(recipe.train, optim=scaled, device=cfg.model.device)
+    results = train_many(train_cfg)
+    return {
+        "tokens": cfg.tc_tokens,
+        "passes": round(train_tokens / cfg.tc_tokens, 2),
+        "expansion": train_cfg.expansion,
+        "k": train_cfg.k,
+        "fvu": [r.fvu for r in results],
+        "l0": [r.l0 for r in results],
+        "dead_fraction": [r.dead_fraction for r in results],
+        "seconds": round(sum(r.seconds for r in results), 1),
+    }
+
+
+@torch.no_grad()
+def _prompt_lens(model: Model, prompt: str, token_id: int) -> dict[str, Any]:
+    """Top token and the answer's probability after each layer, at the last position."""
+    L = model.info.n_layers
+    sites = [f"blocks.{layer}.hook_resid_post" for layer in range(L)]
+    run = model.run(model.tokenizer(prompt, return_tensors="pt").input_ids, read=sites)
+    decode = model.tokenizer.decode
+    top, prob = [], []
+    for s in sites:
+        p = lens_logits(model, run.acts[s][0, -1]).float().softmax(-1)
+        top.append([decode([int(p.argmax())])])
+        prob.append(float(p[token_id]))
+    return {"prompt": prompt, "layers": list(range(L)), "top_tokens": top, "target_prob": prob}
