@@ -288,3 +288,19 @@ def test_bfloat16_sweeps_give_nearly_the_same_edges(tiny_model):
     assert (fast - exact).abs().max() < 0.02 * scale
     assert (fast_tok - exact_tok).abs().max() < 0.02 * exact_tok.abs().max()
     assert not torch.equal(fast, exact)  # the products really ran in bfloat16
+
+
+def test_a_frozen_bos_is_no_node_and_the_logits_stay_exact(tiny_model):
+    model = tiny_model("llama")
+    tcs = transcoders_for(model)
+    bos = model.tokenizer.bos_token_id
+    ids = torch.cat([torch.tensor([bos]), ids_of(model)])
+    rep = build_replacement(model, tcs, ids, freeze_bos=True)
+    assert not rep.feat_val[:, 0].any() and not rep.error[:, 0].any()
+    torch.testing.assert_close(rep.forward(), rep.logits, atol=2e-5, rtol=1e-4)
+    prompt = model.tokenizer.bos_token + PROMPT
+    graph = attribute(model, tcs, prompt, AttributionSettings(progress=False))
+    assert graph.bos_frozen and int(graph.input_ids[0]) == bos
+    assert not (graph.features[:, 1] == 0).any()
+    kept = attribute(model, tcs, prompt, AttributionSettings(progress=False, freeze_bos=False))
+    assert not kept.bos_frozen and (kept.features[:, 1] == 0).any()

@@ -51,6 +51,9 @@ class AttributionSettings:
     """Keep the nodes that together hold this share of the influence on the logits."""
     edge_threshold: float = 0.98
     """Keep the edges that together hold this share of the (pruned) influence."""
+    freeze_bos: bool = True
+    """When the prompt starts with a special token (BOS), hold its features and error as a
+    constant instead of making them nodes, as circuit-tracer does."""
     precision: Literal["float32", "bfloat16"] = "float32"
     """Dtype of the sweeps' matrix products. bfloat16 is several times faster on CPUs with
     AVX-512 BF16/AMX and on GPUs, with edges good to about 3 significant digits."""
@@ -101,7 +104,7 @@ def attribute(
     settings = settings or AttributionSettings()
     start = time.perf_counter()
     ids = tokenize(model, prompt)
-    rep = build_replacement(model, transcoders, ids)
+    rep = build_replacement(model, transcoders, ids, freeze_bos=settings.freeze_bos)
     rep = rep.with_sweep_dtype(getattr(torch, settings.precision))
     logit_ids, logit_probs = _logit_targets(model, rep, settings)
     index = NodeIndex(rep, len(logit_ids))
@@ -131,6 +134,7 @@ def attribute(
         scores=first.scores,
         n_edges_total=first.n_edges,
         seconds=time.perf_counter() - start,
+        bos_frozen=bool(rep.frozen_out[:, 0].any()),
     )
 
 

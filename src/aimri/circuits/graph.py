@@ -59,6 +59,8 @@ class Graph:
     """Non-zero direct effects into the logits and every node with influence on them (the
     rows of nodes without influence are never computed); counted, not stored."""
     seconds: float
+    bos_frozen: bool = False
+    """Position 0 (a BOS token) was held constant: its features and error are not nodes."""
 
     @property
     def n_pos(self) -> int:

@@ -158,6 +158,9 @@ class Replacement:
     """[L, P, D] what each transcoder reads."""
     error: Tensor
     """[L, P, D] the MLP's true output minus the transcoder's."""
+    frozen_out: Tensor
+    """[L, P, D] MLP output held constant and not a node: everything the MLP writes at frozen
+    positions (the BOS token's, whose features and error circuit-tracer also leaves out)."""
     logits: Tensor
     """[P, V] the model's own logits on the prompt."""
 
@@ -193,7 +196,8 @@ class Replacement:
         vals = self.feat_val[layer] if features is None else features
         out = torch.einsum("pk,pkd->pd", vals, tc.W_dec.detach()[self.feat_idx[layer]])
         skip = tc.skip_out(x)
-        return out + tc.b_dec.detach() + (0 if skip is None else skip.detach()) + self.error[layer]
+        out = out + tc.b_dec.detach() + (0 if skip is None else skip.detach())
+        return out + self.error[layer] + self.frozen_out[layer]
 
     def forward(
         self,
@@ -216,9 +220,12 @@ class Replacement:
 
 @torch.no_grad()
 def build_replacement(
-    model: Model, transcoders: Sequence[Transcoder], input_ids: Tensor
+    model: Model, transcoders: Sequence[Transcoder], input_ids: Tensor, *, freeze_bos: bool = False
 ) -> Replacement:
-    """Run the model once on `input_ids` [P] and freeze it around that prompt."""
+    """Run the model once on `input_ids` [P] and freeze it around that prompt. With
+    `freeze_bos` and a special token first (BOS), position 0's features and error are held as
+    a constant instead of being nodes (as circuit-tracer does: the BOS position's huge residual
+    stream is an attention sink, not part of the prompt's meaning)."""
     check_transcoders(model, transcoders)
     family = model.info.family
     if family in _UNSUPPORTED:
@@ -261,6 +268,15 @@ def build_replacement(
     final_norm = _freeze_norm(final, a(L - 1, "hook_resid_post"), family, "final norm")
     mlp_in = torch.stack([a(layer, "ln2.hook_normalized") for layer in range(L)])
     feat_idx, feat_val, error = _features_and_errors(transcoders, mlp_in, act)
+    frozen_out = torch.zeros_like(error)
+    special = set(getattr(model.tokenizer, "all_special_ids", []) or [])
+    if freeze_bos and int(input_ids.reshape(-1)[0]) in special:
+        writes = torch.stack(
+            [_writes(tc, feat_idx[i, 0], feat_val[i, 0]) for i, tc in enumerate(transcoders)]
+        )
+        frozen_out[:, 0] = writes + error[:, 0]
+        feat_val[:, 0] = 0
+        error[:, 0] = 0
     unembed = model.layout.unembed
     W_U = unembed.weight.detach().float()  # type: ignore[union-attr]
     b_U = getattr(unembed, "bias", None)
@@ -279,8 +295,14 @@ def build_replacement(
         feat_val=feat_val,
         mlp_in=mlp_in,
         error=error,
+        frozen_out=frozen_out,
         logits=run.logits[0].float(),
     )
+
+
+def _writes(tc: Transcoder, idx: Tensor, vals: Tensor) -> Tensor:
+    """[D] what features `idx` [K] at activations `vals` [K] write (without b_dec)."""
+    return vals @ tc.W_dec.detach()[idx].float()
 
 
 def check_transcoders(model: Model, transcoders: Sequence[Transcoder]) -> None:

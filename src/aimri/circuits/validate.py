@@ -85,7 +85,7 @@ def validate(
 ) -> Validation:
     """Check the graph's strongest feature → feature/logit edges and its most influential
     features by ablation in the real model."""
-    rep = build_replacement(model, transcoders, graph.input_ids)
+    rep = build_replacement(model, transcoders, graph.input_ids, freeze_bos=graph.bos_frozen)
     pairs = _edge_pairs(graph, n_edges) + _node_pairs(graph, n_nodes)
     items = [
         CheckedEdge(
