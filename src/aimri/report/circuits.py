@@ -100,7 +100,11 @@ def circuits_view(section: dict[str, Any]) -> CircuitsView:
     return CircuitsView(
         transcoders={k: v for k, v in tc.items() if isinstance(v, str | int | float | bool)},
         graphs=[graph_panel(g) for g in graphs],
-        heads=[(kind, top_heads(rows)) for kind, rows in heads.items() if rows],
+        heads=[
+            (kind, top_heads(rows))
+            for kind, rows in heads.items()
+            if isinstance(rows, list) and rows
+        ],
         lens=[lens_table(t) for t in section.get("lens") or []],
         data_json=json_for_script([graph_data(g, n_layers) for g in graphs]),
         skipped=section.get("skipped"),

@@ -67,10 +67,10 @@ def circuits_stage(
         "heads": {
             "induction": [h._asdict() for h in heads.top(10, "induction")],
             "previous_token": [h._asdict() for h in heads.top(10, "previous_token")],
-            "method": "induction: mean attention to the token after the current token's earlier "
-            "occurrence on 8 random 64-token sequences repeated twice; previous token: mean "
-            "attention to the position before, on 8 contexts of the scan's corpus",
         },
+        "heads_method": "induction: mean attention to the token after the current token's "
+        "earlier occurrence on 8 random 64-token sequences repeated twice; previous token: mean "
+        "attention to the position before, on 8 contexts of the scan's corpus",
         "lens": [_prompt_lens(model, g["prompt"], g["target"]["token_id"]) for g in graphs],
     }
 
