@@ -7,7 +7,7 @@
    createElement: never innerHTML. No network. */
 (function () {
   "use strict";
-  var SVGNS = document.documentElement.namespaceURI.replace("1999/xhtml", "2000/svg");
+  var el = aimriDom.el, svg = aimriDom.svg, fmt = aimriDom.fmt, showTok = aimriDom.showTok;
   var DEFAULT_EDGES = 1000, PANEL_ROWS = 12, FOCUS_EDGES = 400, LEVELS = 6;
   var LEFT = 46, RIGHT = 12, TOP = 14, BOTTOM = 34;
   var KIND_NAME = ["feature", "error node", "embedding", "logit"];
@@ -26,25 +26,6 @@
   var V = null;  // the view: graph, positions, SVG layers, selection
 
   // ---- small helpers ----
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-  function svg(tag, attrs, text) {
-    var e = document.createElementNS(SVGNS, tag);
-    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, String(attrs[k])); });
-    if (text !== undefined) e.textContent = String(text);
-    return e;
-  }
-  function fmt(v, digits) {
-    if (typeof v !== "number" || !isFinite(v)) return "–";
-    var a = Math.abs(v);
-    if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(1);
-    return String(Number(v.toPrecision(digits || 3)));
-  }
-  function showTok(t) { return String(t).replace(/\n/g, "↵").replace(/\t/g, "⇥"); }
   function clip(s, n) { s = showTok(s); return s.length > n ? s.slice(0, Math.max(1, n - 1)) + "…" : s; }
 
   // ---- layout: columns sized by their busiest cell, nodes spread inside their cell ----

@@ -6,8 +6,7 @@
 (function () {
   "use strict";
   var PAGE = 25, SHOWN_TOP = 5;
-  // The SVG namespace, derived from the page's so that this file holds no URL at all.
-  var SVGNS = document.documentElement.namespaceURI.replace("1999/xhtml", "2000/svg");
+  var el = aimriDom.el, svg = aimriDom.svg, fmt = aimriDom.fmt, showTok = aimriDom.showTok;
   var feats = JSON.parse(document.getElementById("features-data").textContent);
   var meta = JSON.parse(document.getElementById("features-meta").textContent);
   var byIndex = new Map();
@@ -69,29 +68,11 @@
   }
 
   // ---- small DOM helpers ----
-  function el(tag, cls, text) {
-    var e = document.createElement(tag);
-    if (cls) e.className = cls;
-    if (text !== undefined && text !== null) e.textContent = String(text);
-    return e;
-  }
-  function svg(tag, attrs) {
-    var e = document.createElementNS(SVGNS, tag);
-    Object.keys(attrs).forEach(function (k) { e.setAttribute(k, String(attrs[k])); });
-    return e;
-  }
-  function fmt(v, digits) {
-    if (typeof v !== "number" || !isFinite(v)) return "–";
-    var a = Math.abs(v);
-    if (a !== 0 && (a >= 1e5 || a < 1e-3)) return v.toExponential(1);
-    return String(Number(v.toPrecision(digits || 3)));
-  }
   function density(v) {
     if (typeof v !== "number" || !isFinite(v)) return "–";
     if (v <= 0) return "never fires";
     return fmt(100 * v, 2) + "% (1 in " + Math.round(1 / v).toLocaleString() + " tokens)";
   }
-  function showTok(t) { return String(t).replace(/\n/g, "↵").replace(/\t/g, "⇥"); }
   function jump(index) { location.hash = "q=" + encodeURIComponent("#" + index); }
 
   // ---- one card ----
