@@ -381,14 +381,18 @@ DRIVER = """<script>
   merge.checked = false; merge.dispatchEvent(new Event("change"));
   var slider = document.getElementById("cg-edges");
   slider.value = slider.max; slider.dispatchEvent(new Event("input"));
-  requestAnimationFrame(function () {
+  // Wait (in timer steps: headless chromium's virtual time does not always run animation
+  // frames) until the viewer has redrawn for the slider, then read what it shows.
+  var tries = 0;
+  (function wait() {
+    if (host.dataset.edges !== slider.max && tries++ < 40) { setTimeout(wait, 25); return; }
     out.all = {edges: host.dataset.edges, ms: host.dataset.edgesMs, max: slider.max, count: document.getElementById("cg-edge-count").textContent};
     var pick = document.getElementById("cg-pick");
     if (pick) { pick.value = "1"; pick.dispatchEvent(new Event("change")); out.picked = {nodes: host.dataset.nodes,
       shown: Array.prototype.filter.call(document.querySelectorAll(".cg-meta"), function (m) { return !m.hidden; }).map(function (m) { return m.dataset.graph; })}; }
     var pre = document.createElement("pre"); pre.id = "test-out"; pre.textContent = JSON.stringify(out);
     document.body.appendChild(pre);
-  });
+  })();
 })();
 </script>"""
 
