@@ -273,7 +273,9 @@ def _influence_pass(
 
     consume(logit_targets, logit_probs)
     for layer in reversed(range(L)):
-        for targets, slots in _feature_batches(rep, index, layer, batch_size):
+        lps = index.features_lps[index.features_lps[:, 0] == layer]
+        for targets, rows in _feature_batches(rep, lps, batch_size):
+            slots = lps[rows, 2]
             weight = infl[layer, targets.pos, slots]
             live = weight > 0
             bar.update(len(slots))
@@ -299,15 +301,15 @@ def _influence_pass(
     return _FirstPass(influence, scores, acc["n_edges"])
 
 
-def _feature_batches(rep: Replacement, index: NodeIndex, layer: int, batch_size: int):
-    """(Targets, slots) for the active features of one layer, in position order."""
-    lps = index.features_lps[index.features_lps[:, 0] == layer]
-    W_enc = rep.transcoders[layer].W_enc.detach()
+def _feature_batches(rep: Replacement, lps: Tensor, batch_size: int):
+    """(Targets, rows) for the features lps [n, 3] (layer, position, slot) of one layer, in
+    batches of `batch_size`; `rows` index lps."""
     for i in range(0, len(lps), batch_size):
         chunk = lps[i : i + batch_size]
-        pos, slots = chunk[:, 1], chunk[:, 2]
-        latents = rep.feat_idx[layer, pos, slots]
-        yield Targets(layer, pos, W_enc[latents].float()), slots
+        layer = int(chunk[0, 0])
+        latents = rep.feat_idx[layer, chunk[:, 1], chunk[:, 2]]
+        vecs = rep.transcoders[layer].W_enc.detach()[latents].float()
+        yield Targets(layer, chunk[:, 1], vecs), torch.arange(i, i + len(chunk))
 
 
 def _pruned_edges(
@@ -340,12 +342,9 @@ def _pruned_edges(
     kept_global = kept[kept < index.n_features]
     for layer in range(rep.n_layers):
         on_layer = kept_features[:, 0] == layer
-        lps, glob = kept_features[on_layer], kept_global[on_layer]
-        W_enc = rep.transcoders[layer].W_enc.detach()
-        for i in range(0, len(lps), settings.batch_size):
-            chunk, rows = lps[i : i + settings.batch_size], local[glob[i : i + settings.batch_size]]
-            latents = rep.feat_idx[layer, chunk[:, 1], chunk[:, 2]]
-            fill(Targets(layer, chunk[:, 1], W_enc[latents].float()), rows)
+        glob = kept_global[on_layer]
+        for targets, rows in _feature_batches(rep, kept_features[on_layer], settings.batch_size):
+            fill(targets, local[glob[rows]])
     weights = torch.zeros(len(kept))
     weights[local[index.logit_start :]] = logit_probs
     n_kept_features = int((kept < index.n_features).sum())

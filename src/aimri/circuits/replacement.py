@@ -357,9 +357,8 @@ def _freeze_norm(module: nn.Module, x: Tensor, family: str, what: str) -> Frozen
     D = x.shape[-1]
     if isinstance(module, nn.LayerNorm):
         var = x.var(-1, unbiased=False)
-        w = module.weight.detach().float() if module.weight is not None else x.new_ones(D)
         b = module.bias.detach().float() if module.bias is not None else None
-        frozen = FrozenNorm((var + module.eps).rsqrt(), w, b, center=True)
+        frozen = FrozenNorm((var + module.eps).rsqrt(), norm_gain(module, D), b, center=True)
     else:
         eps = _rms_eps(module)
         frozen = FrozenNorm((x.pow(2).mean(-1) + eps).rsqrt(), norm_gain(module, D), None, False)

@@ -69,8 +69,8 @@ def trace_prompt(
 ) -> TraceResult:
     settings = settings or AttributionSettings(progress=False)
     graph = attribute(model, transcoders, prompt, settings)
-    validation = validate(model, transcoders, graph) if check else None
     rep = build_replacement(model, transcoders, graph.input_ids, freeze_bos=graph.bos_frozen)
+    validation = validate(model, rep, graph) if check else None
     top_logit = graph.n_nodes - len(graph.logit_ids)
     qk = qk_attribution(
         model, rep, graph, logit_vectors(rep, graph.logit_ids[:1]), graph.node_id(top_logit)

@@ -18,7 +18,6 @@ are poor is shown as such. Not here: computing the graph (`attribute.py`).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -26,8 +25,7 @@ from torch import Tensor
 
 from aimri.circuits.attribute import Targets, logit_vectors, sweep
 from aimri.circuits.graph import Graph
-from aimri.circuits.replacement import Replacement, build_replacement
-from aimri.dicts.dictionary import Transcoder
+from aimri.circuits.replacement import Replacement
 from aimri.model.adapter import Model
 
 METHOD = (
@@ -77,15 +75,15 @@ class _Node:
 @torch.no_grad()
 def validate(
     model: Model,
-    transcoders: Sequence[Transcoder],
+    rep: Replacement,
     graph: Graph,
     *,
     n_edges: int = 16,
     n_nodes: int = 8,
 ) -> Validation:
     """Check the graph's strongest feature → feature/logit edges and its most influential
-    features by ablation in the real model."""
-    rep = build_replacement(model, transcoders, graph.input_ids, freeze_bos=graph.bos_frozen)
+    features by ablation in the real model. `rep` is the graph's replacement model
+    (`build_replacement(model, transcoders, graph.input_ids, freeze_bos=graph.bos_frozen)`)."""
     pairs = _edge_pairs(graph, n_edges) + _node_pairs(graph, n_nodes)
     items = [
         CheckedEdge(
