@@ -242,7 +242,8 @@ def test_validation_reports_agreement_for_the_strongest_edges(tiny_model):
     model = tiny_model("llama")
     tcs = transcoders_for(model)
     graph = attribute(model, tcs, PROMPT, AttributionSettings(progress=False))
-    check = validate(model, tcs, graph, n_edges=6, n_nodes=3)
+    rep = build_replacement(model, tcs, graph.input_ids, freeze_bos=graph.bos_frozen)
+    check = validate(model, rep, graph, n_edges=6, n_nodes=3)
     assert 0 < check.n <= 9
     edge_items = [i for i in check.items if i.kind == "edge"]
     weights = {

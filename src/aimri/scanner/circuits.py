@@ -23,7 +23,7 @@ from aimri.config import CollectConfig, ScanConfig
 from aimri.dicts.train import train_many
 from aimri.dicts.transcoder_set import load_transcoder_set, set_recipe
 from aimri.model.adapter import Model
-from aimri.scanner.lens import lens_logits
+from aimri.scanner.lens import lens_table
 from aimri.store.collect import collect
 from aimri.store.reader import ActivationStore
 
@@ -116,16 +116,14 @@ def _train(cfg: ScanConfig, model: Model, run_dir: Path, out: Path) -> dict[str,
     }
 
 
-@torch.no_grad()
 def _prompt_lens(model: Model, prompt: str, token_id: int) -> dict[str, Any]:
     """Top token and the answer's probability after each layer, at the last position."""
     L = model.info.n_layers
     sites = [f"blocks.{layer}.hook_resid_post" for layer in range(L)]
-    run = model.run(model.tokenizer(prompt, return_tensors="pt").input_ids, read=sites)
-    decode = model.tokenizer.decode
-    top, prob = [], []
-    for s in sites:
-        p = lens_logits(model, run.acts[s][0, -1]).float().softmax(-1)
-        top.append([decode([int(p.argmax())])])
-        prob.append(float(p[token_id]))
-    return {"prompt": prompt, "layers": list(range(L)), "top_tokens": top, "target_prob": prob}
+    t = lens_table(model, prompt, sites, k=1, target=token_id)
+    return {
+        "prompt": prompt,
+        "layers": list(range(L)),
+        "top_tokens": t.top_tokens,
+        "target_prob": t.target_prob,
+    }

@@ -34,6 +34,8 @@ class LensTable:
     top_tokens: list[list[str]]
     """Per site, the lens's top tokens at the prompt's last position."""
     model_top: list[str]
+    target_prob: list[float] | None = None
+    """Per site, the lens's probability of a chosen token (when one was asked for)."""
 
 
 def residual_sites(sites: list[str]) -> list[str]:
@@ -85,17 +87,23 @@ def lens_over_store(
 
 
 @torch.inference_mode()
-def lens_table(model: Model, prompt: str, sites: list[str], k: int = 1) -> LensTable:
+def lens_table(
+    model: Model, prompt: str, sites: list[str], k: int = 1, target: int | None = None
+) -> LensTable:
+    """The lens's top-k tokens at the prompt's last position after each site, and with
+    `target` (a token id) its probability there."""
     ids = model.tokenizer(prompt, return_tensors="pt").input_ids
     run = model.run(ids, read=sites)
     assert run.logits is not None
     decode = model.tokenizer.decode
-    tops = []
+    tops, probs = [], []
     for s in sites:
         logits = lens_logits(model, run.acts[s][0, -1])
         tops.append([decode([int(i)]) for i in logits.topk(k).indices])
+        if target is not None:
+            probs.append(float(logits.float().softmax(-1)[target]))
     model_top = [decode([int(i)]) for i in run.logits[0, -1].topk(k).indices]
-    return LensTable(prompt=prompt, sites=sites, top_tokens=tops, model_top=model_top)
+    return LensTable(prompt, sites, tops, model_top, probs if target is not None else None)
 
 
 def _gather_rows(store: ActivationStore, site: str, idx: Tensor) -> Tensor:
