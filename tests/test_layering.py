@@ -11,6 +11,7 @@ STAGES = {
     "errors": 0,
     "_io": 0,
     "config": 0,
+    "config_checkup": 0,
     "distributed": 0,
     "ledger": 0,
     "model": 1,

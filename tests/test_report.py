@@ -16,7 +16,7 @@ import pytest
 
 from aimri.report.features import json_for_script
 from aimri.report.render import render_report
-from aimri.report.svg import _ticks, line_chart
+from aimri.report.svg import _ticks, bar_chart, line_chart
 
 HOSTILE = (
     "<script>alert(1)</script>",
@@ -293,6 +293,18 @@ def test_chart_text_is_escaped():
     assert (
         "<script>" not in svg and "&lt;script&gt;" in svg and "a&lt;b" in svg and "x&amp;y" in svg
     )
+
+
+def test_bar_chart_escapes_and_draws_negative_bars_below_zero():
+    svg = str(
+        bar_chart(["<b>", "c"], {"up": [2.0, -1.0], "x&y": [None, 1.0]}, title="t", ylabel="v")
+    )
+    assert "<b>" not in svg and "&lt;b&gt;" in svg and "x&amp;y" in svg
+    bars = re.findall(r'<rect x="[\d.]+" y="([\d.]+)" width="[\d.]+" height="([\d.]+)"', svg)
+    assert len(bars) == 3 + 2  # three finite values (None skipped) + two legend swatches
+    zero = float(re.findall(r'y1="([\d.]+)" y2="[\d.]+" stroke="#9ca3af"', svg)[0])
+    (y_up, _), (y_down, _) = bars[0], bars[1]
+    assert float(y_up) < zero <= float(y_down) + 1e-6  # +2 above the zero line, -1 below it
 
 
 def test_empty_chart_says_so():

@@ -1,0 +1,106 @@
+"""Configuration of the check-up's commands: probe, diff, plant, audit, monitor.
+
+Same rules as `config.py` (frozen dataclasses the CLI is generated from; nothing heavy
+imported; `__post_init__` only validates). Kept apart so each file stays readable.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aimri.config import CorpusConfig, ModelConfig
+from aimri.errors import AimriError
+
+
+def _neutral_corpus() -> CorpusConfig:
+    return CorpusConfig(max_tokens=4096, ctx_len=64, seed=1)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ProbeConfig:
+    """Probe a model for safety-relevant concepts (deception, sycophancy, power-seeking,
+    harmful requests, jailbreak framings, false facts): per-layer directions with held-out
+    AUROC and recall at 1% false positives on neutral text, checked by steering."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    concepts: tuple[Path, ...] = ()
+    """Contrast-set JSON files of your own; default: the six built-in sets."""
+    dictionary: Path | None = None
+    """An SAE (SAELens layout) at a resid_post site: rank its features by how they separate the sets."""
+    neutral: CorpusConfig = field(default_factory=_neutral_corpus)
+    """Neutral text that sets each direction's 1%-false-positive threshold."""
+    causal: bool = True
+    """Steer and ablate each flagged direction on held-out prompts, against random directions."""
+    out: Path = Path("probes")
+    """Folder for `probes.json` (results), the directions (safetensors) and `ledger.jsonl`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class DiffConfig:
+    """Compare two versions of one model (base vs fine-tune, two checkpoints): activations by
+    layer read through the logit lens and by steering with the difference, per-token KL on
+    neutral text, the base dictionary's features ranked by change. A model against itself
+    comes out empty."""
+
+    base: ModelConfig = field(default_factory=ModelConfig)
+    """The reference (earlier) model; `aimri diff A B` sets --base.spec A."""
+    other: ModelConfig = field(default_factory=ModelConfig)
+    """The changed model; `aimri diff A B` sets --other.spec B."""
+    dictionary: Path | None = None
+    """An SAE trained on the base model at a resid_post site (SAELens layout)."""
+    crosscoder: bool = False
+    """Also train a small BatchTopK crosscoder on both models at the most-changed layer."""
+    corpus: CorpusConfig = field(default_factory=_neutral_corpus)
+    """Neutral text both models read."""
+    runs_dir: Path = Path("runs")
+    name: str | None = None
+    """Run name (a folder under `runs_dir`); default: `diff-<date>-<time>`."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PlantConfig:
+    """Red team: plant a behaviour in a model with a short fine-tune of its last layers, for the
+    audit game (can the check-up find it from the two models alone?)."""
+
+    plant: str
+    """A built-in plant: see `aimri.checkup.plant.PLANTS` (e.g. trigger, product)."""
+    out: Path
+    """Folder for the modified model (save_pretrained, safetensors) and `plant.json`."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    seed: int = 0
+
+
+@dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    """Blue team: given a base and a modified model (not how it was modified), write ranked
+    hypotheses about what changed, with the features, contexts and steering evidence behind
+    each, beside a black-box baseline that only compares sampled outputs."""
+
+    base: ModelConfig = field(default_factory=ModelConfig)
+    other: ModelConfig = field(default_factory=ModelConfig)
+    dictionary: Path | None = None
+    """An SAE trained on the base model (SAELens layout), for the feature evidence."""
+    k: int = 5
+    """Hypotheses to write."""
+    out: Path = Path("audit")
+    """Folder for `audit.json` and `ledger.jsonl`."""
+
+    def __post_init__(self) -> None:
+        if self.k < 1:
+            raise AimriError(f"k={self.k}: ask for at least one hypothesis")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MonitorConfig:
+    """Generate with probe directions watched: each crossing of a direction's threshold is an
+    alert, appended to a JSONL log."""
+
+    prompts: tuple[str, ...]
+    probes: Path
+    """A folder written by `aimri probe` (its directions and 1%-false-positive thresholds)."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    log: Path = Path("alerts.jsonl")
+    max_new_tokens: int = 48
+    threshold_scale: float = 1.0
+    """Multiply every direction's threshold by this (above 1: fewer alerts)."""
