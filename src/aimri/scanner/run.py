@@ -45,10 +45,13 @@ from aimri.scanner.ground_truth import ground_truth_stage
 from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
 from aimri.scanner.stats import site_statistics
 from aimri.scanner.steering import steering_stage
+from aimri.scanner.summary import summary_from, transparency_from
 from aimri.store.collect import collect
 from aimri.store.reader import ActivationStore
 
 log = logging.getLogger(__name__)
+SCAN_SCHEMA = 2
+"""scan.json's layout: 2 added summary, config, transparency, ledger and the check-up stages."""
 LENS_PROMPTS = (
     "The capital of France is",
     "def add(a, b):\n    return a +",
@@ -89,13 +92,18 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
             results[name] = stage(cfg, model, run_dir, results)
         log.info("scan: %s done in %.1fs", name, timings[name])
 
+    findings = findings_from(results)
     scan_doc = {
+        "schema_version": SCAN_SCHEMA,
         "kind": "aimri.scanner",
         "run": run_dir.name,
         "created": run_info["started"],
         "model": run_info["model"],
-        "findings": findings_from(results),
+        "summary": summary_from(results, findings),
+        "findings": findings,
         "stages": results,
+        "config": run_info["config"],
+        "transparency": transparency_from(run_info["config"], results),
         "timings_s": timings,
         "versions": run_info["versions"],
     }

@@ -1,0 +1,220 @@
+"""The report's first screen and its last: what was checked, what was found, how sure we are,
+and the transparency record (what was tested, how, on which data, with which settings).
+
+Every line here is drawn from a stage's own numbers; a stage that did not run is not listed.
+Not here: the findings themselves (`findings.py`), the measurements (the stages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+SEVERITY_ORDER = {"warning": 0, "notice": 1, "info": 2}
+
+
+def summary_from(results: dict[str, Any], findings: list[dict[str, Any]]) -> dict[str, Any]:
+    """{checked: [...], found: [...], sure: [...]}: each a list of short, numbered statements."""
+    return {
+        "checked": [c for c in (_checked(name, r) for name, r in results.items()) if c],
+        "found": sorted(
+            ({k: f[k] for k in ("id", "title", "severity")} for f in findings),
+            key=lambda f: SEVERITY_ORDER.get(f["severity"], 3),
+        ),
+        "sure": [s for s in (_sure(name, r) for name, r in results.items()) if s],
+    }
+
+
+def _checked(name: str, r: dict[str, Any]) -> dict[str, str] | None:
+    if not r or r.get("skipped"):
+        return None
+    what = {
+        "activations": lambda: (
+            f"{r['n_tokens']:,} tokens of {r['corpus']['source']} text read "
+            f"at {len(r['sites'])} sites"
+        ),
+        "logit_lens": lambda: (
+            f"every residual layer read through the unembedding ({len(r['layers'])} layers)"
+        ),
+        "ground_truth": lambda: (
+            f"the training code on a toy model with {r['n_features']} known features"
+        ),
+        "dictionary": lambda: (
+            f"a sparse dictionary at {r['site']}, against PCA and random baselines of the same size"
+        ),
+        "features": lambda: (
+            f"{r['sampled']} of {r['n_features_total']:,} features labelled and "
+            "scored on held-out text, against neurons and random directions"
+        ),
+        "steering": lambda: f"steering with feature #{r['feature']} at several strengths",
+        "circuits": lambda: (
+            f"{len(r['graphs'])} attribution graphs through "
+            f"{r['transcoders']['n_layers']} transcoders, each checked by ablation"
+        ),
+        "concepts": lambda: (
+            f"{len(r['concepts'])} safety concepts probed at every layer, "
+            "with held-out AUROC, false positives on neutral text and a causal check"
+        ),
+        "diff": lambda: f"a diff against {r.get('base_spec', 'another version')}",
+    }.get(name)
+    return {"stage": name, "what": what()} if what else None
+
+
+def _sure(name: str, r: dict[str, Any]) -> dict[str, str] | None:
+    if not r or r.get("skipped"):
+        return None
+    fn = _SURE.get(name)
+    return {"stage": name, "statement": fn(r)} if fn else None
+
+
+def _sure_ground_truth(r: dict[str, Any]) -> str:
+    return (
+        f"The dictionary trainer recovers {100 * r['recovered_fraction']:.0f}% of a toy model's "
+        "known features, so a failure to find structure is not simply the trainer."
+    )
+
+
+def _sure_dictionary(r: dict[str, Any]) -> str:
+    m = r["eval"]["model_performance_preservation"]
+    return (
+        f"Spliced into the model in place of {r['site']}, the dictionary recovers "
+        f"{100 * m['ce_loss_score']:.0f}% of the loss that zeroing the site costs."
+    )
+
+
+def _sure_features(r: dict[str, Any]) -> str:
+    rows = r.get("summary") or []
+    kind = {b["info"]["name"]: b["info"]["kind"] for b in r["bases"]}
+    best = max(
+        (x for x in rows if kind.get(x["basis"]) in ("sae", "transcoder")),
+        key=lambda x: x["frac_above"] or 0.0,
+        default=None,
+    )
+    if best is None:
+        return "No feature labels were scored."
+    rand = next(
+        (
+            x
+            for x in rows
+            if kind.get(x["basis"]) == "random"
+            and (x["explainer"], x["scorer"]) == (best["explainer"], best["scorer"])
+        ),
+        None,
+    )
+    share = f"{100 * (best['frac_above'] or 0):.0f}%"
+    if rand is None:
+        return f"{share} of sampled features have a label that predicts them on held-out text."
+    beats = (best["ci_low"] or 0.0) > (rand["frac_above"] or 0.0)
+    return (
+        f"{share} of sampled features have a label that predicts them on held-out text "
+        f"(95% CI {100 * (best['ci_low'] or 0):.0f}–{100 * (best['ci_high'] or 0):.0f}%), against "
+        f"{100 * (rand['frac_above'] or 0):.0f}% for random directions: "
+        + (
+            "measurably above random."
+            if beats
+            else "not measurably above random, so treat feature labels as weak evidence."
+        )
+    )
+
+
+def _sure_circuits(r: dict[str, Any]) -> str:
+    rs = [g["validation"]["pearson"] for g in r["graphs"] if g.get("validation")]
+    rs = [x for x in rs if x is not None]
+    if not rs:
+        return "No graph was checked by intervention."
+    return (
+        f"Attribution graphs predict real ablations with Pearson r {min(rs):.2f}–{max(rs):.2f} "
+        f"over {len(rs)} graphs."
+    )
+
+
+_SURE = {
+    "ground_truth": _sure_ground_truth,
+    "dictionary": _sure_dictionary,
+    "features": _sure_features,
+    "circuits": _sure_circuits,
+}
+
+
+def transparency_from(config: dict[str, Any], results: dict[str, Any]) -> dict[str, Any]:
+    """One row per check that ran: what it tested, the method, the data and the settings, in
+    words a lab could publish beside the report."""
+    corpus = config.get("corpus", {})
+    text = f"{corpus.get('source', '?')} corpus, seed {corpus.get('seed', '?')}"
+    rows = []
+    for name, r in results.items():
+        if not r or r.get("skipped") or name not in _METHODS:
+            continue
+        check, method, settings = _METHODS[name](r, config)
+        rows.append(
+            {"check": check, "method": method, "data": _data(name, r, text), "settings": settings}
+        )
+    return {"tests": rows}
+
+
+def _data(name: str, r: dict[str, Any], text: str) -> str:
+    if name == "concepts":
+        sets = ", ".join(f"{c['name']} v{c.get('version', '?')}" for c in r["concepts"])
+        return f"shipped contrast sets ({sets}); neutral text: {r.get('neutral', text)}"
+    if name == "circuits":
+        return "hand-written demonstration prompts: " + "; ".join(
+            repr(g["prompt"]) for g in r["graphs"]
+        )
+    if name == "diff":
+        return (
+            f"neutral text ({r.get('settings', {}).get('n_texts', '?')} texts) read by both models"
+        )
+    return text
+
+
+_METHODS: dict[str, Any] = {
+    "activations": lambda r, c: (
+        "activations",
+        "forward passes with read-only hooks",
+        f"sites {c.get('sites')}, stored as {r['dtype']}",
+    ),
+    "ground_truth": lambda r, c: (
+        "dictionary trainer on known features",
+        "toy model of superposition, TopK SAE",
+        f"{r['n_features']} features in {r['d']} dims, k {r['k']}, {r['steps']} steps",
+    ),
+    "dictionary": lambda r, c: (
+        "sparse dictionary",
+        "TopK SAE; FVU, L0, CE loss spliced in, against PCA and random",
+        f"site {r['site']}, {c.get('dict_tokens')} tokens",
+    ),
+    "features": lambda r, c: (
+        "feature labels",
+        "token and logit explainers, scored on held-out text against "
+        "shuffled labels; neurons and random directions as baselines",
+        f"{r['sampled']} sampled features, labeler {c.get('labeler')}",
+    ),
+    "steering": lambda r, c: (
+        "steering",
+        "clamp one feature at several strengths; concept score, perplexity, KL",
+        f"feature #{r['feature']} at {r['site']}",
+    ),
+    "circuits": lambda r, c: (
+        "circuits",
+        "attribution graphs through per-layer transcoders; edges checked by "
+        "ablation in the real model",
+        f"{r['transcoders']['n_layers']} transcoders, "
+        f"d_sae {r['transcoders']['d_sae']}, k {r['transcoders']['k']}",
+    ),
+    "concepts": lambda r, c: (
+        "safety concepts",
+        "difference of means and logistic probes per layer, held-out AUROC, "
+        "recall at 1% false positives on neutral text; dictionary features; steering and "
+        "ablation against random directions",
+        _compact(r.get("settings", {})),
+    ),
+    "diff": lambda r, c: (
+        "model diff",
+        "per-layer activation differences through the logit lens and by steering; "
+        "per-token KL; the base dictionary on both models",
+        _compact(r.get("settings", {})),
+    ),
+}
+
+
+def _compact(settings: dict[str, Any]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, dict | list))
