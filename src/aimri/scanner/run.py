@@ -34,6 +34,7 @@ import torch
 from aimri import __version__
 from aimri._io import write_json_atomic
 from aimri.config import CollectConfig, ScanConfig
+from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
@@ -45,7 +46,7 @@ from aimri.scanner.ground_truth import ground_truth_stage
 from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
 from aimri.scanner.stats import site_statistics
 from aimri.scanner.steering import steering_stage
-from aimri.scanner.summary import summary_from, transparency_from
+from aimri.scanner.summary import ledger_section, summary_from, transparency_from
 from aimri.store.collect import collect
 from aimri.store.reader import ActivationStore
 
@@ -86,6 +87,12 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         model = model or load_model(cfg.model)
         weights_sha = model.weights_sha256
     run_info["model"] = {**dataclasses.asdict(model.info), "weights_sha256": weights_sha}
+    record_query(
+        run_dir,
+        "scan",
+        model_sha256=weights_sha,
+        detail={"run": run_dir.name, "stages": [name for name, _ in _stages()]},
+    )
     results: dict[str, Any] = {}
     for name, stage in _stages():
         with _timed(timings, name):
@@ -104,6 +111,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         "stages": results,
         "config": run_info["config"],
         "transparency": transparency_from(run_info["config"], results),
+        "ledger": ledger_section(run_dir, weights_sha),
         "timings_s": timings,
         "versions": run_info["versions"],
     }

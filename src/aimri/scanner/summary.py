@@ -7,7 +7,11 @@ Not here: the findings themselves (`findings.py`), the measurements (the stages)
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
+
+from aimri.ledger import consultations, read_ledger
 
 SEVERITY_ORDER = {"warning": 0, "notice": 1, "info": 2}
 
@@ -155,6 +159,8 @@ def _data(name: str, r: dict[str, Any], text: str) -> str:
     if name == "concepts":
         sets = ", ".join(f"{c['name']} v{c.get('version', '?')}" for c in r["concepts"])
         return f"shipped contrast sets ({sets}); neutral text: {r.get('neutral', text)}"
+    if name == "ground_truth":
+        return "synthetic sparse features, seeded (no text)"
     if name == "circuits":
         return "hand-written demonstration prompts: " + "; ".join(
             repr(g["prompt"]) for g in r["graphs"]
@@ -218,3 +224,19 @@ _METHODS: dict[str, Any] = {
 
 def _compact(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, dict | list))
+
+
+def ledger_section(run_dir: Path, model_sha256: str) -> dict[str, Any]:
+    """How often this model's diagnostics were consulted: every run beside this one (same
+    weights) and this run's own entries."""
+    seen = consultations(run_dir.parent, model_sha256)
+    return {
+        "total": seen.total,
+        "by_kind": seen.by_kind,
+        "runs": len(seen.runs),
+        "run_names": seen.runs,
+        "runs_root": str(run_dir.parent),
+        "first": seen.first,
+        "last": seen.last,
+        "entries": [dataclasses.asdict(e) for e in read_ledger(run_dir)],
+    }
