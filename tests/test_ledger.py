@@ -87,3 +87,25 @@ def test_an_unwritable_run_directory_is_an_error_not_a_silent_skip(tmp_path):
     blocker.write_text("")
     with pytest.raises(AimriError, match="cannot append to the ledger"):
         record_query(blocker / "run", "scan", model_sha256=SHA_A, detail={})
+
+
+def test_a_catalog_search_is_recorded_in_its_run_ledger(tmp_path):
+    from aimri.config import SearchConfig
+    from aimri.features.catalog import Catalog, RunIdentity, search
+    from aimri.features.records import BasisInfo, Label
+
+    basis = BasisInfo("sae", "blocks.1.hook_resid_post", 8, "sae (8)")
+    ident = RunIdentity(basis=basis, dictionary="/nowhere", model="tiny", model_sha256=SHA_A)
+    run = tmp_path / "runs" / "r"
+    path = run / "features" / "catalog.sqlite"
+    with Catalog.create(path, ident) as cat:
+        cat.add_labels(basis.name, [Label(3, "days of the week", "tokens")])
+    hits = search(SearchConfig(catalog=path, query="week", limit=5))
+    assert [h.feature for h in hits] == [3]
+    search(SearchConfig(catalog=path, query="deception"))
+    entries = read_ledger(run)
+    assert [(e.kind, e.model_sha256, e.detail["query"], e.detail["hits"]) for e in entries] == [
+        ("search", SHA_A, "week", 1),
+        ("search", SHA_A, "deception", 0),
+    ]
+    assert consultations(tmp_path / "runs", SHA_A).by_kind == {"search": 2}

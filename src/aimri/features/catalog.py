@@ -41,6 +41,7 @@ from aimri.features.records import (
     Score,
     TokenEffect,
 )
+from aimri.ledger import record_query
 
 if TYPE_CHECKING:
     from aimri.features.basis import FeatureBasis
@@ -539,9 +540,16 @@ def explain_text(
 
 
 def search(cfg: SearchConfig) -> list[SearchHit]:
-    """`aimri search`: the catalog's labels that match `cfg.query`, best first."""
+    """`aimri search`: the catalog's labels that match `cfg.query`, best first. The query is
+    recorded in the run's ledger (`aimri.ledger`; runs/<name>/ for runs/<name>/features/)."""
     with Catalog.open(cfg.catalog) as cat:
-        return cat.search(cfg.query, cfg.limit)
+        hits = cat.search(cfg.query, cfg.limit)
+        sha = cat.identity.model_sha256
+    folder = Path(cfg.catalog).resolve().parent
+    run = folder.parent if folder.name == "features" else folder
+    detail = {"query": cfg.query, "limit": cfg.limit, "catalog": str(cfg.catalog)}
+    record_query(run, "search", model_sha256=sha, detail={**detail, "hits": len(hits)})
+    return hits
 
 
 def explain_text_cli(cfg: ExplainTextConfig) -> TextExplanation:
