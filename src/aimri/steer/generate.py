@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import Tensor
@@ -21,6 +21,9 @@ from torch import Tensor
 from aimri.corpus.contexts import special_tokens
 from aimri.model.adapter import Model
 from aimri.steer.edits import Edit, steering
+
+if TYPE_CHECKING:
+    from transformers import StoppingCriteria
 
 
 @dataclass(frozen=True)
@@ -53,17 +56,21 @@ def generate(
     seed: int = 0,
     batch_size: int = 8,
     use_cache: bool = True,
+    stopping: Sequence[StoppingCriteria] = (),
 ) -> list[Generation]:
     """Continue each prompt with `edits` applied; greedy when `temperature` is 0.
 
     Sampling draws from a forked RNG seeded with `seed`, so the global RNG is left alone and
-    the same call gives the same text.
+    the same call gives the same text. `stopping`: transformers stopping criteria, called
+    after every step with the batch's ids so far (the monitor watches through them).
     """
     out: list[Generation] = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         ids = [prompt_ids(model, p) for p in chunk]
-        new = _generate_batch(model, ids, edits, max_new_tokens, temperature, seed, use_cache)
+        new = _generate_batch(
+            model, ids, edits, max_new_tokens, temperature, seed, use_cache, stopping
+        )
         for p, pid, nid in zip(chunk, ids, new, strict=True):
             text = model.tokenizer.decode(nid, skip_special_tokens=True)
             out.append(Generation(prompt=p, text=text, prompt_ids=pid, new_ids=nid))
@@ -78,8 +85,9 @@ def _generate_batch(
     temperature: float,
     seed: int,
     use_cache: bool,
+    stopping: Sequence[StoppingCriteria],
 ) -> list[list[int]]:
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig, StoppingCriteriaList
 
     tok = model.tokenizer
     eos = tok.eos_token_id
@@ -103,6 +111,7 @@ def _generate_batch(
             input_ids=input_ids.to(model.device),
             attention_mask=mask.to(model.device),
             generation_config=config,
+            stopping_criteria=StoppingCriteriaList(stopping),
         )
     return [_until_eos(row[T:].tolist(), eos) for row in seqs]
 
