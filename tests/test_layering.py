@@ -26,6 +26,7 @@ STAGES = {
     "scanner": 7,
     "cli": 8,
     "cli_features": 8,
+    "cli_checkup": 8,
     "__init__": 8,
 }
 

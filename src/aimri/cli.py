@@ -17,6 +17,7 @@ from typing import TypeVar
 
 import tyro
 
+from aimri.cli_checkup import CHECKUP_COMMANDS, dispatch_checkup, with_pair_positional
 from aimri.config import (
     CircuitConfig,
     CollectConfig,
@@ -51,6 +52,7 @@ COMMANDS = {
     "steer": SteerConfig,
     "circuit": CircuitConfig,
     "sites": SitesConfig,
+    **CHECKUP_COMMANDS,
 }
 # Commands with subcommands of their own: `aimri features search "…"`.
 GROUPS = {
@@ -99,7 +101,7 @@ def _parse(args: list[str]) -> object:
     commands = {**COMMANDS, **{g: _GroupHelp for g in GROUPS}}
     return tyro.extras.subcommand_cli_from_dict(
         commands,  # type: ignore[arg-type]
-        args=args,
+        args=with_pair_positional(args),
         prog="aimri",
         description="aimri: an MRI for AI models. Add --traceback to any command for full errors.",
     )
@@ -155,6 +157,8 @@ def _dispatch(cfg: object) -> None:
         from aimri.cli_features import print_circuit
 
         print_circuit(cfg)
+    elif isinstance(cfg, tuple(CHECKUP_COMMANDS.values())):
+        dispatch_checkup(cfg)
     else:  # pragma: no cover - tyro only returns the classes above
         raise AssertionError(type(cfg))
 

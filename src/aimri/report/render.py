@@ -20,6 +20,7 @@ from markupsafe import Markup
 
 from aimri._io import write_bytes_atomic
 from aimri.model.sites import parse_site
+from aimri.report.checkup import diff_view
 from aimri.report.circuits import circuits_view
 from aimri.report.features import features_view, steering_view
 from aimri.report.svg import line_chart
@@ -60,6 +61,8 @@ def render_report(scan: dict[str, Any], path: Path) -> Path:
             if (stages.get("steering") or {}).get("rows")
             else None,
             circuits=circuits_view(circuits) if circuits else None,
+            diff=stages.get("diff"),
+            diff_charts=diff_view(stages["diff"]) if stages.get("diff") else {},
         )
     )
     write_bytes_atomic(path, html.encode("utf-8"))

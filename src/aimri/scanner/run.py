@@ -78,7 +78,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         "status": "running",
         "started": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": to_jsonable(cfg),
-        "versions": _versions(),
+        "versions": run_versions(),
         "timings_s": timings,
     }
     write_json_atomic(run_dir / "run.json", run_info)
@@ -198,7 +198,7 @@ def _default_name(spec: str) -> str:
     return f"{slug or 'model'}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def _versions() -> dict[str, str]:
+def run_versions() -> dict[str, str]:
     import transformers
 
     return {

@@ -131,7 +131,23 @@ def _sure_circuits(r: dict[str, Any]) -> str:
     )
 
 
+def _sure_diff(r: dict[str, Any]) -> str:
+    tol = r["settings"]["tolerances"]
+    same = (
+        "A and B have the same weights (sha256), so an empty diff is what a correct tool must say. "
+        if r["compatibility"]["same_weights"]
+        else ""
+    )
+    return (
+        f"{same}Differences below the tolerances (KL {tol['kl']:g} nats, relative change "
+        f"{tol['rel_change']:g}) are not listed; a feature counts as changed at |z| ≥ "
+        f"{tol['feature_z']:g} against binomial noise. A model diffed with itself comes out empty "
+        "(tested)."
+    )
+
+
 _SURE = {
+    "diff": _sure_diff,
     "ground_truth": _sure_ground_truth,
     "dictionary": _sure_dictionary,
     "features": _sure_features,

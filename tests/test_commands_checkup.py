@@ -1,0 +1,64 @@
+"""The check-up's commands end to end on tiny models: a run directory with schema-versioned JSON,
+a report, and a ledger entry; `aimri diff A B` from the command line."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from aimri.cli import main
+from aimri.config import CorpusConfig, ModelConfig
+from aimri.config_checkup import DiffConfig
+from aimri.ledger import read_ledger
+from aimri.scanner.commands import diff
+
+CORPUS = CorpusConfig(max_tokens=256, ctx_len=32)
+
+
+def _changed_copy(src, dst, token: int = 7):
+    """A copy of a saved tiny model whose unembedding row for `token` is pushed outward."""
+    shutil.copytree(src, dst)
+    weights = dst / "model.safetensors"
+    tensors = load_file(str(weights))
+    name = "lm_head.weight" if "lm_head.weight" in tensors else "model.embed_tokens.weight"
+    tensors[name] = tensors[name].clone()
+    tensors[name][token] *= 4.0
+    save_file(tensors, str(weights), metadata={"format": "pt"})
+    return dst
+
+
+def test_diff_of_a_model_with_itself_writes_an_empty_run(tiny_model_dir, tmp_path):
+    spec = str(tiny_model_dir("llama"))
+    cfg = DiffConfig(
+        base=ModelConfig(spec=spec, device="cpu"),
+        other=ModelConfig(spec=spec, device="cpu"),
+        corpus=CORPUS,
+        runs_dir=tmp_path,
+        name="self",
+    )
+    r = diff(cfg)
+    doc = json.loads(r.json.read_text())
+    assert doc["schema_version"] == 2 and doc["kind"] == "aimri.diff"
+    assert doc["stages"]["diff"]["empty"] is True
+    assert [f["id"] for f in doc["findings"]] == ["diff-empty"]
+    assert [e.kind for e in read_ledger(r.run_dir)] == ["diff"]
+    html = r.report.read_text()
+    assert "No difference beyond tolerance" in html and 'id="ledger"' in html
+
+
+def test_cli_diff_finds_a_planted_output_change(tiny_model_dir, tmp_path, capsys):
+    base = tiny_model_dir("llama")
+    other = _changed_copy(base, tmp_path / "changed")
+    argv = ["diff", str(base), str(other), "--base.device", "cpu", "--other.device", "cpu"]
+    argv += ["--corpus.max-tokens", "256", "--corpus.ctx-len", "32"]
+    assert main([*argv, "--runs-dir", str(tmp_path / "runs"), "--name", "d"]) == 0
+    assert "report:" in capsys.readouterr().out
+    doc = json.loads((tmp_path / "runs" / "d" / "diff.json").read_text())
+    stage = doc["stages"]["diff"]
+    assert stage["empty"] is False
+    assert stage["kl"]["promoted"][0]["id"] == 7
+    assert "diff-outputs" in [f["id"] for f in doc["findings"]]
+    assert torch.isfinite(torch.tensor(stage["kl"]["mean"]))
