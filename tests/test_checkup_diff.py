@@ -82,7 +82,7 @@ def test_a_planted_output_bias_is_found_in_the_outputs_only(pair, other):
     assert not d.empty and not d.compatibility.same_weights
     assert all(ly.rel_change == 0 and not ly.changed for ly in d.layers)  # the stream is A's
     assert d.kl.mean > 1e-3 and d.kl.promoted[0].id == token
-    assert d.kl.promoted[0].mean_logprob_change > 0.5
+    assert d.kl.promoted[0].mean_logprob_change > 0.5 and d.kl.promoted[0].mean_prob_change > 0
     assert all(s.id != token for s in d.kl.demoted)
     assert d.kl.top_contexts and d.kl.top_contexts[0].kl == d.kl.max
     assert any(p.id == token for p in d.kl.top_contexts[0].top_b)

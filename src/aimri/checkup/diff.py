@@ -167,18 +167,19 @@ def diff_models(
         features = feats.finish(seqs, base.tokenizer, feature_labels, tol, top_k)
     cc = None
     if crosscoder:
-        layer = _crosscoder_layer(run.layers, crosscoder_layer, tol, notes)
-        if layer is not None:
-            cc = crosscoder_diff(
-                base,
-                other,
-                seqs,
-                layer,
-                settings=crosscoder_settings,
-                batch_size=batch_size,
-                top_k=top_k,
-                seed=seed,
-            )
+        cc = _crosscoder(
+            base,
+            other,
+            seqs,
+            run.layers,
+            crosscoder_layer,
+            tol,
+            notes,
+            settings=crosscoder_settings,
+            batch_size=batch_size,
+            top_k=top_k,
+            seed=seed,
+        )
         clock.lap("crosscoder")
     empty = kl.mean <= tol.kl and not any(ly.changed for ly in layers)
     empty = empty and (features is None or features.n_changed == 0)
@@ -352,10 +353,17 @@ def _layers(
     return layer_diffs(base, run.layers, recovery, tol, top_k), steered
 
 
-def _crosscoder_layer(
-    moments: LayerMoments | None, layer: int | None, tol: Tolerances, notes: list[str]
-) -> int | None:
-    """The crosscoder's layer (default: the largest change), or None (said in the notes)."""
+def _crosscoder(
+    base: Model,
+    other: Model,
+    seqs: list[list[int]],
+    moments: LayerMoments | None,
+    layer: int | None,
+    tol: Tolerances,
+    notes: list[str],
+    **kwargs: Any,
+) -> CrosscoderDiff | None:
+    """The crosscoder at `layer` (default: the largest change), or None, said in the notes."""
     if moments is None:
         notes.append("no crosscoder: the models differ in shape")
         return None
@@ -367,4 +375,4 @@ def _crosscoder_layer(
     if float(moments.rel_change[layer]) <= tol.rel_change:
         notes.append(f"no crosscoder: layer {layer} does not differ between the models")
         return None
-    return layer
+    return crosscoder_diff(base, other, seqs, layer, **kwargs)

@@ -33,8 +33,8 @@ class Tolerances:
     kl: float = 1e-6
     """Nats: the outputs changed when the mean per-token KL(B‖A) exceeds this; a context or
     input token is listed only above it."""
-    logprob: float = 1e-3
-    """Nats: an output token is promoted/demoted when its mean log-prob change exceeds this."""
+    prob: float = 1e-5
+    """An output token is promoted/demoted when its mean probability change exceeds this."""
     feature_z: float = 3.0
     """A feature changed when its paired z (mean per-token activation change over its standard
     error) exceeds this in absolute value."""
@@ -118,10 +118,11 @@ class LayerAccumulator:
         self.n = 0
 
     def update(self, acts_a: Sequence[Tensor], acts_b: Sequence[Tensor], mask: Tensor) -> None:
-        """acts_*: per layer [B, T, d]; mask [B, T]."""
+        """acts_*: per layer [B, T, d]; mask [B, T]. Layer by layer: the working set stays
+        in cache (stacking all layers first is ten times slower on a CPU)."""
         for L, (ha, hb) in enumerate(zip(acts_a, acts_b, strict=True)):
             m = mask.to(ha.device)
-            a, b = ha[m].double().cpu(), hb[m].double().cpu()  # [n, d]
+            a, b = ha[m].cpu().double(), hb[m].cpu().double()  # [n, d]
             na, nb = a.norm(dim=-1), b.norm(dim=-1)
             self.rel[L] += ((b - a).norm(dim=-1) / na.clamp_min(1e-12)).sum()
             self.cos[L] += ((a * b).sum(-1) / (na * nb).clamp_min(1e-12)).sum()
@@ -156,10 +157,13 @@ class KLContext:
 
 @dataclass(frozen=True)
 class TokenShift:
-    """An output token whose log-probability B moves on average over all positions."""
+    """An output token whose next-token probability B moves, on average over all positions."""
 
     token: str
     id: int
+    mean_prob_change: float
+    """Mean of p_B − p_A: the ranking key (the log-prob change alone ranks tokens neither model
+    ever predicts first: a tail token going from 1e-9 to 1e-8 gains 2.3 nats)."""
     mean_logprob_change: float
     mean_prob_a: float
     mean_prob_b: float
@@ -186,7 +190,7 @@ class TokenKL:
     max: float
     top_contexts: list[KLContext]
     promoted: list[TokenShift]
-    """Output tokens B raises most (mean log-prob change over all positions)."""
+    """Output tokens B raises most (mean probability change over all positions)."""
     demoted: list[TokenShift]
     triggers: list[TriggerToken]
     """Input tokens with the highest mean KL at their position (seen at least twice)."""
@@ -289,14 +293,19 @@ class KLAccumulator:
     def _shifts(
         self, n: int, text: TokenText, tol: Tolerances, top_k: int, sign: float
     ) -> list[TokenShift]:
-        change = self.dlogp / n
-        vals, ids = (sign * change).topk(min(top_k, self.vocab))
+        p_a, p_b = self.p_a / n, self.p_b / n
+        vals, ids = (sign * (p_b - p_a)).topk(min(top_k, self.vocab))
         return [
             TokenShift(
-                text([i])[0], i, float(change[i]), float(self.p_a[i] / n), float(self.p_b[i] / n)
+                token=text([i])[0],
+                id=i,
+                mean_prob_change=float(p_b[i] - p_a[i]),
+                mean_logprob_change=float(self.dlogp[i] / n),
+                mean_prob_a=float(p_a[i]),
+                mean_prob_b=float(p_b[i]),
             )
             for v, i in zip(vals.tolist(), ids.tolist(), strict=True)
-            if v > tol.logprob
+            if v > tol.prob
         ]
 
     def _triggers(
