@@ -183,3 +183,23 @@ def test_settings_and_json_round_trip(pair):
     data = json.loads(json.dumps(diff_json(d)))
     assert data["schema_version"] >= 1
     assert data["settings"] == json.loads(json.dumps(dataclasses.asdict(d.settings)))
+
+
+def test_a_transcoder_reading_before_the_change_keeps_its_codes_but_fits_worse(pair, other):
+    base, _ = pair
+    with torch.no_grad():
+        other.layout.layers[2].mlp.down_proj.weight.mul_(2.0)  # type: ignore[union-attr]
+    cfg = DictConfig(
+        architecture="topk",
+        d_in=32,
+        d_sae=64,
+        k=4,
+        transcoder=True,
+        site="blocks.2.ln2.hook_normalized",
+        site_out="blocks.2.hook_mlp_out",
+    )
+    d = diff_models(base, other, TEXTS, dictionary=build_dictionary(cfg).eval())
+    f = d.features
+    assert f is not None and f.site == "blocks.2.ln2.hook_normalized"
+    assert f.n_changed == 0  # the MLP's input is the same in both models
+    assert f.fvu_b != f.fvu_a

@@ -38,7 +38,6 @@ from aimri.checkup.crosscoder import CrosscoderDiff, CrosscoderSettings, crossco
 from aimri.checkup.diff_features import FeatureAccumulator, FeatureDiff, dictionary_sites
 from aimri.checkup.diff_layers import (
     LayerDiff,
-    TokenScore,
     layer_diffs,
     steer_choice,
     steer_recovery,
@@ -48,6 +47,7 @@ from aimri.checkup.diff_stats import (
     LayerAccumulator,
     LayerMoments,
     TokenKL,
+    TokenScore,
     Tolerances,
     text_batches,
     tokenize,

@@ -18,19 +18,20 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aimri.checkup.diff_stats import LayerMoments, Tolerances, text_batches, token_kl
+from aimri.checkup.diff_stats import (
+    LayerMoments,
+    TokenScore,
+    Tolerances,
+    text_batches,
+    token_kl,
+    token_scores,
+)
 from aimri.features.effects import logit_effects
+from aimri.features.sources import TokenText
 from aimri.model.adapter import Model
 from aimri.steer.edits import AddDirection, steering
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TokenScore:
-    token: str
-    id: int
-    score: float
 
 
 @dataclass(frozen=True)
@@ -95,15 +96,10 @@ def _lens(model: Model, delta: Tensor, k: int) -> tuple[list[TokenScore], list[T
     if float(delta.norm()) == 0:
         return [], []
     eff = logit_effects(model, delta[None], k)
-    decode = model.tokenizer.decode
-
-    def scores(ids: Tensor, vals: Tensor) -> list[TokenScore]:
-        return [
-            TokenScore(decode([int(i)]), int(i), float(v)) for i, v in zip(ids, vals, strict=True)
-        ]
-
-    return scores(eff.promoted[0], eff.promoted_values[0]), scores(
-        eff.suppressed[0], eff.suppressed_values[0]
+    text = TokenText(model.tokenizer)
+    return (
+        token_scores(text, eff.promoted[0], eff.promoted_values[0]),
+        token_scores(text, eff.suppressed[0], eff.suppressed_values[0]),
     )
 
 

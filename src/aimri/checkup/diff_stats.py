@@ -50,10 +50,12 @@ class TextBatch(NamedTuple):
 
 
 @dataclass(frozen=True)
-class TokenProb:
+class TokenScore:
+    """A token and a number about it (a probability, a logit effect)."""
+
     token: str
     id: int
-    prob: float
+    score: float
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,13 @@ def text_batches(seqs: Sequence[list[int]], batch_size: int) -> Iterator[TextBat
 def window(text: TokenText, seq: list[int], pos: int, size: int = 12) -> str:
     """The text of up to `size` tokens ending at `pos` (BOS left out)."""
     return "".join(text(seq[max(1, pos - size + 1) : pos + 1]))
+
+
+def token_scores(text: TokenText, ids: Tensor, values: Tensor) -> list[TokenScore]:
+    """ids [k], values [k] → TokenScores."""
+    return [
+        TokenScore(text([int(i)])[0], int(i), float(v)) for i, v in zip(ids, values, strict=True)
+    ]
 
 
 def token_kl(logits_b: Tensor, logits_a: Tensor) -> Tensor:
@@ -151,8 +160,9 @@ class KLContext:
     """The window of text ending at the token."""
     token: str
     kl: float
-    top_a: list[TokenProb]
-    top_b: list[TokenProb]
+    top_a: list[TokenScore]
+    """A's most likely next tokens there, with their probabilities."""
+    top_b: list[TokenScore]
 
 
 @dataclass(frozen=True)
@@ -284,8 +294,8 @@ class KLAccumulator:
                     context=window(text, seqs[t], p),
                     token=text([seqs[t][p]])[0],
                     kl=float(kl[i]),
-                    top_a=_token_probs(text, ids_a, p_a),
-                    top_b=_token_probs(text, ids_b, p_b),
+                    top_a=token_scores(text, ids_a, p_a),
+                    top_b=token_scores(text, ids_b, p_b),
                 )
             )
         return out
@@ -320,10 +330,3 @@ class KLAccumulator:
             for v, i in zip(vals.tolist(), ids.tolist(), strict=True)
             if v > tol.kl
         ]
-
-
-def _token_probs(text: TokenText, ids: Tensor, probs: Tensor) -> list[TokenProb]:
-    return [
-        TokenProb(text([int(i)])[0], int(i), round(float(p), 5))
-        for i, p in zip(ids, probs, strict=True)
-    ]
