@@ -177,9 +177,9 @@ def test_other_widths_fall_back_to_the_outputs(pair, tiny_model_dir):
 def test_settings_and_json_round_trip(pair):
     base, same = pair
     d = diff_models(base, same, [*TEXTS, ""], max_len=8, batch_size=4)
-    assert d.settings.n_texts == len(TEXTS) and d.settings.max_len == 8
+    assert d.settings.n_texts == len(TEXTS) + 1 and d.settings.max_len == 8
     assert d.kl.n_tokens == len(TEXTS) * 7  # every text is cut to BOS + 7 tokens
-    assert any("left out" in n for n in d.notes)
+    assert any("1 texts have no token" in n for n in d.notes)
     data = json.loads(json.dumps(diff_json(d)))
     assert data["schema_version"] >= 1
     assert data["settings"] == json.loads(json.dumps(dataclasses.asdict(d.settings)))

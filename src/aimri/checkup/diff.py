@@ -227,7 +227,7 @@ class _Clock:
 def _prepare(
     base: Model, other: Model, texts: Sequence[str], max_len: int, notes: list[str]
 ) -> tuple[list[list[int]], Compatibility]:
-    """(token ids of the usable texts, the compatibility record); raises for other tokenizers."""
+    """(token ids of the texts, the compatibility record); raises for other tokenizers."""
     if max_len < 2:
         raise AimriError(f"max_len={max_len} leaves no token after BOS: use at least 2")
     seqs, seqs_b = tokenize(base, texts, max_len), tokenize(other, texts, max_len)
@@ -239,11 +239,11 @@ def _prepare(
             f"{hb[:12]}…): a diff compares the two models token by token, so both need the "
             "same tokenizer; diff two versions of one model, or retokenize one of them"
         )
-    kept = [s for s in seqs if len(s) >= 2]
-    if len(kept) < len(seqs):
-        notes.append(f"{len(seqs) - len(kept)} texts without any token after BOS were left out")
-    if not kept:
+    empty = sum(len(s) < 2 for s in seqs)
+    if empty == len(seqs):
         raise AimriError("no text has a token after BOS: pass non-empty texts")
+    if empty:  # kept, so that text indices are the caller's; they add no token
+        notes.append(f"{empty} texts have no token after BOS and count for nothing")
     ia, ib = base.info, other.info
     same_shape = (ia.n_layers, ia.d_model) == (ib.n_layers, ib.d_model)
     fallback = None
@@ -271,7 +271,7 @@ def _prepare(
         same_weights=base.weights_sha256 == other.weights_sha256,
         fallback=fallback,
     )
-    return kept, compat
+    return seqs, compat
 
 
 def _tokenizer_sha256(tokenizer: Any) -> str:
