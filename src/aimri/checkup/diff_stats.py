@@ -228,8 +228,9 @@ class KLAccumulator:
         for ca, cb in zip(la.split(ROWS), lb.split(ROWS), strict=True):
             lp_a, lp_b = ca.float().log_softmax(-1), cb.float().log_softmax(-1)
             p_a, p_b = lp_a.exp(), lp_b.exp()
-            kls.append((p_b * (lp_b - lp_a)).sum(-1).clamp_min(0).cpu())
-            self.dlogp += (lp_b - lp_a).sum(0).double().cpu()
+            diff = lp_b.sub_(lp_a)  # log p_B − log p_A, in place of log p_B
+            kls.append(torch.linalg.vecdot(p_b, diff).clamp_min(0).cpu())
+            self.dlogp += diff.sum(0).double().cpu()
             self.p_a += p_a.sum(0).double().cpu()
             self.p_b += p_b.sum(0).double().cpu()
             ta, tb = p_a.topk(self.n_top, dim=-1), p_b.topk(self.n_top, dim=-1)
