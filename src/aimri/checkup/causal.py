@@ -1,0 +1,323 @@
+"""Causal check of a flagged direction or feature: does moving it move behaviour, beyond chance?
+
+The behaviour metric, on the concept's held-out behaviour items (never used for fitting), is
+the mean over prompts of [log P(positive completion | prompt) − log P(negative completion |
+prompt)], each a per-token mean log-probability of the completion (nats per token). It is
+measured unsteered, then with an edit on every position:
+- a direction: `AddDirection` at ± each strength, in units of `scale` (default the site's mean
+  activation norm on the prompts, `site_norm`), and projected out (x − (x·u)u: ablation);
+- a dictionary feature: `ClampFeature` to strength × `scale` (default its largest activation on
+  the prompts with their positive completions; a negative strength clamps to a negative value)
+  and `AblateFeature`.
+The baseline repeats the largest ± strength and the ablation with `n_random` random directions
+(Gaussian, seeded) or random other features of the same dictionary. `effect` is half the
+difference between the metric at +s and −s for the largest s, which cancels what any large
+edit does to both completions alike; `z` compares it with the random effects. A check counts
+as "beyond random" when |z| ≥ 3 and |effect| exceeds every random effect. This is evidence
+about these prompts, never a certification of the model.
+
+Not here: finding the direction (`probes.py`), the edits themselves (`aimri.steer.edits`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor
+
+from aimri.checkup.concepts import BehaviourItem, ConceptSet, require_behaviour
+from aimri.dicts.dictionary import Dictionary
+from aimri.errors import AimriError
+from aimri.model.adapter import Model, PatchFn
+from aimri.steer.directions import site_norm, token_activations
+from aimri.steer.edits import AblateFeature, AddDirection, ClampFeature, feature_activation
+from aimri.steer.generate import prompt_ids, right_pad
+
+DEFAULT_STRENGTHS = (-0.5, -0.25, 0.25, 0.5)
+"""Direction strengths in units of the site's mean norm (SmolLM2's resid_post norms are
+inflated by a few very large dimensions, so half a norm already moves the text a lot)."""
+N_RANDOM = 4
+Z_BEYOND = 3.0
+ROWS_PER_RUN = 16
+"""Sequences per forward pass (the logits of a batch are [rows, T, vocab])."""
+Patches = dict[str, PatchFn]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CausalSettings:
+    """How `probe_concepts` runs its causal checks (each setting multiplies the cost: one
+    forward pass over the behaviour items per strength and per random draw)."""
+
+    strengths: tuple[float, ...] = (-0.5, 0.5)
+    """Direction strengths, in units of the site's mean norm on neutral text."""
+    feature_strengths: tuple[float, ...] = (-2.0, 2.0)
+    """Feature clamp values, in units of the feature's peak activation on positive texts."""
+    n_random: int = 3
+    """Random directions (or features) in the baseline."""
+
+
+@dataclass(frozen=True)
+class CausalPoint:
+    strength: float
+    metric: float
+
+
+@dataclass(frozen=True)
+class CausalCheck:
+    """What steering and ablating one direction or feature did to the behaviour metric."""
+
+    concept: str
+    target: Literal["direction", "feature"]
+    site: str
+    feature: int | None
+    scale: float
+    """Length of one unit of strength (activation units, or the feature's activation)."""
+    n_prompts: int
+    unsteered: float
+    """Behaviour metric without edits: mean log P(positive) − log P(negative), nats per token."""
+    points: list[CausalPoint]
+    """The metric at each strength, in the order given."""
+    ablated: float
+    """The metric with the direction projected out (or the feature ablated)."""
+    effect: float
+    """(metric at +s − metric at −s) / 2 for the largest strength s."""
+    random_effects: list[float]
+    """The same for each random direction (or feature)."""
+    random_effect_mean: float
+    random_effect_sd: float
+    random_ablation_shifts: list[float]
+    """metric − unsteered when a random direction is projected out (or a random feature ablated)."""
+    z: float
+    """(effect − random mean) / random sd."""
+    beyond_random: bool
+    verdict: str
+    finding: str
+
+
+def causal_check(
+    model: Model,
+    concept: ConceptSet,
+    *,
+    site: str,
+    direction: Tensor | None = None,
+    dictionary: Dictionary | None = None,
+    feature: int | None = None,
+    strengths: Sequence[float] = DEFAULT_STRENGTHS,
+    scale: float | None = None,
+    n_random: int = N_RANDOM,
+    seed: int = 0,
+) -> CausalCheck:
+    """Steer and ablate `direction` at `site`, or `feature` of `dictionary` (whose input site is
+    `site`), on the concept's behaviour items, against `n_random` random baselines."""
+    require_behaviour(concept)
+    if n_random < 2:
+        raise AimriError(f"n_random={n_random}: the random baseline needs at least 2 draws")
+    batch = behaviour_batch(model, concept.behaviour)
+    s_max = max((abs(float(s)) for s in strengths), default=0.0)
+    if s_max == 0:
+        raise AimriError("strengths are all 0: give non-zero strengths, e.g. (-1, 1)")
+    if direction is not None and dictionary is None and feature is None:
+        target: Literal["direction", "feature"] = "direction"
+        if scale is None:
+            scale = site_norm(model, site, [b.prompt for b in concept.behaviour])
+        edits = _direction_edits(model, site, direction, scale)
+        gen = torch.Generator().manual_seed(seed)
+        draws = torch.randn(n_random, direction.shape[-1], generator=gen)
+        others = [_direction_edits(model, site, r, scale) for r in draws]
+    elif direction is None and dictionary is not None and feature is not None:
+        target = "feature"
+        if site != dictionary.cfg.site:
+            raise AimriError(
+                f"site '{site}' is not where the dictionary reads ('{dictionary.cfg.site}'): "
+                "pass the dictionary's own site"
+            )
+        if scale is None:
+            scale = _feature_scale(model, dictionary, feature, concept)
+        edits = _feature_edits(model, dictionary, feature, scale)
+        pool = [f for f in range(dictionary.cfg.d_sae) if f != feature]
+        picks = random.Random(seed).sample(pool, min(n_random, len(pool)))
+        others = [_feature_edits(model, dictionary, f, scale) for f in picks]
+    else:
+        raise AimriError(
+            "causal_check needs either a direction, or a dictionary and a feature index: "
+            "pass exactly one of the two"
+        )
+    head = (site, target, feature, float(scale))
+    return _measure(model, concept, batch, head, strengths, s_max, edits, others)
+
+
+class _Edits(NamedTuple):
+    steer: Callable[[float], Patches]
+    """strength → patches."""
+    ablate: Callable[[], Patches]
+
+
+class BehaviourBatch(NamedTuple):
+    ids: Tensor
+    """[2n, T] right-padded: row 2i = prompt i + its positive completion, 2i + 1 + negative."""
+    spans: list[tuple[int, int]]
+    """Per row, the completion's token positions [start, end)."""
+
+
+def behaviour_batch(model: Model, items: Sequence[BehaviourItem]) -> BehaviourBatch:
+    """Tokenize prompt (with BOS) and completion apart, so the completion's tokens are its own."""
+    seqs, spans = [], []
+    bos = prompt_ids(model, "")  # the BOS prefix, looked up once
+    tok = model.tokenizer
+    for item in items:
+        prompt = bos + tok(item.prompt, add_special_tokens=False)["input_ids"]
+        for completion in (item.positive, item.negative):
+            tail = tok(completion, add_special_tokens=False)["input_ids"]
+            if not tail:
+                raise AimriError(f"behaviour item {item.prompt[:40]!r}: a completion is empty")
+            seqs.append(prompt + tail)
+            spans.append((len(prompt), len(prompt) + len(tail)))
+    return BehaviourBatch(right_pad(seqs).ids, spans)
+
+
+@torch.no_grad()
+def behaviour_metric(model: Model, batch: BehaviourBatch, patches: Patches) -> float:
+    """Mean over items of (mean log-prob per token of the positive completion − the same for
+    the negative one), with `patches` applied to every forward pass."""
+    logps: list[float] = []
+    for i in range(0, len(batch.ids), ROWS_PER_RUN):
+        ids = batch.ids[i : i + ROWS_PER_RUN]
+        logits = model.run(ids, patch=patches).logits
+        assert logits is not None
+        for j, (start, end) in enumerate(batch.spans[i : i + ROWS_PER_RUN]):
+            lp = logits[j, start - 1 : end - 1].float().log_softmax(-1)  # [n_tok, vocab]
+            target = ids[j, start:end].to(lp.device)
+            logps.append(float(lp.gather(-1, target[:, None]).mean()))
+    diffs = [logps[k] - logps[k + 1] for k in range(0, len(logps), 2)]
+    return sum(diffs) / len(diffs)
+
+
+def _direction_edits(model: Model, site: str, direction: Tensor, scale: float) -> _Edits:
+    unit = direction.float() / direction.float().norm().clamp_min(1e-12)
+
+    def steer(strength: float) -> Patches:
+        return AddDirection(site, unit, strength, scale=scale).patches(model)
+
+    def ablate() -> Patches:
+        u = unit.to(model.device, next(model.hf.parameters()).dtype)
+        return {site: lambda t: t - (t @ u)[..., None] * u}
+
+    return _Edits(steer, ablate)
+
+
+def _feature_edits(model: Model, dictionary: Dictionary, feature: int, scale: float) -> _Edits:
+    def steer(strength: float) -> Patches:
+        return ClampFeature(dictionary, feature, strength * scale).patches(model)
+
+    def ablate() -> Patches:
+        return AblateFeature(dictionary, feature).patches(model)
+
+    return _Edits(steer, ablate)
+
+
+def _feature_scale(
+    model: Model, dictionary: Dictionary, feature: int, concept: ConceptSet
+) -> float:
+    """The feature's largest activation on the behaviour prompts with positive completions."""
+    texts = [b.prompt + b.positive for b in concept.behaviour]
+    x = torch.cat(token_activations(model, dictionary.cfg.site, texts))
+    peak = float(feature_activation(dictionary, x, feature).max())
+    if peak <= 0:
+        raise AimriError(
+            f"feature {feature} never fires on concept '{concept.name}''s behaviour prompts, so "
+            "there is no natural unit for clamping it: pass scale (e.g. its maximum activation)"
+        )
+    return peak
+
+
+def _measure(
+    model: Model,
+    concept: ConceptSet,
+    batch: BehaviourBatch,
+    head: tuple[str, Literal["direction", "feature"], int | None, float],
+    strengths: Sequence[float],
+    s_max: float,
+    edits: _Edits,
+    others: list[_Edits],
+) -> CausalCheck:
+    site, target, feature, scale = head
+
+    def metric(patches: Patches) -> float:
+        return behaviour_metric(model, batch, patches)
+
+    def effect(e: _Edits) -> float:
+        return (metric(e.steer(s_max)) - metric(e.steer(-s_max))) / 2
+
+    base = metric({})
+    points = [CausalPoint(float(s), metric(edits.steer(float(s)))) for s in strengths]
+    at = {p.strength: p.metric for p in points}
+    both = s_max in at and -s_max in at
+    own = (at[s_max] - at[-s_max]) / 2 if both else effect(edits)
+    ablated = metric(edits.ablate())
+    rand = [effect(o) for o in others]
+    shifts = [metric(o.ablate()) - base for o in others]
+    mean, sd = statistics.mean(rand), statistics.stdev(rand)
+    z = (own - mean) / max(sd, 1e-9)
+    beyond = abs(z) >= Z_BEYOND and abs(own) > max(abs(e) for e in rand)
+    verdict = _verdict(concept, target, beyond, own)
+    check = CausalCheck(
+        concept=concept.name,
+        target=target,
+        site=site,
+        feature=feature,
+        scale=scale,
+        n_prompts=len(concept.behaviour),
+        unsteered=base,
+        points=points,
+        ablated=ablated,
+        effect=own,
+        random_effects=rand,
+        random_effect_mean=mean,
+        random_effect_sd=sd,
+        random_ablation_shifts=shifts,
+        z=z if math.isfinite(z) else math.copysign(1e9, z),
+        beyond_random=beyond,
+        verdict=verdict,
+        finding="",
+    )
+    return _with_finding(check, concept, s_max)
+
+
+def _verdict(
+    concept: ConceptSet, target: Literal["direction", "feature"], beyond: bool, effect: float
+) -> str:
+    others = "random directions" if target == "direction" else "random features"
+    if not beyond:
+        return f"no effect beyond {others}"
+    if effect > 0:
+        return f"moves behaviour toward '{concept.positive_label}' beyond {others}"
+    return f"moves behaviour toward '{concept.negative_label}' (against its sign) beyond {others}"
+
+
+def _with_finding(c: CausalCheck, concept: ConceptSet, s_max: float) -> CausalCheck:
+    what = (
+        f"the {concept.name} direction at {c.site}"
+        if c.target == "direction"
+        else f"feature {c.feature} at {c.site}"
+    )
+    how = "steering along" if c.target == "direction" else "clamping"
+    unit = "the site's mean norm" if c.target == "direction" else "its peak activation"
+    removal = "projecting it out" if c.target == "direction" else "ablating it"
+    rand_shift = statistics.mean(c.random_ablation_shifts)
+    finding = (
+        f"On {c.n_prompts} held-out prompts, {how} {what} at ±{s_max:g} × {c.scale:.3g} "
+        f"({unit}) shifts log P({concept.positive_label}) − log P({concept.negative_label}) by "
+        f"{c.effect:+.3f} nats per token (half the difference between + and −; "
+        f"{len(c.random_effects)} random baselines: {c.random_effect_mean:+.3f} ± "
+        f"{c.random_effect_sd:.3f}, z = {c.z:.1f}); {removal} shifts it by "
+        f"{c.ablated - c.unsteered:+.3f} (random: {rand_shift:+.3f}). Verdict: {c.verdict}. "
+        "Evidence about these prompts, not a certification of the model."
+    )
+    return dataclasses.replace(c, finding=finding)
