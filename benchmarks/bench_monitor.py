@@ -9,7 +9,9 @@ SmolLM2-135M-Instruct, greedy, `--prompts` prompts × `--tokens` new tokens in o
 Each watch's threshold is its 99th-percentile score over the prompts' own tokens (one plain
 forward pass), so alerts fire (the alert path is timed) but rarely. Repeats run interleaved
 (plain, probes, probes+sae, plain, ...) so a shared machine's drift hits all settings alike;
-medians are reported. The monitored texts are checked against the plain ones.
+medians are reported, with the ratio to plain as the median of each repeat's ratio. Tokens per
+CPU-second (process time; one thread) are reported beside tokens per second: on a shared CPU
+they are far less disturbed by other jobs. The monitored texts are checked against plain ones.
 Run: `python benchmarks/bench_monitor.py [--prompts 8] [--tokens 64] [--repeats 3]
 [--layer 15] [--device cpu] [--threads 1] [--out results.json]`. One thread by default: on a
 shared 2-core machine two threads oversubscribe the cores and decoding slows about tenfold.
@@ -107,49 +109,55 @@ def main() -> None:
     names = ["plain", *settings]
     for name in names:  # warm-up: allocator, kernels, the tokenizer's caches
         run(name)
-    rates: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
     texts: dict[str, list[str]] = {}
     alerts: dict[str, int] = {}
     new_tokens = 0
     for _ in range(args.repeats):
         for name in names:
             _sync(model)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             gens, alerts[name] = run(name)
             _sync(model)
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.process_time() - c0
             new_tokens = sum(len(g.new_ids) for g in gens)
-            rates[name].append(new_tokens / dt)
+            wall[name].append(new_tokens / dt)
+            cpu[name].append(new_tokens / dc)
             texts[name] = [g.text for g in gens]
-    report(args, model, prompts, new_tokens, rates, texts, alerts, load_before)
+    info = {"model": model.info.spec, "device": args.device, "prompts": len(prompts),
+            "max_new_tokens": args.tokens, "new_tokens": new_tokens, "repeats": args.repeats,
+            "layer": args.layer, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "machine": platform.platform(), "cpus": os.cpu_count(),
+            "load_before": load_before[0]}  # fmt: skip
+    report(args, info, wall, cpu, texts, alerts)
 
 
-def report(args, model, prompts, new_tokens, rates, texts, alerts, load_before) -> None:
-    plain = statistics.median(rates["plain"])
+def report(args, info, wall, cpu, texts, alerts) -> None:
+    """Medians; ratio = the median of the per-repeat ratios to the plain run just before."""
     match = {n: texts[n] == texts["plain"] for n in texts}
-    print(f"SmolLM2-135M, {len(prompts)} prompts x {args.tokens} new tokens, greedy, one batch, "
-          f"{args.device}, {torch.get_num_threads()} threads, median of {args.repeats}; "
-          f"{new_tokens} new tokens per run")  # fmt: skip
-    print(f"{'setting':<12} {'tokens/s':>9} {'ratio':>6} {'alerts':>6}  texts  runs")
+    print(f"SmolLM2-135M, {info['prompts']} prompts x {args.tokens} new tokens, greedy, one "
+          f"batch, {args.device}, {info['threads']} threads, median of {args.repeats}; "
+          f"{info['new_tokens']} new tokens per run")  # fmt: skip
+    print(f"{'setting':<12} {'tok/s':>7} {'ratio':>6} {'tok/cpu-s':>10} {'ratio':>6} "
+          f"{'alerts':>6}  texts  wall tok/s per run")  # fmt: skip
     rows = {}
-    for name, rs in rates.items():
-        med = statistics.median(rs)
-        rows[name] = {"tokens_per_s": med, "runs": rs, "ratio_to_plain": med / plain,
-                      "alerts": alerts.get(name, 0), "texts_match_plain": match[name]}  # fmt: skip
-        runs = " ".join(f"{r:.0f}" for r in rs)
+    for name in wall:
+        r_wall = statistics.median(a / b for a, b in zip(wall[name], wall["plain"], strict=True))
+        r_cpu = statistics.median(a / b for a, b in zip(cpu[name], cpu["plain"], strict=True))
+        w, c = statistics.median(wall[name]), statistics.median(cpu[name])
+        rows[name] = {"tokens_per_s": w, "ratio_to_plain": r_wall, "runs": wall[name],
+                      "tokens_per_cpu_s": c, "cpu_ratio_to_plain": r_cpu, "cpu_runs": cpu[name],
+                      "alerts": alerts[name], "texts_match_plain": match[name]}  # fmt: skip
+        runs = " ".join(f"{r:.0f}" for r in wall[name])
         same = "same" if match[name] else "DIFFER"
-        print(f"{name:<12} {med:>9.1f} {med / plain:>6.3f} {alerts[name]:>6}  {same:<5}  {runs}")
-    load_after = os.getloadavg()
-    print(f"load average before {load_before[0]:.2f}, after {load_after[0]:.2f} "
+        print(f"{name:<12} {w:>7.1f} {r_wall:>6.3f} {c:>10.1f} {r_cpu:>6.3f} "
+              f"{alerts[name]:>6}  {same:<5}  {runs}")  # fmt: skip
+    info["load_after"] = os.getloadavg()[0]
+    print(f"load average before {info['load_before']:.2f}, after {info['load_after']:.2f} "
           f"({os.cpu_count()} CPUs)")  # fmt: skip
     if args.out:
-        write_json_atomic(args.out, {
-            "model": model.info.spec, "device": args.device, "prompts": len(prompts),
-            "max_new_tokens": args.tokens, "new_tokens": new_tokens, "repeats": args.repeats, "layer": args.layer,
-            "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "machine": platform.platform(), "cpus": os.cpu_count(),
-            "load_before": load_before[0], "load_after": load_after[0], "settings": rows,
-        })  # fmt: skip
+        write_json_atomic(args.out, {**info, "settings": rows})
     if not all(match.values()):
         raise SystemExit("monitoring changed the generated text")
 

@@ -64,8 +64,10 @@ def test_every_read_position_is_scored_as_a_plain_forward_scores_it_and_padding_
         Watch.of_direction("d", SITE, direction, -1e9),  # below every score: all positions
         Watch.of_feature("f", d, 5, -1e9),
     ]
-    mon = monitored_generate(model, PROMPTS, watches, max_new_tokens=N_NEW, check=check)
-    assert len({len(g.prompt_ids) for g in mon.generations}) == 3  # left padding in the batch
+    mon = monitored_generate(
+        model, PROMPTS, watches, max_new_tokens=N_NEW, check=check, batch_size=2
+    )
+    assert len({len(g.prompt_ids) for g in mon.generations}) == 3  # left padding in a batch
     eos = model.tokenizer.eos_token_id  # one row ends early; the batch goes on after it
     assert any(g.new_ids[-1] == eos and len(g.new_ids) < N_NEW for g in mon.generations)
     for i, g in enumerate(mon.generations):

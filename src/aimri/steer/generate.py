@@ -11,7 +11,7 @@ Not here: what the edits are (`edits.py`), scoring the text (`sweep.py`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -56,21 +56,21 @@ def generate(
     seed: int = 0,
     batch_size: int = 8,
     use_cache: bool = True,
-    stopping: Sequence[StoppingCriteria] = (),
+    stopping: Callable[[list[list[int]]], Sequence[StoppingCriteria]] | None = None,
 ) -> list[Generation]:
     """Continue each prompt with `edits` applied; greedy when `temperature` is 0.
 
     Sampling draws from a forked RNG seeded with `seed`, so the global RNG is left alone and
-    the same call gives the same text. `stopping`: transformers stopping criteria, called
-    after every step with the batch's ids so far (the monitor watches through them).
+    the same call gives the same text. `stopping`, if given, is called with each batch's prompt
+    ids (BOS included, unpadded) and returns transformers stopping criteria for that batch,
+    called after every step with the ids so far (the monitor watches through them).
     """
     out: list[Generation] = []
     for i in range(0, len(prompts), batch_size):
         chunk = list(prompts[i : i + batch_size])
         ids = [prompt_ids(model, p) for p in chunk]
-        new = _generate_batch(
-            model, ids, edits, max_new_tokens, temperature, seed, use_cache, stopping
-        )
+        stop = stopping(ids) if stopping is not None else ()
+        new = _generate_batch(model, ids, edits, max_new_tokens, temperature, seed, use_cache, stop)
         for p, pid, nid in zip(chunk, ids, new, strict=True):
             text = model.tokenizer.decode(nid, skip_special_tokens=True)
             out.append(Generation(prompt=p, text=text, prompt_ids=pid, new_ids=nid))

@@ -44,7 +44,7 @@ from aimri.features.sources import TokenText
 from aimri.ledger import record_query
 from aimri.model.adapter import Model, PatchFn
 from aimri.steer.edits import Edit, _check_site
-from aimri.steer.generate import Generation, generate, prompt_ids
+from aimri.steer.generate import Generation, generate
 
 Check = Literal["generated", "all"]
 
@@ -189,21 +189,14 @@ def monitored_generate(
         record_query(run_dir, "monitor", model_sha256=model.weights_sha256,
                      detail={"watches": [_describe(w) for w in watches], "prompts": len(prompts),
                              "check": check, "stop_on_alert": stop_on_alert})  # fmt: skip
-    gens: list[Generation] = []
-    stopped: list[int] = []
     with _open_log(log_path) as log:
         mon.log = log
-        for first in range(0, len(prompts), batch_size):
-            chunk = list(prompts[first : first + batch_size])
-            batch = _Batch(mon, first, [len(prompt_ids(model, p)) for p in chunk])
-            out = generate(model, chunk, [*edits, mon.recorder], max_new_tokens=max_new_tokens,
-                           temperature=temperature, seed=seed, batch_size=len(chunk),
-                           use_cache=use_cache, stopping=[batch])  # fmt: skip
-            for row, g in enumerate(out):
-                if row in batch.kept:
-                    stopped.append(first + row)
-                    g = _cut(model, g, batch.kept[row])
-                gens.append(g)
+        gens = generate(model, prompts, [*edits, mon.recorder], max_new_tokens=max_new_tokens,
+                        temperature=temperature, seed=seed, batch_size=batch_size,
+                        use_cache=use_cache, stopping=mon.new_batch)  # fmt: skip
+    stopped = sorted(mon.kept)
+    for i in stopped:
+        gens[i] = _cut(model, gens[i], mon.kept[i])
     tokens = sum(len(g.new_ids) for g in gens)
     return MonitoredGeneration(gens, mon.alerts, tokens, time.perf_counter() - start, stopped)
 
@@ -291,6 +284,14 @@ class _Monitor:
         self.text = TokenText(model.tokenizer)
         self.alerts: list[Alert] = []
         self.log: IO[str] | None = None
+        self.seen = 0  # prompts in the batches so far
+        self.kept: dict[int, int] = {}  # prompt → new tokens kept, for rows an alert stopped
+
+    def new_batch(self, ids: list[list[int]]) -> list[StoppingCriteria]:
+        """`generate`'s hook: the watcher of the next batch, given its prompts' ids."""
+        batch = _Batch(self, self.seen, [len(i) for i in ids])
+        self.seen += len(ids)
+        return [batch]
 
     def raise_alerts(self, rows: list[tuple[int, int, int, int, int, float]]) -> None:
         """rows: (prompt, position, step or -1, token id, watch index, value), sorted."""
@@ -316,7 +317,6 @@ class _Batch(StoppingCriteria):
         self.pad = torch.tensor([self.T - n for n in lengths])  # [B] left padding per row
         self.end = torch.full((len(lengths),), 1 << 62)  # [B] last position scored per row
         self.scored = 0  # positions before this were checked already
-        self.kept: dict[int, int] = {}  # row → new tokens kept, for rows an alert stopped
 
     def __call__(self, input_ids: Tensor, scores: Any, **kwargs: Any) -> Tensor:
         mon, L = self.mon, input_ids.shape[1]
@@ -346,7 +346,7 @@ class _Batch(StoppingCriteria):
         ending = input_ids[:, -1].cpu() == eos if eos is not None else torch.zeros_like(live)
         stop = alerted & live if self.mon.stop else torch.zeros_like(live)
         for r in stop.nonzero().flatten().tolist():
-            self.kept[r] = L - 1 - self.T
+            self.mon.kept[self.first + r] = L - 1 - self.T
         self.end = torch.where(live & (ending | stop), L - 2, self.end)
         return stop.to(input_ids.device)
 
