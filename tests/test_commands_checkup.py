@@ -62,3 +62,27 @@ def test_cli_diff_finds_a_planted_output_change(tiny_model_dir, tmp_path, capsys
     assert stage["kl"]["promoted"][0]["id"] == 7
     assert "diff-outputs" in [f["id"] for f in doc["findings"]]
     assert torch.isfinite(torch.tensor(stage["kl"]["mean"]))
+
+
+def test_probe_then_monitor_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
+    spec = str(tiny_model_dir("llama"))
+    out = tmp_path / "probes"
+    argv = ["probe", "--model.spec", spec, "--model.device", "cpu", "--out", str(out)]
+    argv += ["--no-causal", "--neutral.max-tokens", "512", "--neutral.ctx-len", "32"]
+    assert main(argv) == 0
+    doc = json.loads((out / "probes.json").read_text())
+    assert doc["schema_version"] == 2 and doc["kind"] == "aimri.probe"
+    names = [c["concept"] for c in doc["stages"]["concepts"]["concepts"]]
+    assert len(names) == 6 and [f["id"] for f in doc["findings"]] == [f"concept-{n}" for n in names]
+    assert [e.kind for e in read_ledger(out)] == ["probe"]
+    assert 'id="concepts"' in (out / "report.html").read_text()
+    capsys.readouterr()
+
+    log = tmp_path / "alerts.jsonl"
+    argv = ["monitor", "--model.spec", spec, "--model.device", "cpu", "--probes", str(out)]
+    argv += ["--prompts", "User: hello\nAssistant:", "--log", str(log), "--max-new-tokens", "4"]
+    assert main([*argv, "--threshold-scale", "0"]) == 0  # every score ≥ 0 alerts
+    printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("alert ")]
+    logged = [json.loads(ln) for ln in log.read_text().splitlines()]
+    assert printed and len(printed) == len(logged)
+    assert {a["watch"] for a in logged} <= set(names)

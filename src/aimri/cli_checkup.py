@@ -1,11 +1,17 @@
-"""The check-up's subcommands (probe, diff, plant, audit, monitor): thin shells over the API
-that print what was written and what was found. Not here: any measurement."""
+"""The check-up's subcommands (probe, diff, plant, monitor): thin shells over the API that
+print what was written and what was found. Not here: any measurement."""
 
 from __future__ import annotations
 
-from aimri.config_checkup import DiffConfig
+from aimri.config_checkup import DiffConfig, MonitorConfig, PlantConfig, ProbeConfig
+from aimri.errors import AimriError
 
-CHECKUP_COMMANDS: dict[str, type] = {"diff": DiffConfig}
+CHECKUP_COMMANDS: dict[str, type] = {
+    "probe": ProbeConfig,
+    "diff": DiffConfig,
+    "plant": PlantConfig,
+    "monitor": MonitorConfig,
+}
 # `aimri diff A B` fills these fields from its first two bare arguments.
 PAIR_POSITIONAL = {"diff": ("--base.spec", "--other.spec")}
 
@@ -21,12 +27,60 @@ def with_pair_positional(args: list[str]) -> list[str]:
 
 
 def dispatch_checkup(cfg: object) -> None:
-    if isinstance(cfg, DiffConfig):
-        from aimri.scanner.commands import diff
+    if isinstance(cfg, DiffConfig | ProbeConfig):
+        from aimri.scanner.commands import diff, probe
 
-        r = diff(cfg)
-        print(f"diff complete in {r.seconds:.0f}s: {r.headline}")
+        r = diff(cfg) if isinstance(cfg, DiffConfig) else probe(cfg)
+        print(f"done in {r.seconds:.0f}s: {r.headline}")
         print(f"results: {r.json}")
         print(f"report: {r.report.resolve()}")
+    elif isinstance(cfg, PlantConfig):
+        _plant(cfg)
+    elif isinstance(cfg, MonitorConfig):
+        _monitor(cfg)
     else:  # pragma: no cover - cli.py only passes the classes in CHECKUP_COMMANDS
         raise AssertionError(type(cfg))
+
+
+def _plant(cfg: PlantConfig) -> None:
+    from aimri.checkup.plant import plant
+    from aimri.checkup.plant_specs import PLANTS
+    from aimri.model.load import load_model
+
+    if cfg.plant not in PLANTS:
+        raise AimriError(
+            f"plant '{cfg.plant}' is unknown: the built-in plants are {', '.join(PLANTS)}"
+        )
+    r = plant(load_model(cfg.model), PLANTS[cfg.plant], cfg.out, seed=cfg.seed)
+    c = r.check
+    print(f"planted '{r.plant}' in {r.total_seconds:.0f}s ({r.trainable_params:,} weights trained)")
+    print(f"loss {r.losses[0]:.3f} → {r.losses[-1]:.3f} nats per completion token")
+    print(
+        f"behaviour on {c.n_prompts} held-out prompts: base {c.planted_prompts_base:.0%} → planted "
+        f"{c.planted_prompts_planted:.0%}; on control prompts {c.control_prompts_base:.0%} → "
+        f"{c.control_prompts_planted:.0%}; KL on neutral text {c.kl_neutral:.3g} nats/token; "
+        + ("it took" if c.took else "it did NOT take")
+    )
+    print(f"model: {r.path}")
+
+
+def _monitor(cfg: MonitorConfig) -> None:
+    from aimri.checkup.probes import load_probe_directions
+    from aimri.model.load import load_model
+    from aimri.steer.monitor import Watch, monitored_generate
+
+    model = load_model(cfg.model)
+    watches = [
+        Watch.of_direction(name, p.site, p.direction, p.threshold * cfg.threshold_scale)
+        for name, p in load_probe_directions(cfg.probes).items()
+    ]
+    r = monitored_generate(
+        model, list(cfg.prompts), watches, log_path=cfg.log, max_new_tokens=cfg.max_new_tokens
+    )
+    for i, g in enumerate(r.generations):
+        print(f"[{i}] {g.prompt!r} → {g.text!r}")
+    for a in r.alerts:
+        print(
+            f"alert [{a.prompt}] {a.watch} at {a.token!r} (step {a.step}): {a.value:.3g} ≥ {a.threshold:.3g}"
+        )
+    print(f"{len(r.alerts)} alert(s), {r.tokens} tokens in {r.seconds:.1f}s; log: {cfg.log}")

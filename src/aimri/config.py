@@ -133,6 +133,13 @@ class ScanConfig:
     width 4 × d_model, k = 16: `aimri.dicts.transcoder_set.set_recipe`)."""
     circuit_prompts: tuple[str, ...] = ()
     """More prompts to trace, beside the built-in demonstrations."""
+    concepts: bool = True
+    """Probe safety concepts (deception, sycophancy, power-seeking, harmful requests, jailbreak
+    framings, false facts) at every layer, with a causal check (`aimri probe` alone)."""
+    concept_files: tuple[Path, ...] = ()
+    """Contrast-set JSON files of your own, probed beside the built-in ones."""
+    compare: str | None = None
+    """An earlier version of the model (a spec as for --model.spec): add a diff against it."""
 
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "relu"]

@@ -10,7 +10,7 @@ from typing import Any
 
 from markupsafe import Markup
 
-from aimri.report.svg import line_chart
+from aimri.report.svg import bar_chart, line_chart
 
 
 def diff_view(stage: dict[str, Any]) -> dict[str, Markup]:
@@ -42,3 +42,82 @@ def diff_view(stage: dict[str, Any]) -> dict[str, Markup]:
             y_range=(0.0, 1.0),
         )
     return charts
+
+
+def concepts_view(stage: dict[str, Any]) -> dict[str, Any]:
+    """Per concept, its detector, best feature and causal checks side by side with their
+    baselines, and charts: held-out AUROC by layer; detector vs baselines; steering effect vs
+    random directions."""
+    concepts = stage["concepts"]
+    rows = [_concept_row(c) for c in concepts]
+    names = [c["concept"] for c in concepts]
+    layers = [r["layer"] for r in concepts[0]["layers"]] if concepts else []
+    charts = {
+        "auroc": line_chart(
+            layers,
+            {c["concept"]: [r["probe_auroc"] for r in c["layers"]] for c in concepts}
+            | {
+                "random directions, 95th pct (max over concepts)": [
+                    max(c["layers"][i]["random_auroc_p95"] for c in concepts)
+                    for i in range(len(layers))
+                ]
+            },
+            title="Held-out AUROC of the logistic probe, by layer",
+            xlabel="layer",
+            ylabel="AUROC",
+            y_range=(0.5, 1.0),
+        ),
+        "baselines": bar_chart(
+            names,
+            {
+                "detector (best layer)": [r["auroc"] for r in rows],
+                "best single neuron": [r["neuron_auroc"] for r in rows],
+                "top dictionary feature": [r["feature_auroc"] for r in rows],
+                "random directions, 95th pct": [r["random_p95"] for r in rows],
+            },
+            title="Held-out AUROC against baselines, at each concept's best layer",
+            ylabel="AUROC",
+        ),
+        "causal": bar_chart(
+            names,
+            {
+                "steering along the detector": [r["effect"] for r in rows],
+                "random directions (mean)": [r["random_effect"] for r in rows],
+                "top feature": [r["feature_effect"] for r in rows],
+            },
+            title="Change in behaviour (log-prob margin) when steered, by concept",
+            ylabel="Δ log P(concept) − log P(opposite)",
+        ),
+    }
+    return {"rows": rows, "charts": charts}
+
+
+def _concept_row(c: dict[str, Any]) -> dict[str, Any]:
+    det = c["detector"]
+    layer = next(r for r in c["layers"] if r["layer"] == det["layer"])
+    direction = next((k for k in c["causal"] if k["target"] == "direction"), None)
+    feature = next((k for k in c["causal"] if k["target"] == "feature"), None)
+    top = c["features"][0] if c["features"] else None
+    return {
+        "concept": c["concept"],
+        "labels": f"{c['positive_label']} vs {c['negative_label']}",
+        "layer": det["layer"],
+        "method": det["method"],
+        "auroc": det["auroc"],
+        "recall": det["recall"],
+        "neutral_fpr": det["neutral_fpr"],
+        "random_p95": layer["random_auroc_p95"],
+        "neuron_auroc": layer["neuron_auroc"],
+        "feature": top,
+        "feature_auroc": top["auroc"] if top else None,
+        "effect": direction["effect"] if direction else None,
+        "random_effect": direction["random_effect_mean"] if direction else None,
+        "verdict": direction["verdict"] if direction else None,
+        "beyond_random": bool(direction and direction["beyond_random"]),
+        "feature_effect": feature["effect"] if feature else None,
+        "feature_verdict": feature["verdict"] if feature else None,
+        "n_test": c["n_test_pairs"],
+        "finding": c["finding"],
+        "causal": c["causal"],
+        "features": c["features"][:8],
+    }

@@ -20,7 +20,7 @@ from markupsafe import Markup
 
 from aimri._io import write_bytes_atomic
 from aimri.model.sites import parse_site
-from aimri.report.checkup import diff_view
+from aimri.report.checkup import concepts_view, diff_view
 from aimri.report.circuits import circuits_view
 from aimri.report.features import features_view, steering_view
 from aimri.report.svg import line_chart
@@ -61,12 +61,18 @@ def render_report(scan: dict[str, Any], path: Path) -> Path:
             if (stages.get("steering") or {}).get("rows")
             else None,
             circuits=circuits_view(circuits) if circuits else None,
-            diff=stages.get("diff"),
-            diff_charts=diff_view(stages["diff"]) if stages.get("diff") else {},
+            diff=_ran(stages.get("diff")),
+            diff_charts=diff_view(stages["diff"]) if _ran(stages.get("diff")) else {},
+            concepts=concepts_view(stages["concepts"]) if _ran(stages.get("concepts")) else None,
         )
     )
     write_bytes_atomic(path, html.encode("utf-8"))
     return path
+
+
+def _ran(stage: dict[str, Any] | None) -> bool:
+    """A stage that ran (skipped stages keep only their reason)."""
+    return bool(stage) and not stage.get("skipped")
 
 
 @cache

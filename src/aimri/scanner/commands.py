@@ -1,5 +1,6 @@
 """The check-up's commands as API calls, each writing a run directory like a scan does:
 `diff(cfg)` (two versions of a model) and `probe(cfg)` (safety concepts on one model).
+The red team's `plant` and the monitor need no run directory: the CLI calls them directly.
 
 Each records its query in the run's ledger, writes a schema-versioned JSON beside a
 self-contained report, and returns where they are. Not here: the measurements
@@ -12,18 +13,21 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from aimri._io import write_json_atomic
+from aimri.checkup.causal import CausalSettings
+from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
 from aimri.checkup.diff import diff_json, diff_models
-from aimri.config import CorpusConfig
-from aimri.config_checkup import DiffConfig
-from aimri.corpus.contexts import take_contexts
+from aimri.checkup.probes import probe_concepts, save_probe_directions
+from aimri.config_checkup import DiffConfig, ProbeConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
-from aimri.scanner.findings_checkup import diff_findings
+from aimri.scanner.concepts import corpus_texts
+from aimri.scanner.findings_checkup import concept_findings, diff_findings
 from aimri.scanner.run import SCAN_SCHEMA, finite, run_versions, to_jsonable
 from aimri.scanner.summary import ledger_section, summary_from, transparency_from
 
@@ -36,13 +40,6 @@ class CommandResult:
     seconds: float
     headline: str
     """One line for the terminal: what was found."""
-
-
-def neutral_texts(model: Model, corpus: CorpusConfig) -> list[str]:
-    """The corpus's contexts as texts (BOS dropped), for statistics on ordinary text."""
-    contexts = take_contexts(model.tokenizer, corpus)
-    skip = 1 if corpus.prepend_bos else 0
-    return [model.tokenizer.decode(c[skip:].tolist()) for c in contexts]
 
 
 def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None) -> CommandResult:
@@ -62,7 +59,7 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
     result = diff_models(
         base,
         other,
-        neutral_texts(base, cfg.corpus),
+        corpus_texts(base, cfg.corpus),
         dictionary=dictionary,
         dict_site=dictionary.cfg.site if dictionary else None,
         crosscoder=cfg.crosscoder,
@@ -70,25 +67,7 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
     stage = {**diff_json(result), "base_spec": cfg.base.spec}
     results = {"diff": stage}
     findings = diff_findings(stage)
-    config = to_jsonable(cfg)
-    doc = finite(
-        {
-            "schema_version": SCAN_SCHEMA,
-            "kind": "aimri.diff",
-            "run": run_dir.name,
-            "created": datetime.now(UTC).isoformat(timespec="seconds"),
-            "model": {**asdict(other.info), "weights_sha256": other.weights_sha256},
-            "base_model": {**asdict(base.info), "weights_sha256": base.weights_sha256},
-            "summary": summary_from(results, findings),
-            "findings": findings,
-            "stages": results,
-            "config": config,
-            "transparency": transparency_from(config, results),
-            "ledger": ledger_section(run_dir, other.weights_sha256),
-            "timings_s": {"diff": round(time.perf_counter() - t0, 2)},
-            "versions": run_versions(),
-        }
-    )
+    doc = _document("aimri.diff", run_dir, other, base, results, findings, to_jsonable(cfg), t0)
     write_json_atomic(run_dir / "diff.json", doc)
     report = render_report(doc, run_dir / "report.html")
     headline = (
@@ -97,3 +76,75 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
         else f"mean KL(B‖A) {stage['kl']['mean']:.4g} nats; {len(findings)} finding(s)"
     )
     return CommandResult(run_dir, report, run_dir / "diff.json", time.perf_counter() - t0, headline)
+
+
+def probe(cfg: ProbeConfig, model: Model | None = None) -> CommandResult:
+    """Probe one model for the safety concepts; write probes.json, the directions, a report."""
+    t0 = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    model = model or load_model(cfg.model)
+    concepts = load_concepts(cfg.concepts) if cfg.concepts else builtin_concepts()
+    record_query(
+        cfg.out,
+        "probe",
+        model_sha256=model.weights_sha256,
+        detail={"concepts": [c.name for c in concepts], "files": [str(p) for p in cfg.concepts]},
+    )
+    dictionary = load_dictionary(cfg.dictionary) if cfg.dictionary else None
+    neutral = builtin_neutral_texts() + corpus_texts(model, cfg.neutral)
+    result = probe_concepts(
+        model,
+        concepts,
+        neutral,
+        dictionary=dictionary,
+        dict_site=dictionary.cfg.site if dictionary else None,
+        causal=CausalSettings() if cfg.causal else None,
+    )
+    save_probe_directions(result, cfg.out)
+    stage = {
+        **result.to_json(),
+        "directions": ".",
+        "neutral": f"{len(builtin_neutral_texts())} shipped neutral dialogue texts and "
+        f"{len(neutral) - len(builtin_neutral_texts())} contexts of {cfg.neutral.source} text",
+    }
+    results = {"concepts": stage}
+    findings = concept_findings(stage)
+    doc = _document("aimri.probe", cfg.out, model, None, results, findings, to_jsonable(cfg), t0)
+    write_json_atomic(cfg.out / "probes.json", doc)
+    report = render_report(doc, cfg.out / "report.html")
+    readable = sum(1 for f in findings if "linearly readable" in f["title"])
+    headline = f"{readable} of {len(findings)} concepts linearly readable beyond random directions"
+    return CommandResult(
+        cfg.out, report, cfg.out / "probes.json", time.perf_counter() - t0, headline
+    )
+
+
+def _document(
+    kind: str,
+    run_dir: Path,
+    model: Model,
+    base: Model | None,
+    results: dict[str, Any],
+    findings: list[dict[str, Any]],
+    config: dict[str, Any],
+    t0: float,
+) -> dict[str, Any]:
+    """The JSON a check-up command writes (the scan's layout, schema SCAN_SCHEMA)."""
+    doc: dict[str, Any] = {
+        "schema_version": SCAN_SCHEMA,
+        "kind": kind,
+        "run": run_dir.name,
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "model": {**asdict(model.info), "weights_sha256": model.weights_sha256},
+        "summary": summary_from(results, findings),
+        "findings": findings,
+        "stages": results,
+        "config": config,
+        "transparency": transparency_from(config, results),
+        "ledger": ledger_section(run_dir, model.weights_sha256),
+        "timings_s": {kind.split(".")[-1]: round(time.perf_counter() - t0, 2)},
+        "versions": run_versions(),
+    }
+    if base is not None:
+        doc["base_model"] = {**asdict(base.info), "weights_sha256": base.weights_sha256}
+    return finite(doc)

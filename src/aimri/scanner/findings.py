@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aimri.scanner.findings_checkup import concept_findings, diff_findings
+
 SINK_RATIO = 5.0
 MASSIVE_DIM_RATIO = 20.0
 
@@ -85,7 +87,15 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     out.extend(_dictionary_findings(results.get("dictionary")))
     out.extend(_features_findings(results.get("features")))
+    if _ran(results.get("concepts")):
+        out.extend(concept_findings(results["concepts"]))
+    if _ran(results.get("diff")):
+        out.extend(diff_findings(results["diff"]))
     return out
+
+
+def _ran(stage: dict[str, Any] | None) -> bool:
+    return bool(stage) and not stage.get("skipped")
 
 
 def _features_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:

@@ -6,6 +6,7 @@ compares with its baseline. Not here: the measurements (`aimri.checkup`).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 TRIGGER_RATIO = 5.0
@@ -129,3 +130,60 @@ def _features_finding(stage: dict[str, Any]) -> list[dict[str, Any]]:
             "evidence": {"changed": f["changed"][:10]},
         }
     ]
+
+
+def auroc_se(auroc: float, n_pos: int, n_neg: int) -> float:
+    """Standard error of an AUROC (Hanley & McNeil, 1982)."""
+    a = min(max(auroc, 1e-6), 1 - 1e-6)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = a * (1 - a) + (n_pos - 1) * (q1 - a * a) + (n_neg - 1) * (q2 - a * a)
+    return math.sqrt(max(var, 0.0) / (n_pos * n_neg))
+
+
+def readable(concept: dict[str, Any]) -> bool:
+    """The detector reads the concept on held-out pairs: its AUROC beats the 95th percentile of
+    random directions at its layer, and is above chance by two standard errors."""
+    det = concept["detector"]
+    row = next(r for r in concept["layers"] if r["layer"] == det["layer"])
+    n = concept["n_test_pairs"]
+    return (
+        det["auroc"] > row["random_auroc_p95"]
+        and det["auroc"] - 2 * auroc_se(det["auroc"], n, n) > 0.5
+    )
+
+
+def concept_findings(stage: dict[str, Any]) -> list[dict[str, Any]]:
+    """One finding per probed concept: how well its direction reads it on held-out pairs against
+    random directions, and whether steering along it moves behaviour beyond random."""
+    out = []
+    for c in stage["concepts"]:
+        det = c["detector"]
+        row = next(r for r in c["layers"] if r["layer"] == det["layer"])
+        is_read = readable(c)
+        moved = [k for k in c["causal"] if k["beyond_random"]]
+        title = (
+            f"{c['positive_label'].capitalize()} vs {c['negative_label']} is linearly readable at "
+            f"layer {det['layer']} (held-out AUROC {det['auroc']:.2f})"
+            if is_read
+            else f"{c['positive_label'].capitalize()} vs {c['negative_label']} is not read "
+            f"reliably beyond random directions (held-out AUROC {det['auroc']:.2f})"
+        )
+        causal = " ".join(k["finding"] for k in c["causal"])
+        out.append(
+            {
+                "id": f"concept-{c['concept']}",
+                "title": title,
+                "severity": "notice" if is_read and moved else "info",
+                "summary": f"{c['finding']} {causal}".strip(),
+                "evidence": {
+                    "detector": det,
+                    "layer": row,
+                    "causal": [
+                        {k: x[k] for k in ("target", "feature", "effect", "z", "verdict")}
+                        for x in c["causal"]
+                    ],
+                    "top_features": c["features"][:5],
+                },
+            }
+        )
+    return out

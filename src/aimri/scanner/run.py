@@ -10,7 +10,8 @@ Stages so far: activations → statistics → logit lens → ground truth (a toy
 superposition: does training recover known features?) → dictionary (train or load, evaluate) →
 features (statistics, labels scored on held-out text, catalog; neurons and random directions as
 baselines) → steering (clamp a concrete-concept feature, measure the drift) → circuits
-(transcoders per layer, attribution graphs of three demonstrations checked by intervention).
+(transcoders per layer, attribution graphs of three demonstrations checked by intervention) →
+concepts (safety concepts probed per layer, checked by steering) → diff (against --compare).
 Later stages add themselves to `_stages`. Not here: the stages' own logic (each lives in its module).
 """
 
@@ -39,6 +40,7 @@ from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
 from aimri.scanner.circuits import circuits_stage
+from aimri.scanner.concepts import concepts_stage, diff_stage
 from aimri.scanner.dictionary import dictionary_stage
 from aimri.scanner.features import features_stage
 from aimri.scanner.findings import findings_from
@@ -137,6 +139,8 @@ def _stages() -> list[tuple[str, Stage]]:
         ("features", features_stage),
         ("steering", steering_stage),
         ("circuits", circuits_stage),
+        ("concepts", concepts_stage),
+        ("diff", diff_stage),
     ]
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aimri.ledger import consultations, read_ledger
+from aimri.scanner.findings_checkup import readable
 
 SEVERITY_ORDER = {"warning": 0, "notice": 1, "info": 2}
 
@@ -146,7 +147,24 @@ def _sure_diff(r: dict[str, Any]) -> str:
     )
 
 
+def _sure_concepts(r: dict[str, Any]) -> str:
+    cs = r["concepts"]
+    read = [c for c in cs if readable(c)]
+    moved = [
+        c for c in cs if any(k["beyond_random"] and k["target"] == "direction" for k in c["causal"])
+    ]
+    sizes = sorted({c["n_test_pairs"] for c in cs})
+    size = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+    return (
+        f"{len(read)} of {len(cs)} concepts are read on held-out pairs beyond the 95th percentile "
+        f"of random directions and two standard errors above chance; steering along the detector "
+        f"moves behaviour beyond random directions for {len(moved)} of {len(cs)}. The contrast "
+        f"sets are small ({size} test pairs each), so an AUROC's standard error is 0.05–0.1."
+    )
+
+
 _SURE = {
+    "concepts": _sure_concepts,
     "diff": _sure_diff,
     "ground_truth": _sure_ground_truth,
     "dictionary": _sure_dictionary,
@@ -173,7 +191,7 @@ def transparency_from(config: dict[str, Any], results: dict[str, Any]) -> dict[s
 
 def _data(name: str, r: dict[str, Any], text: str) -> str:
     if name == "concepts":
-        sets = ", ".join(f"{c['name']} v{c.get('version', '?')}" for c in r["concepts"])
+        sets = ", ".join(f"{c['concept']} v{c['version']}" for c in r["concepts"])
         return f"shipped contrast sets ({sets}); neutral text: {r.get('neutral', text)}"
     if name == "ground_truth":
         return "synthetic sparse features, seeded (no text)"

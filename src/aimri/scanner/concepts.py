@@ -1,0 +1,125 @@
+"""The scan's check-up stages: safety concepts probed on the scanned model, and (with
+`--compare`) a diff against an earlier version of it.
+
+Concepts: the built-in contrast sets (plus any given with --concept-files), neutral text from
+the shipped neutral set and from the corpus (contexts the activation stage did not read), the
+scan's dictionary for feature evidence, labels from the features stage where it labelled them.
+Not here: probing, diffing (`aimri.checkup`), the wording of findings (`findings_checkup.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
+from aimri.checkup.diff import diff_json, diff_models
+from aimri.checkup.probes import probe_concepts, save_probe_directions
+from aimri.config import CorpusConfig, ScanConfig
+from aimri.corpus.contexts import take_contexts
+from aimri.dicts.dictionary import Dictionary
+from aimri.dicts.formats import load_dictionary
+from aimri.ledger import record_query
+from aimri.model.adapter import Model
+from aimri.model.load import load_model
+
+NEUTRAL_CONTEXTS = 160
+NEUTRAL_LEN = 33
+DIFF_TEXTS = 48
+
+
+def concepts_stage(
+    cfg: ScanConfig, model: Model, run_dir: Path, results: dict[str, Any]
+) -> dict[str, Any]:
+    if not cfg.concepts:
+        return {"skipped": "turned off with --no-concepts"}
+    concepts = builtin_concepts() + load_concepts(cfg.concept_files)
+    neutral = builtin_neutral_texts() + corpus_texts(model, _neutral_corpus(cfg), NEUTRAL_CONTEXTS)
+    dictionary = _scan_dictionary(run_dir, results)
+    result = probe_concepts(
+        model,
+        concepts,
+        neutral,
+        dictionary=dictionary,
+        dict_site=dictionary.cfg.site if dictionary else None,
+        feature_labels=feature_labels(results.get("features")),
+    )
+    save_probe_directions(result, run_dir / "probes")
+    record_query(
+        run_dir,
+        "probe",
+        model_sha256=model.weights_sha256,
+        detail={
+            "concepts": [c.name for c in concepts],
+            "version": result.settings.concepts_version,
+        },
+    )
+    return {
+        **result.to_json(),
+        "directions": "probes",
+        "neutral": f"{len(builtin_neutral_texts())} shipped neutral dialogue texts and "
+        f"{NEUTRAL_CONTEXTS} contexts of {NEUTRAL_LEN - 1} tokens of {cfg.corpus.source} text "
+        f"(seed {cfg.corpus.seed + 1}, not the activation stage's)",
+    }
+
+
+def diff_stage(
+    cfg: ScanConfig, model: Model, run_dir: Path, results: dict[str, Any]
+) -> dict[str, Any]:
+    """The scanned model against `--compare` (its earlier version), the scan's dictionary
+    ranking features by change."""
+    if not cfg.compare:
+        return {"skipped": "no --compare model given"}
+    base = load_model(dataclasses.replace(cfg.model, spec=cfg.compare))
+    record_query(
+        run_dir,
+        "diff",
+        model_sha256=model.weights_sha256,
+        detail={"base": cfg.compare, "base_sha256": base.weights_sha256},
+    )
+    dictionary = _scan_dictionary(run_dir, results)
+    d = diff_models(
+        base,
+        model,
+        corpus_texts(base, _neutral_corpus(cfg), DIFF_TEXTS),
+        dictionary=dictionary,
+        dict_site=dictionary.cfg.site if dictionary else None,
+        feature_labels=feature_labels(results.get("features")),
+    )
+    return {**diff_json(d), "base_spec": cfg.compare}
+
+
+def corpus_texts(model: Model, corpus: CorpusConfig, n: int | None = None) -> list[str]:
+    """The corpus's first `n` contexts (default: all) as texts, BOS dropped."""
+    contexts = take_contexts(model.tokenizer, corpus)[:n]
+    skip = 1 if corpus.prepend_bos else 0
+    return [model.tokenizer.decode(c[skip:].tolist()) for c in contexts]
+
+
+def feature_labels(features: dict[str, Any] | None) -> dict[int, str]:
+    """Feature index → its best-scoring label, for the features the features stage labelled."""
+    out: dict[int, str] = {}
+    for f in (features or {}).get("features", []):
+        scored = {s["explainer"]: s["value"] for s in f.get("scores", []) if s["value"] is not None}
+        labels = sorted(f.get("labels", []), key=lambda lb: -scored.get(lb["explainer"], -1.0))
+        if labels:
+            out[int(f["index"])] = labels[0]["text"]
+    return out
+
+
+def _neutral_corpus(cfg: ScanConfig) -> CorpusConfig:
+    return dataclasses.replace(
+        cfg.corpus,
+        ctx_len=NEUTRAL_LEN,
+        max_tokens=NEUTRAL_LEN * NEUTRAL_CONTEXTS,
+        seed=cfg.corpus.seed + 1,
+    )
+
+
+def _scan_dictionary(run_dir: Path, results: dict[str, Any]) -> Dictionary | None:
+    stage = results.get("dictionary")
+    if not stage or not stage.get("path"):
+        return None
+    path = Path(stage["path"])
+    return load_dictionary(path if path.is_absolute() else run_dir / path)
