@@ -213,13 +213,8 @@ class _SiteScorer:
         ordered = dirs + [iw for _, ws in groups.values() for iw in ws]
         self.watch_ids = [i for i, _ in ordered]
         """Column → index of the watch in the call's list."""
-        self.D = (  # [d, n_directions]
-            torch.stack([w.direction.float() for _, w in dirs if w.direction is not None], 1)
-            if dirs
-            else None
-        )
-        if self.D is not None:
-            self.D = self.D.to(device)
+        vecs = [w.direction.float() for _, w in dirs if w.direction is not None]
+        self.D = torch.stack(vecs, 1).to(device) if vecs else None  # [d, n_directions]
         self.dicts = [
             (d, torch.tensor([w.feature for _, w in ws], device=d.W_enc.device))
             for d, ws in groups.values()
@@ -328,7 +323,7 @@ class _Batch(StoppingCriteria):
         hit = (score >= mon.threshold) & ok[..., None]  # [B, t, n]
         self.scored = L - 1
         b, t, c = hit.nonzero(as_tuple=True)
-        ids = input_ids[b, pos[t]].tolist()
+        ids = input_ids.cpu()[b, pos[t]].tolist() if len(b) else []
         rows = [
             (self.first + r, p - int(self.pad[r]), p - self.T if p >= self.T else -1, tok,
              mon.columns[k], v)
