@@ -37,13 +37,24 @@ def special_tokens(tokenizer: Any, prepend_bos: bool) -> SpecialTokens:
     it (the pretraining document separator of GPT-2, Qwen, SmolLM...), else EOS."""
     eos = tokenizer.eos_token_id
     bos = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else eos
-    sep_id = tokenizer.get_vocab().get("<|endoftext|>", eos)
+    sep_id = _token_id(tokenizer, "<|endoftext|>")
+    sep_id = eos if sep_id is None else sep_id
     if sep_id is None or (prepend_bos and bos is None):
         raise AimriError(
             "this tokenizer has neither BOS nor EOS token, so contexts cannot be delimited: "
             "set its eos_token, or use --corpus.no-prepend-bos with --corpus.boundary truncate"
         )
     return SpecialTokens(bos=bos if prepend_bos else None, separator=int(sep_id))
+
+
+def _token_id(tokenizer: Any, token: str) -> int | None:
+    """The id of `token` if the vocabulary has it. (One lookup: `get_vocab()` builds the whole
+    vocabulary, ~50 ms, and this runs once per prompt.) An unknown token maps to the unknown
+    token's id, so the id is checked to spell `token`."""
+    tid = tokenizer.convert_tokens_to_ids(token)
+    if tid is None or tokenizer.convert_ids_to_tokens(tid) != token:
+        return None
+    return int(tid)
 
 
 def iter_contexts(tokenizer: Any, cfg: CorpusConfig) -> Iterator[Tensor]:

@@ -5,8 +5,9 @@ functions at sites and attaches them with `steering(model, edits)`; `generate.py
 with edits on; `directions.py` finds directions from data (difference of means, probes);
 `sweep.py` measures an edit across strengths (feature activation, concept score, perplexity,
 KL on neutral text); `golden_gate.py` picks a concrete-concept feature and clamps it high;
-`run.py` is the stage function `steer(SteerConfig)` behind `aimri steer`.
-Not here: monitoring, circuits, the CLI.
+`run.py` is the stage function `steer(SteerConfig)` behind `aimri steer`; `monitor.py` watches
+probe directions and features while generating and raises alerts (callback, JSONL log).
+Not here: circuits, the CLI.
 """
 
 from aimri.steer.directions import (
@@ -33,6 +34,7 @@ from aimri.steer.golden_gate import (
     find_concept_feature,
     rank_concept_features,
 )
+from aimri.steer.monitor import Alert, MonitoredGeneration, Watch, monitored_generate
 from aimri.steer.run import feature_max, promoted_words, steer
 from aimri.steer.sweep import (
     NEUTRAL_TEXTS,
@@ -47,13 +49,16 @@ __all__ = [
     "NEUTRAL_TEXTS",
     "AblateFeature",
     "AddDirection",
+    "Alert",
     "ClampFeature",
     "ConceptFeature",
     "Edit",
     "Generation",
+    "MonitoredGeneration",
     "Positions",
     "SweepPoint",
     "SweepResult",
+    "Watch",
     "continuation_perplexity",
     "demonstrate",
     "diff_of_means",
@@ -65,6 +70,7 @@ __all__ = [
     "kl_on_texts",
     "mean_activations",
     "mean_difference",
+    "monitored_generate",
     "probe_direction",
     "promoted_words",
     "rank_concept_features",
