@@ -81,7 +81,7 @@ def test_probe_then_monitor_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     log = tmp_path / "alerts.jsonl"
     argv = ["monitor", "--model.spec", spec, "--model.device", "cpu", "--probes", str(out)]
     argv += ["--prompts", "User: hello\nAssistant:", "--log", str(log), "--max-new-tokens", "4"]
-    assert main([*argv, "--threshold-scale", "0"]) == 0  # every score ≥ 0 alerts
+    assert main([*argv, "--token-fpr", "0.5"]) == 0  # half of all tokens alert
     printed = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("alert ")]
     logged = [json.loads(ln) for ln in log.read_text().splitlines()]
     assert printed and len(printed) == len(logged)

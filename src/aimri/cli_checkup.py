@@ -65,15 +65,15 @@ def _plant(cfg: PlantConfig) -> None:
 
 
 def _monitor(cfg: MonitorConfig) -> None:
+    from aimri.checkup.concepts import builtin_neutral_texts
+    from aimri.checkup.monitoring import probe_watches
     from aimri.checkup.probes import load_probe_directions
     from aimri.model.load import load_model
-    from aimri.steer.monitor import Watch, monitored_generate
+    from aimri.steer.monitor import monitored_generate
 
     model = load_model(cfg.model)
-    watches = [
-        Watch.of_direction(name, p.site, p.direction, p.threshold * cfg.threshold_scale)
-        for name, p in load_probe_directions(cfg.probes).items()
-    ]
+    directions = load_probe_directions(cfg.probes)
+    watches = probe_watches(model, directions, builtin_neutral_texts(), token_fpr=cfg.token_fpr)
     r = monitored_generate(
         model, list(cfg.prompts), watches, log_path=cfg.log, max_new_tokens=cfg.max_new_tokens
     )

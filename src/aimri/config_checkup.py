@@ -102,5 +102,6 @@ class MonitorConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     log: Path = Path("alerts.jsonl")
     max_new_tokens: int = 48
-    threshold_scale: float = 1.0
-    """Multiply every direction's threshold by this (above 1: fewer alerts)."""
+    token_fpr: float = 0.001
+    """Each direction alerts on at most this share of neutral tokens (its threshold is set on
+    the shipped neutral dialogues, per token)."""
