@@ -175,6 +175,8 @@ class LayerRow:
     dom_recall: float
     """Recall of positive test texts at the 1%-neutral threshold."""
     probe_recall: float
+    dom_probe_cos: float
+    """Cosine between the two directions: how far the methods agree."""
     random_auroc_mean: float
     """Random unit directions, sign-agnostic AUROC max(a, 1 - a)."""
     random_auroc_p95: float
@@ -211,6 +213,7 @@ def layer_rows(
                 dom_cv_auroc=float(cv[li]),
                 dom_recall=_recall(dom_s[:, li], r),
                 probe_recall=_recall(probe_s[:, li], r),
+                dom_probe_cos=float(dirs.dom[li] @ dirs.probe[li]),
                 random_auroc_mean=float(rand_auc[li].mean()),
                 random_auroc_p95=float(rand_auc[li].quantile(0.95)),
                 neuron=j,

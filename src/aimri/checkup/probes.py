@@ -160,6 +160,11 @@ def probe_concepts(
     `n_random` random directions make the detection baseline."""
     d_site = _dictionary_site(model, dictionary, dict_site)
     layer_list = _layers(model, layers, d_site)
+    names = [c.name for c in concepts]
+    if not concepts or len(set(names)) < len(names):
+        raise AimriError(
+            f"concepts {names} must be non-empty and uniquely named: drop the duplicates"
+        )
     splits = []
     for c in concepts:
         require_pairs(c)
@@ -253,7 +258,7 @@ def _probe_one(
         features=features,
         feature_site=ctx.dict_site,
         causal=checks,
-        finding=_finding(concept, det, rows[best], len(r.split.test)),
+        finding=_finding(concept, det, rows[best], len(r.split.test), features),
     )
     direction = ProbeDirection(concept.name, det.site, method, u.clone(), det.threshold, det.auroc)
     return report, direction
@@ -315,17 +320,30 @@ def _causal_checks(
     return checks
 
 
-def _finding(concept: ConceptSet, det: Detector, row: LayerRow, n_test: int) -> str:
+def _finding(
+    concept: ConceptSet, det: Detector, row: LayerRow, n_test: int, features: list[FeatureRow]
+) -> str:
     how = "difference of means" if det.method == "diff_of_means" else "logistic probe"
     pos, neg = concept.positive_label, concept.negative_label
-    return (
+    text = (
         f"Layer {det.layer} ({how}, both chosen on training pairs only): held-out AUROC "
         f"{det.auroc:.2f} separating {pos} from {neg} texts on {n_test} test pairs (random "
         f"directions {row.random_auroc_mean:.2f} mean, {row.random_auroc_p95:.2f} at the 95th "
         f"percentile; best single neuron {row.neuron_auroc:.2f}). At a threshold passing 1% of "
         f"calibration neutral texts it flags {det.recall:.0%} of held-out {pos} texts and "
-        f"{det.neutral_fpr:.1%} of held-out neutral texts. This is evidence that the distinction "
-        "is linearly readable on these texts, not a certificate about the model's behaviour."
+        f"{det.neutral_fpr:.1%} of held-out neutral texts."
+    )
+    if features:
+        f = features[0]
+        name = f" ('{f.label}')" if f.label else ""
+        text += (
+            f" Top dictionary feature {f.feature}{name}: held-out AUROC {f.auroc:.2f}, decoder "
+            f"cosine with the probe direction {f.cos_probe:+.2f}, correlation of their scores "
+            f"{f.score_corr:+.2f}."
+        )
+    return text + (
+        " This is evidence that the distinction is linearly readable on these texts, not a "
+        "certificate about the model's behaviour."
     )
 
 
