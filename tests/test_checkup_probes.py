@@ -22,8 +22,10 @@ from aimri.checkup.concepts import (
 )
 from aimri.checkup.probe_fit import (
     ConceptRows,
+    Pooled,
     best_of,
     cv_scores,
+    feature_rows,
     fit_directions,
     layer_rows,
 )
@@ -153,6 +155,21 @@ def test_the_test_split_does_not_choose_the_layer():
     test_rows = rows.pos(rows.split.test) + rows.neg(rows.split.test)
     X2[test_rows] = torch.randn_like(X2[test_rows])
     assert best_of(cv_scores(X2, rows, mean_difference)) == before
+
+
+def test_features_are_ranked_by_train_auroc_so_a_one_off_feature_does_not_win():
+    X, rows, _ = _planted(n_pairs=30, n_neutral=20, d=32)
+    n = len(X)
+    F = torch.zeros(n, 16)
+    train, test = rows.split
+    F[rows.pos(train + test), 3] = 1.0 + torch.rand(30)  # fires on every positive text
+    F[rows.pos(train)[:1], 7] = 50.0  # fires hard on one positive text only
+    pooled = Pooled(X, torch.ones(n, 4), torch.ones(n), F, F)
+    sae = build_dictionary(DictConfig(d_in=32, d_sae=16, k=2))
+    table = feature_rows(pooled, sae, fit_directions(X, rows), 2, rows, {3: "planted"})
+    assert table[0].feature == 3 and table[0].label == "planted" and table[0].auroc == 1.0
+    one_off = next(f for f in table if f.feature == 7)
+    assert one_off.auroc == 0.5 and one_off.score_corr is None  # never fires on test texts
 
 
 # ---- the data --------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ primitives (`probe_metrics.py`).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
@@ -273,14 +274,18 @@ class FeatureRow:
 
     feature: int
     label: str | None
+    train_auroc: float
+    """AUROC of its per-text mean activation on the train pairs (ranks features)."""
     train_smd: float
-    """Standardized mean difference of its per-text mean activation on train (ranks features)."""
+    """Standardized mean difference on train (breaks ties in the ranking)."""
     auroc: float
+    """Held-out AUROC on the test pairs."""
     cos_dom: float
     """Cosine of its decoder row with the difference of means at the dictionary's layer."""
     cos_probe: float
-    score_corr: float
-    """Pearson correlation of the probe's score and the feature's activation on test texts."""
+    score_corr: float | None
+    """Pearson correlation of the probe's score and the feature's activation on test texts
+    (None when the feature is constant there, e.g. never fires)."""
 
 
 def feature_rows(
@@ -291,13 +296,16 @@ def feature_rows(
     r: ConceptRows,
     labels: Mapping[int, str] | None = None,
 ) -> list[FeatureRow]:
-    """Top features by train standardized mean difference (positive side), measured on test;
-    `li` is the dictionary's layer's index in the pooled arrays."""
+    """The features most active on the positive side by train AUROC (a rank statistic, so a
+    feature firing on one or two texts does not win; ties by standardized mean difference),
+    measured on test. `li` is the dictionary's layer's index in the pooled arrays."""
     F = pooled.features
     assert F is not None, "pooled_activations ran without the dictionary"
     train, test = r.split
-    smd = standardized_mean_difference(F[r.pos(train)], F[r.neg(train)])  # [d_sae]
-    top = [int(f) for f in smd.argsort(descending=True)[:TOP_FEATURES] if float(smd[f]) > 0]
+    train_auc = auroc_columns(F[r.pos(train)], F[r.neg(train)])  # [d_sae]
+    smd = standardized_mean_difference(F[r.pos(train)], F[r.neg(train)])
+    key = train_auc + 1e-6 * smd.clamp(-100, 100)  # AUROC steps are ≥ 1/p·q ≫ 1e-4
+    top = [int(f) for f in key.argsort(descending=True)[:TOP_FEATURES] if float(train_auc[f]) > 0.5]
     if not top:
         return []
     auc = auroc_columns(F[r.pos(test)][:, top], F[r.neg(test)][:, top])
@@ -305,18 +313,22 @@ def feature_rows(
     cos_dom, cos_probe = W @ dirs.dom[li], W @ dirs.probe[li]  # [k]
     rows = r.pos(test) + r.neg(test)
     probe_score = pooled.means[rows, li] @ dirs.probe[li]  # [n_test]
-    return [
-        FeatureRow(
-            feature=f,
-            label=(labels or {}).get(f),
-            train_smd=float(smd[f]),
-            auroc=float(auc[k]),
-            cos_dom=float(cos_dom[k]),
-            cos_probe=float(cos_probe[k]),
-            score_corr=pearson(probe_score, F[rows, f]),
+    out = []
+    for k, f in enumerate(top):
+        corr = pearson(probe_score, F[rows, f])
+        out.append(
+            FeatureRow(
+                feature=f,
+                label=(labels or {}).get(f),
+                train_auroc=float(train_auc[f]),
+                train_smd=float(smd[f]),
+                auroc=float(auc[k]),
+                cos_dom=float(cos_dom[k]),
+                cos_probe=float(cos_probe[k]),
+                score_corr=None if math.isnan(corr) else corr,
+            )
         )
-        for k, f in enumerate(top)
-    ]
+    return out
 
 
 @torch.no_grad()

@@ -339,7 +339,7 @@ def _finding(
         text += (
             f" Top dictionary feature {f.feature}{name}: held-out AUROC {f.auroc:.2f}, decoder "
             f"cosine with the probe direction {f.cos_probe:+.2f}, correlation of their scores "
-            f"{f.score_corr:+.2f}."
+            f"{'n/a' if f.score_corr is None else format(f.score_corr, '+.2f')}."
         )
     return text + (
         " This is evidence that the distinction is linearly readable on these texts, not a "
