@@ -59,8 +59,11 @@ class CausalSettings:
     """Direction strengths, in units of the site's mean norm on neutral text."""
     feature_strengths: tuple[float, ...] = (-2.0, 2.0)
     """Feature clamp values, in units of the feature's peak activation on positive texts."""
-    n_random: int = 3
+    n_random: int = 4
     """Random directions (or features) in the baseline."""
+    random_ablation: bool = False
+    """Also ablate each random direction (one more pass each); projecting out a random
+    direction removes about 1/d_model of the activation, so this baseline is near 0."""
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,8 @@ class CausalCheck:
     random_effect_mean: float
     random_effect_sd: float
     random_ablation_shifts: list[float]
-    """metric − unsteered when a random direction is projected out (or a random feature ablated)."""
+    """metric − unsteered when a random direction is projected out (or a random feature
+    ablated); empty when not measured."""
     z: float
     """(effect − random mean) / random sd."""
     beyond_random: bool
@@ -112,10 +116,12 @@ def causal_check(
     strengths: Sequence[float] = DEFAULT_STRENGTHS,
     scale: float | None = None,
     n_random: int = N_RANDOM,
+    random_ablation: bool = True,
     seed: int = 0,
 ) -> CausalCheck:
     """Steer and ablate `direction` at `site`, or `feature` of `dictionary` (whose input site is
-    `site`), on the concept's behaviour items, against `n_random` random baselines."""
+    `site`), on the concept's behaviour items, against `n_random` random baselines (each
+    also ablated when `random_ablation`)."""
     require_behaviour(concept)
     if n_random < 2:
         raise AimriError(f"n_random={n_random}: the random baseline needs at least 2 draws")
@@ -150,7 +156,7 @@ def causal_check(
             "pass exactly one of the two"
         )
     head = (site, target, feature, float(scale))
-    return _measure(model, concept, batch, head, strengths, s_max, edits, others)
+    return _measure(model, concept, batch, head, strengths, s_max, edits, others, random_ablation)
 
 
 class _Edits(NamedTuple):
@@ -246,6 +252,7 @@ def _measure(
     s_max: float,
     edits: _Edits,
     others: list[_Edits],
+    random_ablation: bool,
 ) -> CausalCheck:
     site, target, feature, scale = head
 
@@ -262,7 +269,7 @@ def _measure(
     own = (at[s_max] - at[-s_max]) / 2 if both else effect(edits)
     ablated = metric(edits.ablate())
     rand = [effect(o) for o in others]
-    shifts = [metric(o.ablate()) - base for o in others]
+    shifts = [metric(o.ablate()) - base for o in others] if random_ablation else []
     mean, sd = statistics.mean(rand), statistics.stdev(rand)
     z = (own - mean) / max(sd, 1e-9)
     beyond = abs(z) >= Z_BEYOND and abs(own) > max(abs(e) for e in rand)
@@ -310,14 +317,18 @@ def _with_finding(c: CausalCheck, concept: ConceptSet, s_max: float) -> CausalCh
     how = "steering along" if c.target == "direction" else "clamping"
     unit = "the site's mean norm" if c.target == "direction" else "its peak activation"
     removal = "projecting it out" if c.target == "direction" else "ablating it"
-    rand_shift = statistics.mean(c.random_ablation_shifts)
+    rand_shift = (
+        f"random: {statistics.mean(c.random_ablation_shifts):+.3f}"
+        if c.random_ablation_shifts
+        else "random ablations not measured"
+    )
     finding = (
         f"On {c.n_prompts} held-out prompts, {how} {what} at ±{s_max:g} × {c.scale:.3g} "
         f"({unit}) shifts log P({concept.positive_label}) − log P({concept.negative_label}) by "
         f"{c.effect:+.3f} nats per token (half the difference between + and −; "
         f"{len(c.random_effects)} random baselines: {c.random_effect_mean:+.3f} ± "
         f"{c.random_effect_sd:.3f}, z = {c.z:.1f}); {removal} shifts it by "
-        f"{c.ablated - c.unsteered:+.3f} (random: {rand_shift:+.3f}). Verdict: {c.verdict}. "
+        f"{c.ablated - c.unsteered:+.3f} ({rand_shift}). Verdict: {c.verdict}. "
         "Evidence about these prompts, not a certification of the model."
     )
     return dataclasses.replace(c, finding=finding)

@@ -296,6 +296,7 @@ def _causal_checks(
             scale=scale,
             strengths=cs.strengths,
             n_random=cs.n_random,
+            random_ablation=cs.random_ablation,
             seed=ctx.seed,
         )
     ]
@@ -314,6 +315,7 @@ def _causal_checks(
                     scale=peak,
                     strengths=cs.feature_strengths,
                     n_random=cs.n_random,
+                    random_ablation=cs.random_ablation,
                     seed=ctx.seed,
                 )
             )
