@@ -125,6 +125,9 @@ def test_a_planted_last_layer_change_shows_in_that_layer_and_its_features(pair, 
     assert cc.n_a_only + cc.n_b_only + cc.n_shared + cc.n_dead == cc.d_sae
     assert sum(cc.rel_norm_histogram) == cc.d_sae - cc.n_dead
     assert all(g.rel_norm_b > 0.9 for g in cc.b_only) and all(g.rel_norm_b < 0.1 for g in cc.a_only)
+    leaning = [g.rel_norm_b for g in cc.b_leaning]
+    assert leaning and leaning == sorted(leaning, reverse=True)
+    assert cc.a_leaning[0].rel_norm_b <= min(leaning) and cc.b_leaning[0].contexts
     json.dumps(diff_json(d))
 
 
