@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,9 +38,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from aimri._io import atomic_path, read_json, write_json_atomic
 from aimri.checkup.causal import CausalCheck, CausalSettings, causal_check
 from aimri.checkup.concepts import CONCEPTS_VERSION, ConceptSet, require_pairs
+from aimri.checkup.probe_directions import (
+    ProbeDirection,
+    load_probe_directions,
+    write_directions,
+)
 from aimri.checkup.probe_fit import (
     FPR,
     ConceptRows,
@@ -69,8 +74,6 @@ from aimri.steer.directions import mean_difference
 log = logging.getLogger(__name__)
 N_RANDOM = 32
 MIN_NEUTRAL = 10
-TENSORS_FILE = "probe_directions.safetensors"
-SIDECAR_FILE = "probe_directions.json"
 __all__ = [
     "ConceptProbe",
     "Detector",
@@ -102,19 +105,6 @@ class ConceptProbe:
     feature_site: str | None
     causal: list[CausalCheck]
     finding: str
-
-
-@dataclass(frozen=True)
-class ProbeDirection:
-    """A flagged direction for monitoring: unit vector, site, threshold."""
-
-    concept: str
-    site: str
-    method: str
-    direction: Tensor = field(repr=False)
-    """[d_model] unit vector pointing toward the positive side."""
-    threshold: float
-    auroc: float
 
 
 @dataclass(frozen=True)
@@ -178,7 +168,15 @@ def probe_concepts(
         )
     texts = [t for c in concepts for pair in c.pairs for t in pair] + list(neutral_texts)
     d_layer = parse_site(d_site).layer if d_site else None
+    started = time.perf_counter()
     pooled = pooled_activations(model, texts, layer_list, dictionary, d_layer)
+    log.info(
+        "concept probes: %d texts, %d tokens, %d layers read in %.1f s",
+        len(texts),
+        int(pooled.n_tokens.sum()),
+        len(layer_list),
+        time.perf_counter() - started,
+    )
     neutral = list(range(len(texts) - len(neutral_texts), len(texts)))
     random.Random(seed).shuffle(neutral)
     calib, neutral_test = sorted(neutral[: len(neutral) // 2]), sorted(neutral[len(neutral) // 2 :])
@@ -193,8 +191,9 @@ def probe_concepts(
     for concept, split in zip(concepts, splits, strict=True):
         rows = ConceptRows(start, split, calib, neutral_test)
         start += 2 * len(concept.pairs)
+        started = time.perf_counter()
         report, direction = _probe_one(ctx, concept, rows)
-        log.info("%s: %s", concept.name, report.finding)
+        log.info("%s (%.1f s): %s", concept.name, time.perf_counter() - started, report.finding)
         reports.append(report)
         directions[concept.name] = direction
     settings = ProbeSettings(
@@ -394,57 +393,11 @@ def _layers(model: Model, layers: Sequence[int] | None, dict_site: str | None) -
 
 
 def save_probe_directions(result: ProbeResult, folder: str | Path) -> Path:
-    """Write `probe_directions.safetensors` (one [d] vector per concept) and a JSON sidecar
-    (schema_version, model, concepts_version, and per concept: site, method, threshold, auroc).
-    Returns the sidecar's path."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    tensors = {n: d.direction.float().contiguous().cpu() for n, d in result.directions.items()}
-    with atomic_path(folder / TENSORS_FILE) as tmp:
-        save_file(tensors, str(tmp))
-    meta = {
-        n: {"site": d.site, "method": d.method, "threshold": d.threshold, "auroc": d.auroc}
-        for n, d in result.directions.items()
-    }
-    sidecar = folder / SIDECAR_FILE
-    write_json_atomic(
-        sidecar,
-        {
-            "schema_version": 1,
-            "model": result.settings.model,
-            "concepts_version": result.settings.concepts_version,
-            "fpr": result.settings.fpr,
-            "directions": meta,
-        },
+    """Write the flagged directions (see `probe_directions.py`); returns the sidecar's path."""
+    settings = result.settings
+    return write_directions(
+        result.directions,
+        Path(folder),
+        model=settings.model,
+        concepts_version=settings.concepts_version,
     )
-    return sidecar
-
-
-def load_probe_directions(folder: str | Path) -> dict[str, ProbeDirection]:
-    """Concept → `ProbeDirection`, as written by `save_probe_directions`."""
-    from safetensors.torch import load_file
-
-    folder = Path(folder)
-    meta = read_json(folder / SIDECAR_FILE, "probe directions sidecar")
-    if not isinstance(meta, dict) or meta.get("schema_version") != 1:
-        raise AimriError(
-            f"'{folder / SIDECAR_FILE}' is not a version-1 probe directions file: re-create it "
-            "with save_probe_directions"
-        )
-    path = folder / TENSORS_FILE
-    if not path.is_file():
-        raise AimriError(f"'{path}' not found beside its sidecar: save the directions again")
-    tensors = load_file(str(path))
-    missing = sorted(set(meta["directions"]) ^ set(tensors))
-    if missing:
-        raise AimriError(
-            f"'{folder}': the sidecar and the tensors disagree on concepts {missing}: the files "
-            "come from different runs; save the directions again"
-        )
-    return {
-        n: ProbeDirection(
-            n, m["site"], m["method"], tensors[n], float(m["threshold"]), float(m["auroc"])
-        )
-        for n, m in meta["directions"].items()
-    }
