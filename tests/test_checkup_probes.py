@@ -36,6 +36,8 @@ from aimri.dicts.dictionary import build_dictionary
 from aimri.errors import AimriError
 from aimri.features.summary import auroc
 from aimri.steer.directions import mean_difference
+from aimri.steer.edits import AddDirection
+from aimri.steer.generate import prompt_ids
 
 WORDS = [
     "the",
@@ -264,17 +266,31 @@ def test_causal_check_at_strength_zero_is_the_unsteered_metric(tiny_model):
     assert len(check.random_effects) == 2 and check.verdict and "nats" in check.finding
 
 
-def test_behaviour_metric_is_the_per_token_log_probability_difference(tiny_model):
-    model = tiny_model("llama")
-    item = BehaviourItem("User: the quick\nAssistant:", " brown fox", " lazy dog")
-    batch = behaviour_batch(model, [item])
-    logits = model.run(batch.ids).logits
-    assert logits is not None
-    values = []
-    for row, (start, end) in enumerate(batch.spans):
-        lp = logits[row, start - 1 : end - 1].log_softmax(-1)
-        values.append(float(lp.gather(-1, batch.ids[row, start:end, None]).mean()))
-    assert behaviour_metric(model, batch, {}) == pytest.approx(values[0] - values[1], abs=1e-5)
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_behaviour_metric_with_a_shared_prompt_equals_scoring_each_sequence(tiny_model, family):
+    """The prompt's KV cache serves both completions; the result must equal running every
+    prompt + completion on its own, with and without an edit."""
+    model = tiny_model(family)
+    items = [
+        BehaviourItem("User: the quick\nAssistant:", " brown fox", " lazy dog jumps"),
+        BehaviourItem("User: def add(a, b):\n    return", " a + b", " x"),
+    ]
+    batch = behaviour_batch(model, items)
+    edit = AddDirection("blocks.1.hook_resid_post", torch.ones(model.info.d_model), 2.0)
+    for patches in ({}, edit.patches(model)):
+        diffs = []
+        for item in items:
+            prompt = prompt_ids(model, item.prompt)
+            logp = []
+            for completion in (item.positive, item.negative):
+                tail = model.tokenizer(completion, add_special_tokens=False)["input_ids"]
+                logits = model.run(torch.tensor([prompt + tail]), patch=patches).logits
+                assert logits is not None
+                lp = logits[0, len(prompt) - 1 : -1].float().log_softmax(-1)
+                logp.append(float(lp.gather(-1, torch.tensor(tail)[:, None]).mean()))
+            diffs.append(logp[0] - logp[1])
+        expected = sum(diffs) / len(diffs)
+        assert behaviour_metric(model, batch, patches) == pytest.approx(expected, abs=1e-5)
 
 
 def test_probe_concepts_end_to_end_on_a_tiny_model_and_directions_round_trip(tiny_model, tmp_path):

@@ -45,8 +45,6 @@ DEFAULT_STRENGTHS = (-0.5, -0.25, 0.25, 0.5)
 inflated by a few very large dimensions, so half a norm already moves the text a lot)."""
 N_RANDOM = 4
 Z_BEYOND = 3.0
-ROWS_PER_RUN = 16
-"""Sequences per forward pass (the logits of a batch are [rows, T, vocab])."""
 Patches = dict[str, PatchFn]
 
 
@@ -166,43 +164,71 @@ class _Edits(NamedTuple):
 
 
 class BehaviourBatch(NamedTuple):
-    ids: Tensor
-    """[2n, T] right-padded: row 2i = prompt i + its positive completion, 2i + 1 + negative."""
-    spans: list[tuple[int, int]]
-    """Per row, the completion's token positions [start, end)."""
+    """Behaviour items tokenized for `behaviour_metric`: prompts once, completions twice each."""
+
+    prompts: Tensor
+    """[n, Tp] right-padded prompts, BOS first."""
+    prompt_lens: Tensor
+    """[n] real tokens per prompt."""
+    completions: Tensor
+    """[2n, Tc] right-padded completions: row 2i = prompt i's positive one, 2i + 1 negative."""
+    completion_lens: Tensor
+    """[2n] real tokens per completion."""
 
 
 def behaviour_batch(model: Model, items: Sequence[BehaviourItem]) -> BehaviourBatch:
     """Tokenize prompt (with BOS) and completion apart, so the completion's tokens are its own."""
-    seqs, spans = [], []
     bos = prompt_ids(model, "")  # the BOS prefix, looked up once
     tok = model.tokenizer
-    for item in items:
-        prompt = bos + tok(item.prompt, add_special_tokens=False)["input_ids"]
-        for completion in (item.positive, item.negative):
-            tail = tok(completion, add_special_tokens=False)["input_ids"]
-            if not tail:
-                raise AimriError(f"behaviour item {item.prompt[:40]!r}: a completion is empty")
-            seqs.append(prompt + tail)
-            spans.append((len(prompt), len(prompt) + len(tail)))
-    return BehaviourBatch(right_pad(seqs).ids, spans)
+    prompts = [bos + tok(b.prompt, add_special_tokens=False)["input_ids"] for b in items]
+    tails = [
+        tok(c, add_special_tokens=False)["input_ids"]
+        for b in items
+        for c in (b.positive, b.negative)
+    ]
+    if not all(tails):
+        raise AimriError("a behaviour item has an empty completion: give every item two")
+    return BehaviourBatch(
+        right_pad(prompts).ids,
+        torch.tensor([len(p) for p in prompts]),
+        right_pad(tails).ids,
+        torch.tensor([len(t) for t in tails]),
+    )
 
 
 @torch.no_grad()
 def behaviour_metric(model: Model, batch: BehaviourBatch, patches: Patches) -> float:
     """Mean over items of (mean log-prob per token of the positive completion − the same for
-    the negative one), with `patches` applied to every forward pass."""
-    logps: list[float] = []
-    for i in range(0, len(batch.ids), ROWS_PER_RUN):
-        ids = batch.ids[i : i + ROWS_PER_RUN]
-        logits = model.run(ids, patch=patches).logits
-        assert logits is not None
-        for j, (start, end) in enumerate(batch.spans[i : i + ROWS_PER_RUN]):
-            lp = logits[j, start - 1 : end - 1].float().log_softmax(-1)  # [n_tok, vocab]
-            target = ids[j, start:end].to(lp.device)
-            logps.append(float(lp.gather(-1, target[:, None]).mean()))
-    diffs = [logps[k] - logps[k + 1] for k in range(0, len(logps), 2)]
-    return sum(diffs) / len(diffs)
+    the negative one), with `patches` applied to every forward pass.
+
+    Each prompt runs once; its KV cache serves both completions (a second pass whose attention
+    mask hides the prompt's padding and whose positions continue each prompt), which saves
+    about a third of the tokens of running prompt + completion twice."""
+    dev = model.device
+    Tp, Tc = batch.prompts.shape[1], batch.completions.shape[1]
+    prompt_mask = (torch.arange(Tp) < batch.prompt_lens[:, None]).long()  # [n, Tp]
+    comp_mask = (torch.arange(Tc) < batch.completion_lens[:, None]).long()  # [2n, Tc]
+    mask = torch.cat([prompt_mask.repeat_interleave(2, 0), comp_mask], dim=1)
+    positions = batch.prompt_lens.repeat_interleave(2)[:, None] + torch.arange(Tc)
+    with model.hooks([], patches, {}):
+        first = model.hf(input_ids=batch.prompts.to(dev), use_cache=True)  # type: ignore[operator]
+        cache = first.past_key_values
+        cache.batch_repeat_interleave(2)
+        second = model.hf(  # type: ignore[operator]
+            input_ids=batch.completions.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=positions.to(dev),
+            past_key_values=cache,
+            use_cache=False,
+        )
+    rows = torch.arange(len(batch.prompt_lens), device=dev)
+    last = first.logits[rows, batch.prompt_lens.to(dev) - 1]  # [n, V]: the first completion token
+    logits = torch.cat([last.repeat_interleave(2, 0)[:, None], second.logits[:, :-1]], dim=1)
+    logp = logits.float().log_softmax(-1)  # [2n, Tc, V]
+    target = batch.completions.to(dev)[..., None]
+    token_lp = logp.gather(-1, target)[..., 0] * comp_mask.to(dev)  # [2n, Tc]
+    per_row = token_lp.sum(1) / batch.completion_lens.to(dev)  # [2n]
+    return float((per_row[0::2] - per_row[1::2]).mean())
 
 
 def _direction_edits(model: Model, site: str, direction: Tensor, scale: float) -> _Edits:
