@@ -9,12 +9,14 @@ measured unsteered, then with an edit on every position:
 - a dictionary feature: `ClampFeature` to strength × `scale` (default its largest activation on
   the prompts with their positive completions; a negative strength clamps to a negative value)
   and `AblateFeature`.
-The baseline repeats the largest ± strength and the ablation with `n_random` random directions
-(Gaussian, seeded) or random other features of the same dictionary. `effect` is half the
-difference between the metric at +s and −s for the largest s, which cancels what any large
-edit does to both completions alike; `z` compares it with the random effects. A check counts
-as "beyond random" when |z| ≥ 3 and |effect| exceeds every random effect. This is evidence
-about these prompts, never a certification of the model.
+The baseline repeats the largest ± strength (and, if asked, the ablation) with `n_random`
+random directions (Gaussian, seeded) or random other features of the same dictionary. `effect`
+is half the difference between the metric at +s and −s for the largest s, which cancels what
+any large edit does to both completions alike; `z` compares it with the random effects. A check
+counts as "beyond random" when |z| ≥ 3 and |effect| exceeds every random effect: with a few
+random draws this is a screen, not a significance test. This is evidence about these prompts,
+never a certification of the model. Cost: one forward pass over the prompts (each prompt once,
+its KV cache shared by both completions) per strength, ablation and random draw.
 
 Not here: finding the direction (`probes.py`), the edits themselves (`aimri.steer.edits`).
 """
