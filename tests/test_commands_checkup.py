@@ -86,3 +86,17 @@ def test_probe_then_monitor_on_a_tiny_model(tiny_model_dir, tmp_path, capsys):
     logged = [json.loads(ln) for ln in log.read_text().splitlines()]
     assert printed and len(printed) == len(logged)
     assert {a["watch"] for a in logged} <= set(names)
+
+
+def test_cli_audit_writes_hypotheses_beside_the_black_box(tiny_model_dir, tmp_path, capsys):
+    base = tiny_model_dir("llama")
+    other = _changed_copy(base, tmp_path / "changed")
+    out = tmp_path / "audit"
+    argv = ["audit", str(base), str(other), "--base.device", "cpu", "--other.device", "cpu"]
+    assert main([*argv, "--k", "3", "--out", str(out)]) == 0
+    doc = json.loads((out / "audit.json").read_text())
+    white, black = doc["stages"]["audit"]["white_box"], doc["stages"]["audit"]["black_box"]
+    assert white["method"] == "white-box" and black["method"] == "black-box"
+    assert 1 <= len(white["hypotheses"]) <= 3 and not white["empty"]
+    assert [e.kind for e in read_ledger(out)] == ["audit"]
+    assert 'id="audit"' in (out / "report.html").read_text()

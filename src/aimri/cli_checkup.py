@@ -1,19 +1,23 @@
-"""The check-up's subcommands (probe, diff, plant, monitor): thin shells over the API that
+"""The check-up's subcommands (probe, diff, plant, audit, monitor): thin shells over the API that
 print what was written and what was found. Not here: any measurement."""
 
 from __future__ import annotations
 
-from aimri.config_checkup import DiffConfig, MonitorConfig, PlantConfig, ProbeConfig
+from aimri.config_checkup import AuditConfig, DiffConfig, MonitorConfig, PlantConfig, ProbeConfig
 from aimri.errors import AimriError
 
 CHECKUP_COMMANDS: dict[str, type] = {
     "probe": ProbeConfig,
     "diff": DiffConfig,
     "plant": PlantConfig,
+    "audit": AuditConfig,
     "monitor": MonitorConfig,
 }
 # `aimri diff A B` fills these fields from its first two bare arguments.
-PAIR_POSITIONAL = {"diff": ("--base.spec", "--other.spec")}
+PAIR_POSITIONAL = {
+    "diff": ("--base.spec", "--other.spec"),
+    "audit": ("--base.spec", "--other.spec"),
+}
 
 
 def with_pair_positional(args: list[str]) -> list[str]:
@@ -27,10 +31,16 @@ def with_pair_positional(args: list[str]) -> list[str]:
 
 
 def dispatch_checkup(cfg: object) -> None:
-    if isinstance(cfg, DiffConfig | ProbeConfig):
-        from aimri.scanner.commands import diff, probe
+    if isinstance(cfg, DiffConfig | ProbeConfig | AuditConfig):
+        from aimri.scanner.commands import audit, diff, probe
 
-        r = diff(cfg) if isinstance(cfg, DiffConfig) else probe(cfg)
+        r = (
+            diff(cfg)
+            if isinstance(cfg, DiffConfig)
+            else probe(cfg)
+            if isinstance(cfg, ProbeConfig)
+            else audit(cfg)
+        )
         print(f"done in {r.seconds:.0f}s: {r.headline}")
         print(f"results: {r.json}")
         print(f"report: {r.report.resolve()}")

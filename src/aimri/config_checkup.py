@@ -83,6 +83,8 @@ class AuditConfig:
     """An SAE trained on the base model (SAELens layout), for the feature evidence."""
     k: int = 5
     """Hypotheses to write."""
+    black_box: bool = True
+    """Also run the black-box baseline (sample both models on the same prompts, compare)."""
     out: Path = Path("audit")
     """Folder for `audit.json` and `ledger.jsonl`."""
 

@@ -64,6 +64,7 @@ def render_report(scan: dict[str, Any], path: Path) -> Path:
             diff=_ran(stages.get("diff")),
             diff_charts=diff_view(stages["diff"]) if _ran(stages.get("diff")) else {},
             concepts=concepts_view(stages["concepts"]) if _ran(stages.get("concepts")) else None,
+            audit=_ran(stages.get("audit")),
         )
     )
     write_bytes_atomic(path, html.encode("utf-8"))

@@ -1,5 +1,6 @@
 """The check-up's commands as API calls, each writing a run directory like a scan does:
-`diff(cfg)` (two versions of a model) and `probe(cfg)` (safety concepts on one model).
+`diff(cfg)` (two versions of a model), `probe(cfg)` (safety concepts on one model) and
+`audit(cfg)` (the blue team's hypotheses about what changed, beside the black-box baseline).
 The red team's `plant` and the monitor need no run directory: the CLI calls them directly.
 
 Each records its query in the run's ledger, writes a schema-versioned JSON beside a
@@ -16,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from aimri._io import write_json_atomic
+from aimri.checkup.audit import black_box, blue_team
+from aimri.checkup.audit import neutral_texts as audit_texts
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
 from aimri.checkup.diff import diff_json, diff_models
 from aimri.checkup.probes import probe_concepts, save_probe_directions
-from aimri.config_checkup import DiffConfig, ProbeConfig
+from aimri.config_checkup import AuditConfig, DiffConfig, ProbeConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
@@ -148,3 +151,39 @@ def _document(
     if base is not None:
         doc["base_model"] = {**asdict(base.info), "weights_sha256": base.weights_sha256}
     return finite(doc)
+
+
+def audit(cfg: AuditConfig) -> CommandResult:
+    """The blue team on two models (and the black-box baseline beside it); audit.json + report."""
+    t0 = time.perf_counter()
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    base, other = load_model(cfg.base), load_model(cfg.other)
+    record_query(
+        cfg.out,
+        "audit",
+        model_sha256=other.weights_sha256,
+        detail={"base": cfg.base.spec, "other": cfg.other.spec, "k": cfg.k},
+    )
+    dictionary = load_dictionary(cfg.dictionary) if cfg.dictionary else None
+    texts = audit_texts()
+    white = blue_team(
+        base,
+        other,
+        texts=texts,
+        dictionary=dictionary,
+        dict_site=dictionary.cfg.site if dictionary else None,
+        k=cfg.k,
+    )
+    black = black_box(base, other, texts=texts, k=cfg.k) if cfg.black_box else None
+    stage = {
+        "base": cfg.base.spec,
+        "other": cfg.other.spec,
+        "white_box": asdict(white),
+        "black_box": asdict(black) if black else None,
+    }
+    results = {"audit": stage}
+    doc = _document("aimri.audit", cfg.out, other, base, results, [], to_jsonable(cfg), t0)
+    write_json_atomic(cfg.out / "audit.json", doc)
+    report = render_report(doc, cfg.out / "report.html")
+    top = white.hypotheses[0].text if white.hypotheses else "no difference found"
+    return CommandResult(cfg.out, report, cfg.out / "audit.json", time.perf_counter() - t0, top)

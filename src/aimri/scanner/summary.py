@@ -60,6 +60,10 @@ def _checked(name: str, r: dict[str, Any]) -> dict[str, str] | None:
             "with held-out AUROC, false positives on neutral text and a causal check"
         ),
         "diff": lambda: f"a diff against {r.get('base_spec', 'another version')}",
+        "audit": lambda: (
+            f"what changed from {r['base']} to {r['other']}: ranked hypotheses from "
+            "the internals, beside a black-box baseline"
+        ),
     }.get(name)
     return {"stage": name, "what": what()} if what else None
 
@@ -199,6 +203,9 @@ def _data(name: str, r: dict[str, Any], text: str) -> str:
         return "hand-written demonstration prompts: " + "; ".join(
             repr(g["prompt"]) for g in r["graphs"]
         )
+    if name == "audit":
+        w = r["white_box"]["inputs"]
+        return f"{w.get('prompts')} shipped generic prompts and {w.get('texts')} built-in texts"
     if name == "diff":
         return (
             f"neutral text ({r.get('settings', {}).get('n_texts', '?')} texts) read by both models"
@@ -246,6 +253,12 @@ _METHODS: dict[str, Any] = {
         "recall at 1% false positives on neutral text; dictionary features; steering and "
         "ablation against random directions",
         _compact(r.get("settings", {})),
+    ),
+    "audit": lambda r, c: (
+        "audit",
+        "blue team: diff of internals, trigger and word candidates, steering with the "
+        "largest layer difference; black box: sampled replies compared word by word",
+        f"k {c.get('k')}, at most 8 keywords per hypothesis",
     ),
     "diff": lambda r, c: (
         "model diff",
