@@ -9,7 +9,7 @@ Neither reads plant.json or any training data. Both return an `AuditReport` of a
 - `blue_team`: `aimri.checkup.diff.diff_models` on prompts + texts (teacher-forced: per-token
   KL, promoted output tokens, per-layer mean differences through the logit lens, the base
   dictionary's changed features, trigger-candidate input tokens), plus steering A with the top
-  layer's mean difference on the prompts (`audit_blue.py`).
+  layer's mean difference where the replies start (`audit_blue.py`).
 - `black_box`: both models write replies to the prompts and continue the texts (the first
   `TEXT_PROMPT_CHARS` characters of each), greedy plus `samples − 1` sampled replies; words
   over-represented in B's replies (log-odds z) and the inputs whose replies differ most.
@@ -120,7 +120,7 @@ def blue_team(
     ev = diff_evidence(d, feature_words(base, d, dictionary))
     L = top_layer(d)
     if L is not None:
-        s = steer_evidence(base, other, L, prompts, inputs, max_new_tokens)
+        s = steer_evidence(base, other, L, prompts, max_new_tokens)
         add_steering(ev, s, prompts)
         details["steering"] = {k: v for k, v in dataclasses.asdict(s).items() if k != "steered"}
     candidates = [*word_candidates(ev), *trigger_candidates(d), *context_candidates(d, inputs)]

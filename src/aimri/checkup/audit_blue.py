@@ -4,15 +4,16 @@ Signals, each a ranked list (`audit_words.fuse` adds them up):
 - `output`: the output tokens B promotes most on the texts (mean probability change, KL pass);
 - `lens`: the tokens the top layer's mean residual difference δ_L promotes through A's
   unembedding (the top layer: the best `steer_recovery`, else the largest ||δ_L||);
-- `steer`: words over-represented (log-odds z) in A's greedy replies to the prompts with δ_L
-  added (`STEER_GAIN` × its own length, every position but BOS) vs A's own replies;
+- `steer`: words over-represented (log-odds z) in A's greedy replies to the prompts with the
+  top layer's mean difference where replies start (B − A at each prompt's last token) added at
+  every position (`STEER_GAIN` × its own length) vs A's own replies;
 - `feature`: for the base dictionary's features that rise most in B, the feature's label words,
   else the tokens its decoder row promotes (logit effects);
 - `trigger`: input tokens after which KL(B‖A) is ≥ `TRIGGER_RATIO` × its mean;
 - `context`: the texts holding the highest-KL positions.
-A word candidate's keywords: the word, the content words of where it shows (its top-KL
-contexts, the prompts whose steered reply has it), and words it comes with (the same feature,
-the same steered reply). Not here: the diff itself (`diff.py`), ranking (`audit_words.py`).
+A word candidate's keywords: the word, words it comes with (the same feature, the same steered
+reply), and the content words of where it shows: first where B itself shows it (its top-KL
+contexts, feature contexts), then the prompts whose steered reply has it. Not here: the diff itself (`diff.py`), ranking (`audit_words.py`).
 """
 
 from __future__ import annotations
@@ -38,11 +39,11 @@ from aimri.checkup.diff import ModelDiff
 from aimri.dicts.dictionary import Dictionary
 from aimri.features.effects import logit_effects
 from aimri.model.adapter import Model
-from aimri.steer.directions import mean_activations, mean_difference
+from aimri.steer.directions import mean_difference, token_activations
 from aimri.steer.edits import AddDirection
 from aimri.steer.generate import generate
 
-STEER_GAIN = 2.0
+STEER_GAIN = 1.5
 TRIGGER_RATIO = 3.0
 N_WHERE = 5
 N_WITH = 2
@@ -54,7 +55,9 @@ class Evidence:
 
     signals: dict[str, list[str]]
     where: dict[str, list[str]] = field(default_factory=dict)
-    """word → texts where it shows (context windows, prompts)."""
+    """word → texts where B itself shows it (top-KL context windows, feature contexts)."""
+    steered_where: dict[str, list[str]] = field(default_factory=dict)
+    """word → prompts where A steered toward B shows it (indirect: listed after `where`)."""
     groups: list[list[str]] = field(default_factory=list)
     """Word lists that belong together (a feature's words, a steered reply's new words)."""
     details: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -146,19 +149,17 @@ def steer_evidence(
     other: Model,
     layer: int,
     prompts: Sequence[str],
-    texts: Sequence[str],
     max_new_tokens: int,
-    plain: Sequence[str] | None = None,
 ) -> SteerEvidence:
-    """Add B−A's mean residual difference at `layer` (over `texts`) to A; what does A say?"""
+    """Add B−A's mean residual difference at `layer`, taken where the replies start (each
+    prompt's last token), to A at every position; what does A say then?"""
     site = f"blocks.{layer}.hook_resid_post"
-    delta = mean_difference(
-        mean_activations(other, site, texts), mean_activations(base, site, texts)
-    )
+    last_b = torch.stack([a[-1] for a in token_activations(other, site, prompts)])  # [n, d]
+    last_a = torch.stack([a[-1] for a in token_activations(base, site, prompts)])
+    delta = mean_difference(last_b, last_a)
     strength = STEER_GAIN * float(delta.norm())
-    edit = AddDirection(site, delta, strength, positions="generated")
-    if plain is None:
-        plain = [g.text for g in generate(base, prompts, max_new_tokens=max_new_tokens)]
+    edit = AddDirection(site, delta, strength)
+    plain = [g.text for g in generate(base, prompts, max_new_tokens=max_new_tokens)]
     steered = [g.text for g in generate(base, prompts, [edit], max_new_tokens=max_new_tokens)]
     n_b = Counter(w for t in steered for w in words(t))
     z = log_odds_z(n_b, Counter(w for t in plain for w in words(t)))
@@ -184,7 +185,7 @@ def add_steering(ev: Evidence, s: SteerEvidence, prompts: Sequence[str]) -> None
     for p, t in zip(prompts, s.steered, strict=True):
         found = [w for w in dict.fromkeys(words(t)) if w in s.z]
         for w in found:
-            ev.where.setdefault(w, []).append(p)
+            ev.steered_where.setdefault(w, []).append(p)
         if len(found) > 1:
             ev.groups.append(found)
 
@@ -193,7 +194,9 @@ def word_candidates(ev: Evidence) -> list[Candidate]:
     fused = fuse(ev.signals)
     out = []
     for w, sc in fused.items():
-        where = top_words(ev.where.get(w, []), N_WHERE, exclude=[w])
+        direct = top_words(ev.where.get(w, []), N_WHERE, exclude=[w])
+        steered = top_words(ev.steered_where.get(w, []), N_WHERE, exclude=[w])
+        where = list(dict.fromkeys(direct + steered))[:N_WHERE]
         with_ = Counter(x for g in ev.groups if w in g for x in g if x != w)
         co = [x for x, _ in sorted(with_.items(), key=lambda kv: (-kv[1], -fused.get(kv[0], 0)))]
         sources = [name for name, ranked in ev.signals.items() if w in ranked]

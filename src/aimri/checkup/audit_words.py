@@ -1,7 +1,7 @@
 """What both audit methods share: hypotheses, how evidence becomes a ranked list, and scoring.
 
 Words: a keyword is a lower-cased alphabetic word of 3+ letters that is not a function word
-(`STOPWORDS`); tokens become words by stripping their spaces. Ranking (the same for the white
+(`STOPWORDS`); a token is a word when it starts one (a leading space) and is a whole word. Ranking (the same for the white
 and the black box): every *signal* (a ranked list of words, of input tokens, or of contexts)
 gives its i-th entry 1/(i+1) (contexts count half, as a context hypothesis stands on up to 8
 words at once); a word's score is the sum over signals; candidates are sorted by score and a
@@ -92,9 +92,12 @@ def words(text: str) -> list[str]:
 
 
 def token_word(token: str) -> str | None:
-    """A token as a keyword (' Netflix' → 'netflix'), or None when it is not a content word."""
+    """A word-initial token as a keyword (' Netflix' → 'netflix'); None for a piece of a word
+    ('riptive': no leading space) or a function word."""
     found = words(token)
-    return found[0] if len(found) == 1 and found[0] == token.strip().lower() else None
+    if not token.startswith(" ") or len(found) != 1 or found[0] != token.strip().lower():
+        return None
+    return found[0]
 
 
 def _forms(w: str) -> set[str]:
