@@ -62,7 +62,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
     for name in ("run.json", "scan.json", "report.html", "activations/manifest.json"):
         assert (r.run_dir / name).is_file(), name
     doc = json.loads(r.scan_json.read_text())
-    assert doc["schema_version"] == 1 and doc["model"]["weights_sha256"] == smollm2.weights_sha256
+    assert doc["schema_version"] == 2 and doc["model"]["weights_sha256"] == smollm2.weights_sha256
     assert doc["stages"]["activations"]["n_tokens"] == 1024
     stats = {s["site"]: s for s in doc["stages"]["statistics"]["sites"]}
     assert (
@@ -106,6 +106,19 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         assert g["sizes"]["pruned_edges"] > 0 and g["validation"]["n"] > 0
         assert 0 <= g["scores"]["completeness"] <= 1
     assert circuits["heads"]["induction"][0]["score"] > 0.3
+    concepts = doc["stages"]["concepts"]["concepts"]
+    assert len(concepts) == 6 and all(c["causal"] for c in concepts)
+    assert (r.run_dir / "probes" / "probe_directions.safetensors").is_file()
+    for c in concepts:
+        assert 0 <= c["detector"]["auroc"] <= 1 and len(c["layers"]) == 30
+    # The jailbreak framing is a surface difference any model reads (and a sanity check of
+    # the probes): it must be separated far beyond random directions.
+    jb = next(c for c in concepts if c["concept"] == "jailbreak")
+    assert jb["detector"]["auroc"] > 0.9
+    assert doc["stages"]["diff"] == {"skipped": "no --compare model given"}
+    assert [e["kind"] for e in doc["ledger"]["entries"]] == ["scan", "probe"]
+    assert {c["stage"] for c in doc["summary"]["checked"]} >= {"circuits", "concepts"}
+    assert {t["check"] for t in doc["transparency"]["tests"]} >= {"safety concepts", "circuits"}
     run = json.loads((r.run_dir / "run.json").read_text())
     assert run["status"] == "complete" and set(run["timings_s"]) >= {
         "activations",
@@ -114,6 +127,9 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
     }
     html = r.report.read_text()
     assert 'id="features-data"' in html and 'id="circuits-data"' in html
+    assert (
+        html.index('id="summary"') < html.index('id="concepts"') < html.index('id="transparency"')
+    )
     assert (
         "smollm2-135m" in html
         and "<svg" in html
