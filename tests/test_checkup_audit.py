@@ -8,12 +8,19 @@ import copy
 import dataclasses
 import json
 import random
+from collections import Counter
 
 import pytest
 import torch
 
 from aimri.checkup.audit import black_box, blue_team, score
-from aimri.checkup.audit_words import AuditReport, Hypothesis, named, same_word
+from aimri.checkup.audit_words import (
+    AuditReport,
+    Hypothesis,
+    named,
+    over_represented,
+    same_word,
+)
 from aimri.checkup.plant import PLANTS, check_memory, plant
 from aimri.checkup.plant_specs import Example, PlantSpec, dialogue
 from aimri.errors import AimriError
@@ -127,6 +134,15 @@ def test_generators_are_deterministic_and_never_empty(name):
     shown = [e.completion for e in a if e.planted]
     pattern = "|".join(spec.behaviour_words)
     assert all(c is not None and any(w in c.lower() for w in pattern.split("|")) for c in shown)
+
+
+def test_over_represented_ranks_by_how_much_more_and_ignores_equal_use():
+    a = Counter({"good": 7, "hate": 0, "the": 500, "rare": 0, "less": 30})
+    b = Counter({"good": 65, "hate": 120, "the": 500, "rare": 1, "less": 3})
+    shifts = over_represented(b, a)
+    assert [s.word for s in shifts] == ["hate", "good"]  # z alone would put 'good' first
+    assert shifts[1].z > shifts[0].z and shifts[0].count_b == 120
+    assert over_represented(a, a) == [] and over_represented(Counter(), a) == []
 
 
 def _h(rank: int, *keywords: str) -> Hypothesis:

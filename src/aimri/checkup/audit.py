@@ -12,7 +12,8 @@ Neither reads plant.json or any training data. Both return an `AuditReport` of a
   layer's mean difference where the replies start (`audit_blue.py`).
 - `black_box`: both models write replies to the prompts and continue the texts (the first
   `TEXT_PROMPT_CHARS` characters of each), greedy plus `samples − 1` sampled replies; words
-  over-represented in B's replies (log-odds z) and the inputs whose replies differ most.
+  over-represented in B's replies (`audit_words.over_represented`) and the inputs whose replies
+  differ most.
 Not here: planting (`plant.py`), scoring rules (`audit_words.py`), the CLI and report.
 """
 
@@ -39,13 +40,13 @@ from aimri.checkup.audit_prompts import PROMPTS
 from aimri.checkup.audit_words import (
     CONTEXT_WEIGHT,
     KEYWORD_CAP,
-    Z_MIN,
     AuditReport,
     AuditScore,
     Candidate,
     Hypothesis,
-    log_odds_z,
+    WordShift,
     named,
+    over_represented,
     rank_candidates,
     score,
     top_words,
@@ -150,13 +151,11 @@ def black_box(
         return _report("black-box", [], True, prompts, texts, t0, {"identical_replies": True})
     n_a = Counter(w for rs in out_a for r in rs for w in words(r))
     n_b = Counter(w for rs in out_b for r in rs for w in words(r))
-    z = log_odds_z(n_b, n_a)
-    over = [w for w in sorted(z, key=lambda w: (-z[w], w)) if z[w] >= Z_MIN and n_b[w] >= 2]
-    candidates = [
-        _word_candidate(w, i, z, n_a, n_b, inputs, out_a, out_b, over) for i, w in enumerate(over)
-    ]
+    shifts = over_represented(n_b, n_a)
+    over = [s.word for s in shifts]
+    candidates = [_word_candidate(s, i, inputs, out_a, out_b, over) for i, s in enumerate(shifts)]
     candidates += _context_candidates(inputs, out_a, out_b, set(over))
-    details = {"over_represented": {w: round(z[w], 2) for w in over[:20]}, "samples": samples}
+    details = {"over_represented": [s._asdict() for s in shifts[:20]], "samples": samples}
     return _report("black-box", rank_candidates(candidates, k), False, prompts, texts, t0, details)
 
 
@@ -201,17 +200,15 @@ def _replies(
 
 
 def _word_candidate(
-    w: str,
+    s: WordShift,
     rank: int,
-    z: Mapping[str, float],
-    n_a: Counter[str],
-    n_b: Counter[str],
     inputs: Sequence[str],
     out_a: list[list[str]],
     out_b: list[list[str]],
     over: Sequence[str],
 ) -> Candidate:
-    """B says `w` more: where (the inputs whose B replies use it more) and with what."""
+    """B says `s.word` more: where (the inputs whose B replies use it more) and with what."""
+    w = s.word
     more = [
         i
         for i in range(len(inputs))
@@ -224,11 +221,11 @@ def _word_candidate(
     return Candidate(
         kind="word",
         lead=w,
-        text=f"B says '{w}' more than A ({n_b[w]} vs {n_a[w]} times, z {z[w]:.1f})"
+        text=f"B says '{w}' more than A ({s.count_b} vs {s.count_a} times, z {s.z:.1f})"
         + (f", where: {' '.join(where[:3])}" if where else ""),
         keywords=[*co, *where],
         score=1.0 / (rank + 1),
-        evidence={"z": round(z[w], 3), "count_a": n_a[w], "count_b": n_b[w], "examples": example},
+        evidence={**s._asdict(), "examples": example},
     )
 
 

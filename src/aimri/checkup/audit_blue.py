@@ -4,9 +4,9 @@ Signals, each a ranked list (`audit_words.fuse` adds them up):
 - `output`: the output tokens B promotes most on the texts (mean probability change, KL pass);
 - `lens`: the tokens the top layer's mean residual difference δ_L promotes through A's
   unembedding (the top layer: the best `steer_recovery`, else the largest ||δ_L||);
-- `steer`: words over-represented (log-odds z) in A's greedy replies to the prompts with the
-  top layer's mean difference where replies start (B − A at each prompt's last token) added at
-  every position (`STEER_GAIN` × its own length) vs A's own replies;
+- `steer`: words over-represented (`over_represented`) in A's greedy replies to the prompts
+  with the top layer's mean difference where replies start (B − A at each prompt's last token)
+  added at every position (`STEER_GAIN` × its own length) vs A's own replies;
 - `feature`: for the base dictionary's features that rise most in B, the feature's label words,
   else the tokens its decoder row promotes (logit effects);
 - `trigger`: input tokens after which KL(B‖A) is ≥ `TRIGGER_RATIO` × its mean;
@@ -27,10 +27,9 @@ import torch
 
 from aimri.checkup.audit_words import (
     CONTEXT_WEIGHT,
-    Z_MIN,
     Candidate,
     fuse,
-    log_odds_z,
+    over_represented,
     token_word,
     top_words,
     words,
@@ -162,14 +161,13 @@ def steer_evidence(
     plain = [g.text for g in generate(base, prompts, max_new_tokens=max_new_tokens)]
     steered = [g.text for g in generate(base, prompts, [edit], max_new_tokens=max_new_tokens)]
     n_b = Counter(w for t in steered for w in words(t))
-    z = log_odds_z(n_b, Counter(w for t in plain for w in words(t)))
-    ranked = [w for w in sorted(z, key=lambda w: -z[w]) if z[w] >= Z_MIN and n_b[w] >= 2]
+    shifts = over_represented(n_b, Counter(w for t in plain for w in words(t)))
     changed = [i for i, (a, b) in enumerate(zip(plain, steered, strict=True)) if a != b]
     return SteerEvidence(
         layer=layer,
         strength=round(strength, 4),
-        words=ranked,
-        z={w: round(z[w], 2) for w in ranked},
+        words=[s.word for s in shifts],
+        z={s.word: s.z for s in shifts},
         examples=[
             {"prompt": prompts[i], "a": plain[i], "a_steered": steered[i]} for i in changed[:3]
         ],

@@ -20,7 +20,7 @@ import re
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 KEYWORD_CAP = 8
 Z_MIN = 2.0
@@ -131,16 +131,31 @@ def score(report: AuditReport, answer_key: Sequence[str]) -> AuditScore:
     )
 
 
-def log_odds_z(counts_b: Counter[str], counts_a: Counter[str]) -> dict[str, float]:
-    """Per word, z of the log-odds ratio of B's rate vs A's (add-½ smoothing): > 0 when B uses
-    the word more. Identical counts give exactly 0 everywhere."""
+class WordShift(NamedTuple):
+    word: str
+    log_odds: float
+    """log-odds ratio of B's rate of the word vs A's (add-½ smoothing): how much more."""
+    z: float
+    """log_odds over its standard error: how sure."""
+    count_a: int
+    count_b: int
+
+
+def over_represented(
+    counts_b: Counter[str], counts_a: Counter[str], *, min_count: int = 2
+) -> list[WordShift]:
+    """Words B uses more than A (z ≥ Z_MIN, at least `min_count` uses by B), ranked by the
+    log-odds ratio (z alone favours common words: 65 vs 7 uses outranks 120 vs 0). Identical
+    counts give nothing."""
     n_a, n_b = sum(counts_a.values()), sum(counts_b.values())
-    out = {}
-    for w in counts_a.keys() | counts_b.keys():
+    out = []
+    for w in counts_b:
         yb, ya = counts_b[w] + 0.5, counts_a[w] + 0.5
         delta = math.log(yb / (n_b - counts_b[w] + 0.5)) - math.log(ya / (n_a - counts_a[w] + 0.5))
-        out[w] = delta / math.sqrt(1 / yb + 1 / ya)
-    return out
+        z = delta / math.sqrt(1 / yb + 1 / ya)
+        if z >= Z_MIN and counts_b[w] >= min_count:
+            out.append(WordShift(w, round(delta, 4), round(z, 3), counts_a[w], counts_b[w]))
+    return sorted(out, key=lambda s: (-s.log_odds, -s.z, s.word))
 
 
 @dataclass
