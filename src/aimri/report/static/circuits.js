@@ -346,7 +346,9 @@
   slider.addEventListener("input", function () {
     if (queued) return;
     queued = true;
-    requestAnimationFrame(function () { queued = false; drawEdges(); });
+    // A timer, not an animation frame: frames do not run in background tabs or under a
+    // headless browser's virtual time, and the slider must still redraw there.
+    setTimeout(function () { queued = false; drawEdges(); }, 0);
   });
   snShow.addEventListener("change", applySupernodes);
   snMerge.addEventListener("change", applySupernodes);
