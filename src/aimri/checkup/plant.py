@@ -40,6 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from aimri._io import write_json_atomic
+from aimri.checkup.diff_stats import token_kl
 from aimri.checkup.plant_specs import PLANTS, Example, PlantSpec
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
@@ -330,15 +331,13 @@ def shows_behaviour(texts: Sequence[str], words: Sequence[str]) -> float:
 @torch.no_grad()
 def kl_between(base: Model, other: Model, texts: Sequence[str]) -> float:
     """KL(base‖other) in nats, mean over the texts' positions (BOS excluded)."""
-    total, n = 0.0, 0
+    kls = []
     for t in texts:
         ids = torch.tensor([prompt_ids(base, t)])
         la, lb = (m.run(ids).logits for m in (base, other))
         assert la is not None and lb is not None
-        lp_a, lp_b = la[0, 1:].double().log_softmax(-1), lb[0, 1:].double().log_softmax(-1)
-        total += float((lp_a.exp() * (lp_a - lp_b)).sum())
-        n += lp_a.shape[0]
-    return total / max(n, 1)
+        kls.append(token_kl(la[0, 1:], lb[0, 1:]))  # KL(first‖second) per position
+    return float(torch.cat(kls).double().mean()) if kls else 0.0
 
 
 def _save(model: Model, out: Path, record: dict[str, object]) -> None:
