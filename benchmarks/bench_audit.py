@@ -121,7 +121,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--plants-dir", type=Path, default=Path("runs/audit-plants"))
     p.add_argument("--reuse", action="store_true", help="reuse plants (and the SAE) found there")
     p.add_argument("--plants", default=",".join(PLANTS), help="comma-separated plant names")
