@@ -21,16 +21,15 @@ from aimri.checkup.audit import black_box, blue_team
 from aimri.checkup.audit import neutral_texts as audit_texts
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
-from aimri.checkup.diff import diff_json, diff_models
-from aimri.checkup.probes import probe_concepts, save_probe_directions
+from aimri.checkup.diff import diff_json
 from aimri.config_checkup import AuditConfig, DiffConfig, ProbeConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
-from aimri.scanner.concepts import corpus_texts
-from aimri.scanner.findings_checkup import concept_findings, diff_findings
+from aimri.scanner.concepts import corpus_texts, diff_and_record, probe_and_save
+from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.run import SCAN_SCHEMA, finite, run_versions, to_jsonable
 from aimri.scanner.summary import ledger_section, summary_from, transparency_from
 
@@ -52,19 +51,14 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
     run_dir.mkdir(parents=True, exist_ok=True)
     base = base or load_model(cfg.base)
     other = other or load_model(cfg.other)
-    record_query(
-        run_dir,
-        "diff",
-        model_sha256=other.weights_sha256,
-        detail={"base": cfg.base.spec, "other": cfg.other.spec, "base_sha256": base.weights_sha256},
-    )
     dictionary = load_dictionary(cfg.dictionary) if cfg.dictionary else None
-    result = diff_models(
+    result = diff_and_record(
         base,
         other,
         corpus_texts(base, cfg.corpus),
+        ledger_dir=run_dir,
+        detail={"base": cfg.base.spec, "other": cfg.other.spec},
         dictionary=dictionary,
-        dict_site=dictionary.cfg.site if dictionary else None,
         crosscoder=cfg.crosscoder,
     )
     stage = {**diff_json(result), "base_spec": cfg.base.spec}
@@ -87,23 +81,16 @@ def probe(cfg: ProbeConfig, model: Model | None = None) -> CommandResult:
     cfg.out.mkdir(parents=True, exist_ok=True)
     model = model or load_model(cfg.model)
     concepts = load_concepts(cfg.concepts) if cfg.concepts else builtin_concepts()
-    record_query(
-        cfg.out,
-        "probe",
-        model_sha256=model.weights_sha256,
-        detail={"concepts": [c.name for c in concepts], "files": [str(p) for p in cfg.concepts]},
-    )
-    dictionary = load_dictionary(cfg.dictionary) if cfg.dictionary else None
     neutral = builtin_neutral_texts() + corpus_texts(model, cfg.neutral)
-    result = probe_concepts(
+    result = probe_and_save(
         model,
         concepts,
         neutral,
-        dictionary=dictionary,
-        dict_site=dictionary.cfg.site if dictionary else None,
+        ledger_dir=cfg.out,
+        directions_dir=cfg.out,
+        dictionary=load_dictionary(cfg.dictionary) if cfg.dictionary else None,
         causal=CausalSettings() if cfg.causal else None,
     )
-    save_probe_directions(result, cfg.out)
     stage = {
         **result.to_json(),
         "directions": ".",
@@ -115,8 +102,8 @@ def probe(cfg: ProbeConfig, model: Model | None = None) -> CommandResult:
     doc = _document("aimri.probe", cfg.out, model, None, results, findings, to_jsonable(cfg), t0)
     write_json_atomic(cfg.out / "probes.json", doc)
     report = render_report(doc, cfg.out / "report.html")
-    readable = sum(1 for f in findings if "linearly readable" in f["title"])
-    headline = f"{readable} of {len(findings)} concepts linearly readable beyond random directions"
+    n_read = sum(readable(c) for c in stage["concepts"])
+    headline = f"{n_read} of {len(findings)} concepts linearly readable beyond random directions"
     return CommandResult(
         cfg.out, report, cfg.out / "probes.json", time.perf_counter() - t0, headline
     )

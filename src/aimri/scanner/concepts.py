@@ -10,12 +10,20 @@ Not here: probing, diffing (`aimri.checkup`), the wording of findings (`findings
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
-from aimri.checkup.diff import diff_json, diff_models
-from aimri.checkup.probes import probe_concepts, save_probe_directions
+from aimri.checkup.causal import CausalSettings
+from aimri.checkup.concepts import (
+    CONCEPTS_VERSION,
+    ConceptSet,
+    builtin_concepts,
+    builtin_neutral_texts,
+    load_concepts,
+)
+from aimri.checkup.diff import ModelDiff, diff_json, diff_models
+from aimri.checkup.probes import ProbeResult, probe_concepts, save_probe_directions
 from aimri.config import CorpusConfig, ScanConfig
 from aimri.corpus.contexts import take_contexts
 from aimri.dicts.dictionary import Dictionary
@@ -24,6 +32,7 @@ from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 
+DEFAULT_CAUSAL = CausalSettings()
 NEUTRAL_CONTEXTS = 160
 NEUTRAL_LEN = 33
 DIFF_TEXTS = 48
@@ -36,24 +45,14 @@ def concepts_stage(
         return {"skipped": "turned off with --no-concepts"}
     concepts = builtin_concepts() + load_concepts(cfg.concept_files)
     neutral = builtin_neutral_texts() + corpus_texts(model, _neutral_corpus(cfg), NEUTRAL_CONTEXTS)
-    dictionary = _scan_dictionary(run_dir, results)
-    result = probe_concepts(
+    result = probe_and_save(
         model,
         concepts,
         neutral,
-        dictionary=dictionary,
-        dict_site=dictionary.cfg.site if dictionary else None,
+        ledger_dir=run_dir,
+        directions_dir=run_dir / "probes",
+        dictionary=_scan_dictionary(run_dir, results),
         feature_labels=feature_labels(results.get("features")),
-    )
-    save_probe_directions(result, run_dir / "probes")
-    record_query(
-        run_dir,
-        "probe",
-        model_sha256=model.weights_sha256,
-        detail={
-            "concepts": [c.name for c in concepts],
-            "version": result.settings.concepts_version,
-        },
     )
     return {
         **result.to_json(),
@@ -72,22 +71,78 @@ def diff_stage(
     if not cfg.compare:
         return {"skipped": "no --compare model given"}
     base = load_model(dataclasses.replace(cfg.model, spec=cfg.compare))
-    record_query(
-        run_dir,
-        "diff",
-        model_sha256=model.weights_sha256,
-        detail={"base": cfg.compare, "base_sha256": base.weights_sha256},
-    )
-    dictionary = _scan_dictionary(run_dir, results)
-    d = diff_models(
+    d = diff_and_record(
         base,
         model,
         corpus_texts(base, _neutral_corpus(cfg), DIFF_TEXTS),
-        dictionary=dictionary,
-        dict_site=dictionary.cfg.site if dictionary else None,
+        ledger_dir=run_dir,
+        detail={"base": cfg.compare},
+        dictionary=_scan_dictionary(run_dir, results),
         feature_labels=feature_labels(results.get("features")),
     )
     return {**diff_json(d), "base_spec": cfg.compare}
+
+
+def probe_and_save(
+    model: Model,
+    concepts: Sequence[ConceptSet],
+    neutral: Sequence[str],
+    *,
+    ledger_dir: Path,
+    directions_dir: Path,
+    dictionary: Dictionary | None = None,
+    feature_labels: Mapping[int, str] | None = None,
+    causal: CausalSettings | None = DEFAULT_CAUSAL,
+) -> ProbeResult:
+    """Record the query in the ledger, probe the concepts, save the flagged directions: what
+    the scan's concepts stage and `aimri probe` both do."""
+    record_query(
+        ledger_dir,
+        "probe",
+        model_sha256=model.weights_sha256,
+        detail={"concepts": [c.name for c in concepts], "version": CONCEPTS_VERSION},
+    )
+    result = probe_concepts(
+        model,
+        concepts,
+        neutral,
+        dictionary=dictionary,
+        dict_site=dictionary.cfg.site if dictionary else None,
+        feature_labels=feature_labels,
+        causal=causal,
+    )
+    save_probe_directions(result, directions_dir)
+    return result
+
+
+def diff_and_record(
+    base: Model,
+    other: Model,
+    texts: Sequence[str],
+    *,
+    ledger_dir: Path,
+    detail: dict[str, Any],
+    dictionary: Dictionary | None = None,
+    feature_labels: Mapping[int, str] | None = None,
+    crosscoder: bool = False,
+) -> ModelDiff:
+    """Record the query in the ledger (under the changed model), then diff: what the scan's
+    diff stage and `aimri diff` both do."""
+    record_query(
+        ledger_dir,
+        "diff",
+        model_sha256=other.weights_sha256,
+        detail={**detail, "base_sha256": base.weights_sha256},
+    )
+    return diff_models(
+        base,
+        other,
+        texts,
+        dictionary=dictionary,
+        dict_site=dictionary.cfg.site if dictionary else None,
+        feature_labels=feature_labels,
+        crosscoder=crosscoder,
+    )
 
 
 def corpus_texts(model: Model, corpus: CorpusConfig, n: int | None = None) -> list[str]:
