@@ -6,7 +6,7 @@ without a measurement. Not here: computing the measurements (the stages do).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 from aimri.scanner.findings_checkup import concept_findings, diff_findings
 
@@ -98,10 +98,20 @@ def _ran(stage: dict[str, Any] | None) -> bool:
     return bool(stage) and not stage.get("skipped")
 
 
-def _features_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Dictionary features vs neurons vs random directions: the interpretable fraction."""
+class LabelRows(NamedTuple):
+    best: dict[str, Any]
+    """The dictionary's best (explainer, scorer) summary row: highest share of labelled features."""
+    rows: list[dict[str, Any]]
+    """Every basis's row for the same explainer and scorer."""
+    by_kind: dict[str, dict[str, Any]]
+    """Basis kind (sae, neurons, random...) → its row among `rows`."""
+
+
+def best_label_rows(stage: dict[str, Any] | None) -> LabelRows | None:
+    """The features stage's summary at its dictionary's best explainer and scorer, beside the
+    baselines' rows for the same pair; None when nothing was scored."""
     if not stage or not stage.get("summary"):
-        return []
+        return None
     rows = stage["summary"]
     kind = {b["info"]["name"]: b["info"]["kind"] for b in stage["bases"]}
     best = max(
@@ -110,9 +120,17 @@ def _features_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
         default=None,
     )
     if best is None:
-        return []
+        return None
     same = [r for r in rows if (r["explainer"], r["scorer"]) == (best["explainer"], best["scorer"])]
-    by_kind = {kind.get(r["basis"], r["basis"]): r for r in same}
+    return LabelRows(best, same, {kind.get(r["basis"], r["basis"]): r for r in same})
+
+
+def _features_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Dictionary features vs neurons vs random directions: the interpretable fraction."""
+    labelled = best_label_rows(stage)
+    if labelled is None:
+        return []
+    best, same, by_kind = labelled
     others = ", ".join(
         f"{k} {100 * (r['frac_above'] or 0):.0f}%"
         for k, r in by_kind.items()

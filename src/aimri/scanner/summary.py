@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aimri.ledger import consultations, read_ledger
+from aimri.scanner.findings import best_label_rows
 from aimri.scanner.findings_checkup import readable
 
 SEVERITY_ORDER = {"warning": 0, "notice": 1, "info": 2}
@@ -91,24 +92,10 @@ def _sure_dictionary(r: dict[str, Any]) -> str:
 
 
 def _sure_features(r: dict[str, Any]) -> str:
-    rows = r.get("summary") or []
-    kind = {b["info"]["name"]: b["info"]["kind"] for b in r["bases"]}
-    best = max(
-        (x for x in rows if kind.get(x["basis"]) in ("sae", "transcoder")),
-        key=lambda x: x["frac_above"] or 0.0,
-        default=None,
-    )
-    if best is None:
+    labelled = best_label_rows(r)
+    if labelled is None:
         return "No feature labels were scored."
-    rand = next(
-        (
-            x
-            for x in rows
-            if kind.get(x["basis"]) == "random"
-            and (x["explainer"], x["scorer"]) == (best["explainer"], best["scorer"])
-        ),
-        None,
-    )
+    best, rand = labelled.best, labelled.by_kind.get("random")
     share = f"{100 * (best['frac_above'] or 0):.0f}%"
     if rand is None:
         return f"{share} of sampled features have a label that predicts them on held-out text."
