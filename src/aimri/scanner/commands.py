@@ -81,7 +81,8 @@ def probe(cfg: ProbeConfig, model: Model | None = None) -> CommandResult:
     cfg.out.mkdir(parents=True, exist_ok=True)
     model = model or load_model(cfg.model)
     concepts = load_concepts(cfg.concepts) if cfg.concepts else builtin_concepts()
-    neutral = builtin_neutral_texts() + corpus_texts(model, cfg.neutral)
+    shipped, corpus = builtin_neutral_texts(), corpus_texts(model, cfg.neutral)
+    neutral = shipped + corpus
     result = probe_and_save(
         model,
         concepts,
@@ -94,8 +95,8 @@ def probe(cfg: ProbeConfig, model: Model | None = None) -> CommandResult:
     stage = {
         **result.to_json(),
         "directions": ".",
-        "neutral": f"{len(builtin_neutral_texts())} shipped neutral dialogue texts and "
-        f"{len(neutral) - len(builtin_neutral_texts())} contexts of {cfg.neutral.source} text",
+        "neutral": f"{len(shipped)} shipped neutral dialogue texts and "
+        f"{len(corpus)} contexts of {cfg.neutral.source} text",
     }
     results = {"concepts": stage}
     findings = concept_findings(stage)

@@ -44,7 +44,8 @@ def concepts_stage(
     if not cfg.concepts:
         return {"skipped": "turned off with --no-concepts"}
     concepts = builtin_concepts() + load_concepts(cfg.concept_files)
-    neutral = builtin_neutral_texts() + corpus_texts(model, _neutral_corpus(cfg), NEUTRAL_CONTEXTS)
+    shipped = builtin_neutral_texts()
+    neutral = shipped + corpus_texts(model, _neutral_corpus(cfg), NEUTRAL_CONTEXTS)
     result = probe_and_save(
         model,
         concepts,
@@ -57,7 +58,7 @@ def concepts_stage(
     return {
         **result.to_json(),
         "directions": "probes",
-        "neutral": f"{len(builtin_neutral_texts())} shipped neutral dialogue texts and "
+        "neutral": f"{len(shipped)} shipped neutral dialogue texts and "
         f"{NEUTRAL_CONTEXTS} contexts of {NEUTRAL_LEN - 1} tokens of {cfg.corpus.source} text "
         f"(seed {cfg.corpus.seed + 1}, not the activation stage's)",
     }
