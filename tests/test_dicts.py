@@ -140,7 +140,7 @@ def toy(tmp_path_factory):
 
 
 def toy_config(toy, out, **kw) -> TrainConfig:
-    base = {"store": toy.store, "site": SITE, "out": out, "expansion": 4, "k": 8, "skip_bos": False,
+    base = {"store": toy.store, "site": SITE, "out": out, "expansion": 4, "k": 8, "exclude_sinks": False,
             "optim": OptimConfig(batch_size=1024), "checkpoint_every": 40}  # fmt: skip
     return TrainConfig(**(base | kw))
 

@@ -76,7 +76,7 @@ def test_data_parallel_training_matches_one_process(tmp_path):
             out=tmp_path / "one",
             expansion=2,
             k=4,
-            skip_bos=False,
+            exclude_sinks=False,
             optim=optim,
         )
     )
@@ -85,7 +85,7 @@ def test_data_parallel_training_matches_one_process(tmp_path):
     cmd = [
         torchrun, "--standalone", "--nproc_per_node=2", "-m", "aimri.cli", "train",
         "--store", str(toy.store), "--site", SITE, "--out", str(tmp_path / "two"),
-        "--expansion", "2", "--k", "4", "--no-skip-bos",
+        "--expansion", "2", "--k", "4", "--no-exclude-sinks",
         "--optim.batch-size", "512", "--optim.tokens", str(30 * 512),
     ]  # fmt: skip
     out = subprocess.run(

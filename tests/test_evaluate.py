@@ -22,7 +22,7 @@ def test_perfect_and_empty_dictionaries_bracket_the_scores(tiny_model):
     from aimri.corpus.contexts import take_contexts
 
     contexts = take_contexts(m.tokenizer, CorpusConfig(max_tokens=32 * 8, ctx_len=32))
-    clean = _clean_pass(m, contexts, SITE, SITE, 4)
+    clean = _clean_pass(m, contexts, (SITE, SITE), 4)
     cfg = DictConfig(d_in=32, d_sae=64, k=32, site=SITE)
     perfect = _baselines(cfg, clean, k=32)["pca"]  # all 32 components: an exact code
     r = _metrics(m, contexts, perfect, clean, 4, _replace_with(perfect))

@@ -35,23 +35,26 @@ def setup(tiny_model, tmp_path_factory):
 
 
 def _all_acts(model, corpus, basis, batch_size=16):
-    """Brute force: [contexts, T, F] activations with BOS zeroed, and the token ids."""
+    """Brute force: [contexts, T, F] activations with sinks zeroed, the token ids, and the
+    [contexts, T] sink mask."""
     src = ModelContexts(model, corpus, SITE, batch_size=batch_size)
-    acts, toks = [], []
+    acts, toks, sinks = [], [], []
     for b in src:
         B, T, _ = b.acts.shape
         a = basis.activations(b.acts.reshape(B * T, -1)).view(B, T, -1)
-        a[:, 0] = 0
+        assert b.sink[:, 0].all(), "position 0 is always a sink"
+        a[b.sink] = 0
         acts.append(a)
         toks.append(b.tokens)
-    return torch.cat(acts), torch.cat(toks)
+        sinks.append(b.sink)
+    return torch.cat(acts), torch.cat(toks), torch.cat(sinks)
 
 
 def test_density_max_and_top_examples_equal_brute_force(setup):
     model, corpus, basis = setup
     fs = feature_statistics(basis, model, ModelContexts(model, corpus, SITE))
-    acts, _ = _all_acts(model, corpus, basis)
-    body = acts[:, 1:].reshape(-1, basis.n_features)
+    acts, _, sink = _all_acts(model, corpus, basis)
+    body = acts[~sink]
     assert fs.n_tokens == len(body)
     assert fs.dead_fraction == pytest.approx(float(((body > 0).sum(0) == 0).float().mean()))
     for f in fs.features:

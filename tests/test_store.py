@@ -167,7 +167,7 @@ def test_shuffled_batches_cover_every_token_once(tiny_model, tiny_model_dir, tmp
     assert not torch.equal(got, stored), "shuffled"
     again = torch.cat(list(store.batches(site, batch_size=64, buffer_tokens=200, seed=0)))
     assert torch.equal(got, again), "deterministic for a seed"
-    no_bos = torch.cat(list(store.batches(site, batch_size=31, skip_bos=True)))
+    no_bos = torch.cat(list(store.batches(site, batch_size=31, exclude_sinks=True)))
     assert len(no_bos) == 1240
 
 

@@ -234,8 +234,10 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     """Steps between checkpoints (the unit of exact resumption)."""
-    skip_bos: bool = True
-    """Leave out position 0, whose outsized norm would dominate the loss."""
+    exclude_sinks: bool = True
+    """Leave out attention sinks and massive activations (position 0, special tokens such as BOS
+    and the document separator, tokens whose norm dwarfs the median), which would dominate the
+    loss; --no-exclude-sinks keeps them in."""
     sparse_kernels: bool = True
     """Sparse decoder and encoder-gradient kernels for topk/batchtopk (off: dense reference)."""
     also_sites: tuple[str, ...] = ()
@@ -261,6 +263,9 @@ class EvalConfig:
     """Contexts per forward pass."""
     baselines: bool = True
     """Also evaluate PCA and random-direction dictionaries of the same size."""
+    exclude_sinks: bool = True
+    """Leave attention sinks and massive activations out of the metrics (their FVU is shown
+    apart); --no-exclude-sinks leaves only position 0 out."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -119,7 +119,7 @@ class _Rows(BatchSource):
         return len(self.rows)
 
     def _chunks(
-        self, sites: list[str], g: torch.Generator | None, skip_bos: bool
+        self, sites: list[str], g: torch.Generator | None, exclude_sinks: bool
     ) -> Iterator[Tensor]:
         for s in sites:
             self.width(s)
@@ -225,7 +225,7 @@ def _train(
             optim=optim,
             seed=seed,
             checkpoint_every=1 << 30,
-            skip_bos=False,
+            exclude_sinks=False,
             device=device,
         )
         result = train(cfg, _Rows(rows, name))

@@ -29,6 +29,7 @@ from aimri.dicts.formats import load_dictionary
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
+from aimri.store.sinks import model_special_ids, sinks_in_contexts
 
 Replace = Callable[[Tensor], Tensor]
 """[N, d_in] activations (flattened tokens) → [N, d_out] replacement at the output site."""
@@ -51,7 +52,10 @@ def evaluate(
     contexts = take_contexts(model.tokenizer, cfg.corpus)
     site_in = d.cfg.site
     site_out = d.cfg.site_out or d.cfg.site
-    clean = _clean_pass(model, contexts, site_in, site_out, cfg.batch_size)
+    special = model_special_ids(model.tokenizer, cfg.corpus.prepend_bos)
+    clean = _clean_pass(
+        model, contexts, (site_in, site_out), cfg.batch_size, special, cfg.exclude_sinks
+    )
     ours = _metrics(model, contexts, d, clean, cfg.batch_size, _replace_with(d))
     baselines: dict[str, dict[str, Any]] = {}
     if cfg.baselines:
@@ -69,12 +73,17 @@ def evaluate(
 @dataclass
 class _Clean:
     x: Tensor
-    """[n_tokens, d_in] input-site activations (BOS positions left out)."""
+    """[n_tokens, d_in] input-site activations of ordinary tokens (sinks left out)."""
     y: Tensor
     """[n_tokens, d_out] output-site activations, same tokens."""
+    x_sink: Tensor
+    """[n_sinks, d_in] the sinks' input activations (position 0, specials, massive tokens)."""
+    y_sink: Tensor
     ce: float
     logp: list[Tensor]
     """Per batch [b, pos, vocab] log-probabilities of the clean model."""
+    sink: list[Tensor]
+    """Per batch [b, pos] bool: where the dictionary is not spliced in (the sinks)."""
 
 
 def _check_fits(cfg: DictConfig, model: Model) -> None:
@@ -92,18 +101,32 @@ def _check_fits(cfg: DictConfig, model: Model) -> None:
 
 
 @torch.no_grad()
-def _clean_pass(model: Model, contexts: Tensor, site_in: str, site_out: str, batch: int) -> _Clean:
-    xs, ys, logps, ce = [], [], [], 0.0
+def _clean_pass(
+    model: Model,
+    contexts: Tensor,
+    sites: tuple[str, str],
+    batch: int,
+    special: tuple[int, ...] = (),
+    exclude_sinks: bool = True,
+) -> _Clean:
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("x", "y", "xs", "ys")}
+    logps, sinks, ce = [], [], 0.0
     for ids in contexts.split(batch):
-        run = model.run(ids, read=[site_in, site_out])
+        run = model.run(ids, read=list(dict.fromkeys(sites)))
         assert run.logits is not None
         logp = run.logits.float().log_softmax(-1)
         logps.append(logp)
         ce += _ce_sum(logp, ids.to(logp.device))
-        xs.append(run.acts[site_in][:, 1:].reshape(-1, run.acts[site_in].shape[-1]).float())
-        ys.append(run.acts[site_out][:, 1:].reshape(-1, run.acts[site_out].shape[-1]).float())
+        x, y = (run.acts[s].float() for s in sites)
+        sink = sinks_in_contexts(ids.to(x.device), [x, y], special, exclude_sinks)
+        sinks.append(sink)
+        parts["x"].append(x[~sink])
+        parts["y"].append(y[~sink])
+        parts["xs"].append(x[sink])
+        parts["ys"].append(y[sink])
     n_pred = contexts.shape[0] * (contexts.shape[1] - 1)
-    return _Clean(torch.cat(xs), torch.cat(ys), ce / n_pred, logps)
+    x, y, xs, ys = (torch.cat(parts[k]) for k in ("x", "y", "xs", "ys"))
+    return _Clean(x, y, xs, ys, ce / n_pred, logps, sinks)
 
 
 def _ce_sum(logp: Tensor, ids: Tensor) -> float:
@@ -125,6 +148,11 @@ def _metrics(
     codes = d.encode(clean.x)
     recon = d.decode(codes, clean.x)
     dense = codes.to_dense(d.cfg.d_sae)
+    sink_fvu = _fvu(d.decode(d.encode(clean.x_sink), clean.x_sink), clean.y_sink)
+    with_sinks = _fvu(
+        torch.cat([recon, d.decode(d.encode(clean.x_sink), clean.x_sink)]),
+        torch.cat([clean.y, clean.y_sink]),
+    )
     spliced = _spliced(model, contexts, d.cfg, clean, batch, replace)
     ablated = _spliced(
         model,
@@ -134,7 +162,23 @@ def _metrics(
         batch,
         lambda x: torch.zeros(len(x), d.cfg.out_width, device=x.device),
     )
-    return _core(clean, recon, dense, spliced, ablated)
+    metrics = _core(clean, recon, dense, spliced, ablated)
+    metrics["sinks"] = {
+        "n_tokens": len(clean.y_sink),
+        "fraction": len(clean.y_sink) / max(len(clean.y) + len(clean.y_sink), 1),
+        "fvu": sink_fvu,
+        "fvu_all_tokens": with_sinks,
+        "note": "FVU above is on ordinary tokens; here the sinks' own (against their mean), and "
+        "FVU over all tokens with the sinks in, as tools that keep them report it",
+    }
+    return metrics
+
+
+def _fvu(recon: Tensor, y: Tensor) -> float | None:
+    if len(y) < 2:
+        return None
+    total = (y - y.mean(0)).pow(2).sum(-1).mean()
+    return float((recon - y).pow(2).sum(-1).mean() / total) if total > 0 else None
 
 
 @torch.no_grad()
@@ -152,10 +196,11 @@ def _spliced(
     def put(t: Tensor) -> Tensor:
         x = stash["x"] if cfg.site_out else t
         new = replace(x.reshape(-1, x.shape[-1]).float()).reshape(t.shape).to(t.dtype)
-        return torch.cat([t[:, :1], new[:, 1:]], dim=1)  # BOS left as it was, as in training
+        return torch.where(stash["sink"][..., None], t, new)  # sinks as they were, as in training
 
     patch = {cfg.site_out: put, cfg.site: keep_input} if cfg.site_out else {cfg.site: put}
-    for ids, logp_clean in zip(contexts.split(batch), clean.logp, strict=True):
+    for ids, logp_clean, sink in zip(contexts.split(batch), clean.logp, clean.sink, strict=True):
+        stash["sink"] = sink
         logits = model.run(ids, patch=patch).logits
         assert logits is not None
         logp = logits.float().log_softmax(-1)
@@ -259,7 +304,8 @@ def _saebench_json(cfg: EvalConfig, dict_cfg: DictConfig, result: EvalResult) ->
         "eval_config": {
             "corpus": dataclasses.asdict(cfg.corpus),
             "model": cfg.model.spec,
-            "note": "held-out text; BOS positions left out of every metric",
+            "note": "held-out text; attention sinks and massive activations (position 0, special "
+            "tokens, outsized norms) left out of every metric but 'sinks'",
         },
         "sae_cfg_dict": dataclasses.asdict(dict_cfg),
         "eval_result_metrics": result.metrics,

@@ -229,7 +229,7 @@ def total_steps(cfg: TrainConfig, store: BatchSource) -> int:
 
 def _usable_tokens(cfg: TrainConfig, store: BatchSource) -> int:
     ctx_len = int(store.identity["ctx_len"])
-    return store.n_tokens * (ctx_len - 1) // ctx_len if cfg.skip_bos else store.n_tokens
+    return store.n_tokens * (ctx_len - 1) // ctx_len if cfg.exclude_sinks else store.n_tokens
 
 
 def _batches(
@@ -243,7 +243,7 @@ def _batches(
     sites = list(dict.fromkeys(s for pair in pairs for s in pair))
     for p in itertools.count():
         joint = store.joint_batches(
-            sites, cfg.optim.batch_size, seed=cfg.seed + p, skip_bos=cfg.skip_bos
+            sites, cfg.optim.batch_size, seed=cfg.seed + p, exclude_sinks=cfg.exclude_sinks
         )
         for xs in joint:
             by_site = dict(zip(sites, xs, strict=True))

@@ -152,10 +152,10 @@ def _source(cfg: FeaturesConfig, model: Model, site: str) -> ContextSource:
 
 
 def site_mean(source: ContextSource, max_tokens: int = 65_536) -> torch.Tensor:
-    """Mean activation of the site over the first `max_tokens` tokens (BOS excluded)."""
+    """Mean activation of the site over the first `max_tokens` tokens (sinks excluded)."""
     total, n = None, 0
     for batch in source:
-        x = batch.acts[:, 1:].reshape(-1, batch.acts.shape[-1]).double()
+        x = batch.acts[~batch.sink].double()
         total = x.sum(0) if total is None else total + x.sum(0)
         n += len(x)
         if n >= max_tokens:

@@ -5,7 +5,8 @@ log-spaced activation histogram, the top contexts by maximum activation, a unifo
 activating contexts (for examples across quantile buckets), and co-occurrence counts when codes
 are sparse. Memory: O(features × (top + reservoir + bins)), whatever the corpus size.
 Pass 2 (only contexts some example needs): token-level activations → example windows, random
-and hard negatives. Logit effects and neighbours come from `effects.py`. BOS never counts.
+and hard negatives. Logit effects and neighbours come from `effects.py`. Sinks (position 0,
+special tokens, massive activations: the source's `sink` mask) never count.
 Not here: labels, scores, storage (`explain.py`, `score.py`, `catalog.py`).
 """
 
@@ -135,14 +136,17 @@ def _first_pass(basis: FeatureBasis, source: ContextSource, sel: Tensor, spec: E
     g = torch.Generator().manual_seed(spec.seed)
     for batch in tqdm(source, desc=f"statistics {basis.info.name}", unit="batch", leave=False):
         B, T, _ = batch.acts.shape
-        a = basis.activations(batch.acts[:, 1:].reshape(B * (T - 1), -1)).cpu()  # [N, F]
+        ordinary = ~batch.sink  # [B, T]: sinks never count
+        a = basis.activations(batch.acts[ordinary]).cpu()  # [N, F]
         fired = a > 0
         p.n_tokens += len(a)
         p.fire_count += fired.sum(0)
         p.act_sum += a.clamp_min(0).sum(0, dtype=torch.float64)
         a_sel = a[:, sel]
         _add_histogram(p.hist, a_sel)
-        per_ctx = a_sel.view(B, T - 1, S).amax(1).clamp_min(0)  # [B, S]
+        by_pos = torch.zeros(B, T, S)
+        by_pos[ordinary] = a_sel
+        per_ctx = by_pos.amax(1).clamp_min(0)  # [B, S]
         _update_top(p, per_ctx, batch.ids, K)
         _update_reservoir(p, per_ctx, batch.ids, R, g)
         if p.cooc is not None:
@@ -296,7 +300,7 @@ def _second_pass(
         acts = batch.acts[keep]
         B, T, _ = acts.shape
         full = basis.activations(acts.reshape(B * T, -1)).cpu().view(B, T, -1)
-        full[:, 0] = 0  # BOS never counts
+        full[batch.sink[keep]] = 0  # sinks never count
         a = full[:, :, sel]
         for row, i in enumerate(keep):
             c = int(batch.ids[i])

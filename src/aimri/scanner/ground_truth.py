@@ -37,7 +37,7 @@ def ground_truth_stage(
             out=root / "sae",
             expansion=N_FEATURES // D,
             k=K,
-            skip_bos=False,
+            exclude_sinks=False,
             optim=OptimConfig(batch_size=1024),
         )
     )

@@ -21,9 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
-from tqdm.auto import tqdm
-
 from aimri import __version__
 from aimri._io import atomic_path, cleanup_temp_files, sha256_file, write_json_atomic
 from aimri.config import CollectConfig
@@ -41,6 +38,9 @@ from aimri.store.manifest import (
     shard_name,
     sidecar_path,
 )
+from aimri.store.sinks import chunk_summary, merge_summaries, special_ids
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 SHARD_TARGET_BYTES = 256 << 20
@@ -79,6 +79,7 @@ def collect(cfg: CollectConfig, model: Model | None = None) -> CollectResult:
         total=planned, unit="tok", unit_scale=True, desc="collect", disable=w.rank != 0 or None
     )
     computed_tokens, compute_seconds = 0, 0.0
+    special = special_ids(model.tokenizer, [identity["special_tokens"]["separator"]])
     for index, contexts in enumerate(shards):
         n_tok = len(contexts) * cfg.corpus.ctx_len
         if index % w.size != w.rank or index in done:
@@ -86,7 +87,10 @@ def collect(cfg: CollectConfig, model: Model | None = None) -> CollectResult:
             continue
         t = time.perf_counter()
         tensors = _shard_tensors(model, contexts, sites, dtype, cfg.batch_size, index * per_shard)
-        write_shard(cfg.out, index, tensors, n_tok)
+        sinks = chunk_summary(
+            tensors["tokens"].long(), tensors["positions"], {s: tensors[s] for s in sites}, special
+        )
+        write_shard(cfg.out, index, tensors, n_tok, extra={"sinks": sinks})
         compute_seconds += time.perf_counter() - t
         computed_tokens += n_tok
         bar.update(n_tok)
@@ -185,8 +189,15 @@ def _shard_tensors(
     return out
 
 
-def write_shard(store: Path, index: int, tensors: dict[str, torch.Tensor], n_tokens: int) -> None:
-    """Write one shard atomically, then its sidecar (which marks it complete)."""
+def write_shard(
+    store: Path,
+    index: int,
+    tensors: dict[str, torch.Tensor],
+    n_tokens: int,
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write one shard atomically, then its sidecar (which marks it complete); `extra` goes
+    into the sidecar too (e.g. the shard's sink summary)."""
     path = store / shard_name(index)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": KIND})
@@ -199,6 +210,7 @@ def write_shard(store: Path, index: int, tensors: dict[str, torch.Tensor], n_tok
         "bytes": size,
         "sha256": digest,
         "rank": world().rank,
+        **(extra or {}),
     }
     write_json_atomic(sidecar_path(store, index), record)
 
@@ -207,6 +219,7 @@ def _manifest(
     identity: dict[str, Any], records: dict[int, dict[str, Any]], complete: bool
 ) -> dict[str, Any]:
     shards = [records[i] for i in sorted(records)]
+    sinks = [r["sinks"] for r in shards if "sinks" in r]
     return {
         "kind": KIND,
         "aimri_version": __version__,
@@ -214,6 +227,7 @@ def _manifest(
         "identity": identity,
         "n_tokens": sum(r["n_tokens"] for r in shards),
         "shards": [{k: r[k] for k in ("file", "n_tokens", "bytes", "sha256")} for r in shards],
+        "sinks": merge_summaries(sinks) if sinks and len(sinks) == len(shards) else None,
     }
 
 

@@ -19,10 +19,11 @@ from torch import Tensor
 
 from aimri._io import sha256_file
 from aimri.config import CorpusConfig
-from aimri.corpus.contexts import iter_contexts
+from aimri.corpus.contexts import iter_contexts, special_tokens
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.store.manifest import read_manifest
+from aimri.store.sinks import find_sinks, special_ids
 
 DEFAULT_BUFFER_TOKENS = 1 << 18
 
@@ -49,7 +50,7 @@ class BatchSource(ABC):
 
     @abstractmethod
     def _chunks(
-        self, sites: list[str], g: torch.Generator | None, skip_bos: bool
+        self, sites: list[str], g: torch.Generator | None, exclude_sinks: bool
     ) -> Iterator[Tensor]:
         """[n, Σ widths] chunks with the sites side by side; seeded order when g is given."""
 
@@ -69,14 +70,15 @@ class BatchSource(ABC):
         seed: int = 0,
         shuffle: bool = True,
         buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
-        skip_bos: bool = False,
+        exclude_sinks: bool = False,
     ) -> Iterator[Tensor]:
         """Training batches [batch_size, width] of one site; the last partial batch is dropped.
 
-        `skip_bos` leaves out position 0 (the BOS token, whose norm dwarfs the rest).
+        `exclude_sinks` leaves out attention sinks and massive activations (`sinks.py`): position
+        0, special tokens, and tokens whose norm dwarfs the rest.
         """
         g = torch.Generator().manual_seed(seed)
-        chunks = self._chunks([site], g if shuffle else None, skip_bos)
+        chunks = self._chunks([site], g if shuffle else None, exclude_sinks)
         return mix(chunks, batch_size, g if shuffle else None, buffer_tokens)
 
     def paired_batches(
@@ -87,7 +89,7 @@ class BatchSource(ABC):
         *,
         seed: int = 0,
         buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
-        skip_bos: bool = False,
+        exclude_sinks: bool = False,
     ) -> Iterator[Pair]:
         """Shuffled batches of two sites at the same tokens (a transcoder's input and target)."""
         joint = self.joint_batches(
@@ -95,7 +97,7 @@ class BatchSource(ABC):
             batch_size,
             seed=seed,
             buffer_tokens=buffer_tokens,
-            skip_bos=skip_bos,
+            exclude_sinks=exclude_sinks,
         )
         return (Pair(x, y) for x, y in joint)
 
@@ -106,13 +108,13 @@ class BatchSource(ABC):
         *,
         seed: int = 0,
         buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
-        skip_bos: bool = False,
+        exclude_sinks: bool = False,
     ) -> Iterator[list[Tensor]]:
         """Shuffled batches of several sites at the same tokens, one tensor per site. Row order
         is that of `batches(site, ...)` with the same seed, whichever sites ride along."""
         g = torch.Generator().manual_seed(seed)
         widths = [self.width(s) for s in sites]
-        for joint in mix(self._chunks(sites, g, skip_bos), batch_size, g, buffer_tokens):
+        for joint in mix(self._chunks(sites, g, exclude_sinks), batch_size, g, buffer_tokens):
             yield list(joint.split(widths, dim=-1))
 
 
@@ -164,7 +166,7 @@ class ActivationStore(BatchSource):
             yield self.load(site, i)
 
     def _chunks(
-        self, sites: list[str], g: torch.Generator | None, skip_bos: bool
+        self, sites: list[str], g: torch.Generator | None, exclude_sinks: bool
     ) -> Iterator[Tensor]:
         """Shards in a seeded order (or in order), the sites side by side: [n, Σ widths]."""
         for site in sites:
@@ -177,9 +179,19 @@ class ActivationStore(BatchSource):
         for i in order:
             parts = [self.load(s, i) for s in sites]
             x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
-            if skip_bos:
-                x = x[self.load("positions", i) != 0]
+            if exclude_sinks:
+                tokens, positions = self.load("tokens", i).long(), self.load("positions", i)
+                x = x[~find_sinks(tokens, positions, parts, self.special_ids).sink]
             yield x
+
+    @property
+    def special_ids(self) -> tuple[int, ...]:
+        """Token ids that are always sinks: recorded at collection, else BOS and separator."""
+        sinks = self.manifest.get("sinks") or {}
+        if "special_ids" in sinks:
+            return tuple(int(i) for i in sinks["special_ids"])
+        special = self.identity.get("special_tokens") or {}
+        return tuple(int(v) for v in special.values() if v is not None)
 
     def _check_site(self, site: str) -> str:
         self.width(site)
@@ -216,6 +228,9 @@ class ActivationStream(BatchSource):
         self.corpus = corpus
         self.sites = model.expand_sites(sites)
         self.forward_batch = forward_batch
+        self.special = special_ids(
+            model.tokenizer, [special_tokens(model.tokenizer, corpus.prepend_bos).separator]
+        )
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -229,31 +244,51 @@ class ActivationStream(BatchSource):
         return self.corpus.max_tokens // self.corpus.ctx_len * self.corpus.ctx_len
 
     def _chunks(
-        self, sites: list[str], g: torch.Generator | None, skip_bos: bool
+        self, sites: list[str], g: torch.Generator | None, exclude_sinks: bool
     ) -> Iterator[Tensor]:
         for site in sites:
             self.width(site)
-        for acts in stream_activations(
+        for tokens, acts in forward_batches(
             self.model, self.corpus, sites, batch_size=self.forward_batch
         ):
-            x = torch.cat([acts[s] for s in sites], dim=-1).to("cpu", torch.float32)
-            if skip_bos:
-                x = x[torch.arange(len(x)) % self.corpus.ctx_len != 0]
+            parts = [acts[s].to("cpu", torch.float32) for s in sites]
+            x = torch.cat(parts, dim=-1)
+            if exclude_sinks:
+                positions = torch.arange(len(x)) % self.corpus.ctx_len
+                x = x[~find_sinks(tokens, positions, parts, self.special).sink]
             yield x
 
     def __str__(self) -> str:
         return f"the activation stream of '{self.model.info.spec}'"
 
 
+class ForwardBatch(NamedTuple):
+    tokens: Tensor
+    """[batch*ctx_len] token ids (CPU)."""
+    acts: dict[str, Tensor]
+    """site -> [batch*ctx_len, width] (model dtype and device)."""
+
+
+def forward_batches(
+    model: Model, corpus: CorpusConfig, sites: Sequence[str], *, batch_size: int = 16
+) -> Iterator[ForwardBatch]:
+    """On the fly, no disk: the corpus through the model, one forward batch at a time."""
+    names = model.expand_sites(sites)
+    contexts = iter_contexts(model.tokenizer, corpus)
+    while batch := [c for _, c in zip(range(batch_size), contexts, strict=False)]:
+        ids = torch.stack(batch)
+        acts = model.run(ids, read=names, logits=False).acts
+        yield ForwardBatch(
+            ids.reshape(-1), {s: a.reshape(-1, a.shape[-1]) for s, a in acts.items()}
+        )
+
+
 def stream_activations(
     model: Model, corpus: CorpusConfig, sites: Sequence[str], *, batch_size: int = 16
 ) -> Iterator[dict[str, Tensor]]:
     """On the fly, no disk: per forward batch, site -> [batch*ctx_len, width] (model dtype)."""
-    names = model.expand_sites(sites)
-    contexts = iter_contexts(model.tokenizer, corpus)
-    while batch := [c for _, c in zip(range(batch_size), contexts, strict=False)]:
-        acts = model.run(torch.stack(batch), read=names, logits=False).acts
-        yield {s: a.reshape(-1, a.shape[-1]) for s, a in acts.items()}
+    for b in forward_batches(model, corpus, sites, batch_size=batch_size):
+        yield b.acts
 
 
 def stream_batches(
