@@ -14,6 +14,7 @@ STAGES = {
     "config_checkup": 0,
     "distributed": 0,
     "ledger": 0,
+    "outputs": 0,
     "model": 1,
     "corpus": 1,
     "store": 2,
@@ -27,6 +28,7 @@ STAGES = {
     "cli": 8,
     "cli_features": 8,
     "cli_checkup": 8,
+    "cli_outputs": 8,
     "__init__": 8,
 }
 

@@ -334,10 +334,9 @@ def test_junk_and_failing_judges_give_nan_with_the_error_counted():
     def down(messages: list[Message]) -> str:
         raise AimriError("endpoint http://127.0.0.1:8080/v1 is down")
 
-    s = FuzzingScorer(ScriptedClient(respond=down)).score(LABELS, [dog_feature(), code_feature()])[
-        0
-    ]
-    assert math.isnan(s.value) and s.metrics["failed_calls"] > 0
+    # A judge that fails every call is an error (a non-zero exit), not a column of NaN.
+    with pytest.raises(AimriError, match="all of the first .* calls to scripted failed"):
+        FuzzingScorer(ScriptedClient(respond=down)).score(LABELS, [dog_feature(), code_feature()])
 
 
 # --- fuzzing ----------------------------------------------------------------------------------

@@ -8,16 +8,21 @@ handlers, so `aimri --help` never imports torch. This is the only module that pr
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TypeVar
 
 import tyro
 
 from aimri.cli_checkup import CHECKUP_COMMANDS, dispatch_checkup, with_pair_positional
+from aimri.cli_outputs import absolute_inputs as _absolute_inputs
+from aimri.cli_outputs import check_outputs as _check_outputs
 from aimri.config import (
     CircuitConfig,
     CollectConfig,
@@ -72,19 +77,35 @@ def main(argv: list[str] | None = None) -> int:
     if "--traceback" in args:
         args.remove("--traceback")
         show_traceback = True
-    cfg = _parse(args)
-    _setup_logging()
     try:
+        cfg = _parse(args)  # a flag refused by a config's __post_init__ raises AimriError here
+        _setup_logging()
+        cfg = _absolute_inputs(cfg)
+        _check_outputs(cfg)
         _dispatch(cfg)
     except AimriError as e:
         if show_traceback:
             raise
-        print(f"aimri: error: {e}", file=sys.stderr)
+        print(f"aimri: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the disk or the system refused: say which file, in one line
+        if show_traceback:
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        print(
+            f"aimri: error: {e.strerror or e}{where}: check that the path exists and is "
+            "writable, then run the same command again (--traceback shows where it happened)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt:
         print("aimri: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     return 0
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def _parse(args: list[str]) -> object:
@@ -129,7 +150,7 @@ def _dispatch(cfg: object) -> None:
         from aimri.store.collect import collect
 
         _on_all_ranks(
-            lambda: collect(cfg),
+            _locked(cfg.out, "activation store", lambda: collect(cfg)),
             lambda c: (
                 f"{c.n_tokens:,} tokens in {c.n_shards} shard(s) at {c.path} "
                 f"({c.resumed_shards} reused; {c.tokens_per_second:,.0f} tokens/s on this rank)"
@@ -139,7 +160,8 @@ def _dispatch(cfg: object) -> None:
         from aimri.dicts.train import train_many
 
         _on_all_ranks(
-            lambda: train_many(cfg), lambda results: "\n".join(map(_describe_training, results))
+            _locked(cfg.out, "dictionary", lambda: train_many(cfg)),
+            lambda results: "\n".join(map(_describe_training, results)),
         )
     elif isinstance(cfg, EvalConfig):
         _print_eval(cfg)
@@ -167,11 +189,34 @@ def _describe_training(t: object) -> str:
     from aimri.dicts.train import TrainResult
 
     assert isinstance(t, TrainResult)
+    if t.resumed_from_step == t.steps and math.isnan(t.fvu):  # nothing was left to train
+        return f"already trained ({t.steps} steps, {t.tokens:,} tokens): {_logged_fit(t.path)} → {t.path}"
     resumed = f"; resumed at step {t.resumed_from_step}" if t.resumed_from_step else ""
     return (
         f"trained {t.steps} steps ({t.tokens:,} tokens, {t.tokens_per_second:,.0f} tokens/s{resumed}): "
         f"FVU {t.fvu:.3f}, L0 {t.l0:.1f}, dead {100 * t.dead_fraction:.1f}% → {t.path}"
     )
+
+
+def _logged_fit(path: Path) -> str:
+    """The last logged FVU and L0 of a finished run (its metrics.jsonl)."""
+    log = path / "metrics.jsonl"
+    lines = log.read_text().splitlines() if log.is_file() else []
+    if not lines:
+        return "no metrics logged"
+    row = json.loads(lines[-1])
+    return f"FVU {row['fvu']:.3f}, L0 {row['l0']:.1f} at its last step"
+
+
+def _locked(out: Path, what: str, job: Callable[[], T]) -> Callable[[], T]:
+    """`job` run while holding the writer lock of `out` (rank 0 only under torchrun)."""
+    from aimri.outputs import writer_lock
+
+    def run() -> T:
+        with writer_lock(out, what=what, enabled=os.environ.get("RANK", "0") == "0"):
+            return job()
+
+    return run
 
 
 def _on_all_ranks(job: Callable[[], T], describe: Callable[[T], str]) -> None:

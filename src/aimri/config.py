@@ -85,7 +85,10 @@ class CollectConfig:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or (self.shard_contexts is not None and self.shard_contexts < 1):
-            raise AimriError("batch_size and shard_contexts must be at least 1")
+            raise AimriError(
+                f"--batch-size {self.batch_size} / --shard-contexts {self.shard_contexts}: "
+                "contexts per forward pass and per shard must be at least 1"
+            )
         if not self.sites:
             raise AimriError("no sites given: pass e.g. --sites 'blocks.*.hook_resid_post'")
 
@@ -140,6 +143,12 @@ class ScanConfig:
     """Contrast-set JSON files of your own, probed beside the built-in ones."""
     compare: str | None = None
     """An earlier version of the model (a spec as for --model.spec): add a diff against it."""
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "n_features", "dict_tokens", "tc_tokens"):
+            if getattr(self, name) < 1:
+                flag = name.replace("_", "-")
+                raise AimriError(f"--{flag} {getattr(self, name)}: it must be at least 1")
 
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "relu"]
@@ -206,6 +215,13 @@ class OptimConfig:
     dead_after_tokens: int = 262_144
     """A latent that has not fired for this many tokens counts as dead."""
 
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or (self.tokens is not None and self.tokens < 1):
+            raise AimriError(
+                f"--optim.batch-size {self.batch_size} / --optim.tokens {self.tokens}: both must "
+                "be at least 1"
+            )
+
 
 @dataclass(frozen=True, kw_only=True)
 class TrainConfig:
@@ -247,6 +263,14 @@ class TrainConfig:
     """Matryoshka training: also reconstruct from only the first m latents, for each m given
     (e.g. 576 2304), so early latents learn general features; empty: off."""
     device: str = "auto"
+    overwrite: bool = False
+    """Replace a finished dictionary (or anything else) already at --out instead of refusing."""
+
+    def __post_init__(self) -> None:
+        for name in ("expansion", "k", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                flag = name.replace("_", "-")
+                raise AimriError(f"--{flag} {getattr(self, name)}: it must be at least 1")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -292,7 +316,10 @@ class LLMConfig:
 
     def __post_init__(self) -> None:
         if self.concurrency < 1 or self.max_retries < 0:
-            raise AimriError("concurrency must be at least 1 and max_retries at least 0")
+            raise AimriError(
+                f"--llm.concurrency {self.concurrency} / --llm.max-retries {self.max_retries}: "
+                "requests in flight must be at least 1 and retries at least 0"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -320,6 +347,19 @@ class FeaturesConfig:
     """Units of each baseline to label and score."""
     llm: LLMConfig = field(default_factory=LLMConfig)
     seed: int = 0
+    overwrite: bool = False
+    """Replace a file already at --out (even an earlier catalog) instead of refusing."""
+
+    def __post_init__(self) -> None:
+        if self.n_features is not None and self.n_features < 1:
+            raise AimriError(
+                f"--n-features {self.n_features}: give a positive number of features, or leave "
+                "it out to describe all"
+            )
+        if self.n_baseline < 1:
+            raise AimriError(
+                f"--n-baseline {self.n_baseline}: it must be at least 1 (--no-baselines skips them)"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -329,6 +369,10 @@ class SearchConfig:
     catalog: Path
     query: str
     limit: int = 20
+
+    def __post_init__(self) -> None:
+        if self.limit < 1:
+            raise AimriError(f"--limit {self.limit}: show at least 1 match (the default is 20)")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from aimri._io import atomic_path, read_json, sha256_file, write_json_atomic
 from aimri.config import DictConfig
 from aimri.dicts.dictionary import Dictionary, build_dictionary
-from aimri.dicts.importers import IMPORTERS
+from aimri.dicts.importers import IMPORTERS, load_tensors
 from aimri.errors import AimriError
 
 WEIGHTS = "sae_weights.safetensors"
@@ -106,8 +106,9 @@ def load_dictionary(path: str | Path, *, sparse_kernels: bool = True) -> Diction
             "with `aimri train` or point at such a save"
         )
     cfg = _dict_config(path)
-    tensors = load_file(str(path / WEIGHTS))
-    _check_tensors(path, cfg, tensors)
+    tensors = load_tensors(path / WEIGHTS, _REDO)
+    _check_tensors(path, cfg, tensors)  # the specific complaint first, then the checksum
+    _check_sha256(path)
     d = build_dictionary(cfg, sparse_kernels=sparse_kernels)
     with torch.no_grad():
         d.W_enc.copy_(tensors["W_enc"].T)
@@ -121,15 +122,33 @@ def load_dictionary(path: str | Path, *, sparse_kernels: bool = True) -> Diction
     return d.eval()
 
 
+_REDO = "train it again with `aimri train`, or copy it again from where it came from"
+
+
+def _check_sha256(path: Path) -> None:
+    """The weights must match the sha256 that aimri.json recorded when they were saved."""
+    ours = path / "aimri.json"
+    if not ours.is_file():
+        return
+    expected = read_json(ours, "dictionary record").get("weights_sha256")
+    if isinstance(expected, str) and sha256_file(path / WEIGHTS) != expected:
+        raise AimriError(
+            f"'{path / WEIGHTS}' does not match the sha256 recorded in '{ours}': the weights "
+            f"were changed or damaged after saving; {_REDO}"
+        )
+
+
 def _dict_config(path: Path) -> DictConfig:
     ours = path / "aimri.json"
     if ours.is_file():
-        record = read_json(ours, "dictionary record")["dict"]
-        if record["architecture"] == "batchtopk":  # runs as the JumpReLU it was saved as
-            record["architecture"] = "jumprelu"
-        return DictConfig(**record)
+        return _our_config(ours)
     raw = read_json(path / "cfg.json", "dictionary config")
-    arch = FROM_SAELENS.get(raw.get("architecture", "standard"))
+    if not isinstance(raw, dict):
+        raise AimriError(
+            f"'{path / 'cfg.json'}' holds a {type(raw).__name__}, not a SAELens config object: "
+            f"the file is damaged; {_REDO}"
+        )
+    arch = FROM_SAELENS.get(str(raw.get("architecture", "standard")))
     if arch is None:
         raise AimriError(
             f"'{path}': SAELens architecture '{raw.get('architecture')}' is not supported; "
@@ -150,10 +169,10 @@ def _dict_config(path: Path) -> DictConfig:
             )
     return DictConfig(
         architecture=arch,  # type: ignore[arg-type]
-        d_in=int(raw["d_in"]),
-        d_sae=int(raw["d_sae"]),
-        d_out=int(raw["d_out"]) if transcoder and raw.get("d_out") else None,
-        k=int(raw.get("k", 1)) if arch == "topk" else 1,
+        d_in=_width(raw, "d_in", path),
+        d_sae=_width(raw, "d_sae", path),
+        d_out=_width(raw, "d_out", path) if transcoder and raw.get("d_out") else None,
+        k=_width(raw, "k", path, default=1) if arch == "topk" else 1,
         transcoder=transcoder,
         skip="skip_transcoder" in raw.get("architecture", ""),
         site=str(meta.get("hook_name") or raw.get("hook_name") or ""),
@@ -161,6 +180,43 @@ def _dict_config(path: Path) -> DictConfig:
         if transcoder
         else "",
     )
+
+
+def _our_config(ours: Path) -> DictConfig:
+    """The DictConfig recorded in aimri.json, refused with the fix if damaged."""
+    record = read_json(ours, "dictionary record")
+    fields = record.get("dict") if isinstance(record, dict) else None
+    if not isinstance(fields, dict):
+        raise AimriError(
+            f"'{ours}' has no 'dict' object (the dictionary's configuration): the file is "
+            f"damaged; {_REDO}"
+        )
+    if fields.get("architecture") == "batchtopk":  # runs as the JumpReLU it was saved as
+        fields = {**fields, "architecture": "jumprelu"}
+    try:
+        return DictConfig(**fields)
+    except TypeError as e:
+        raise AimriError(f"'{ours}': its 'dict' object is damaged ({e}); {_REDO}") from e
+
+
+def _width(raw: dict[str, Any], key: str, path: Path, default: int | None = None) -> int:
+    """An integer field of a SAELens cfg.json, refused with the fix when missing or not whole."""
+    value = raw.get(key, default)
+    if value is None:
+        raise AimriError(f"'{path / 'cfg.json'}' lacks '{key}': the file is incomplete; {_REDO}")
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        value = None
+    else:
+        try:
+            value = float(value)
+        except ValueError:
+            value = None
+    if value is None or not value.is_integer() or value < 1:
+        raise AimriError(
+            f"'{path / 'cfg.json'}': '{key}' is {raw.get(key)!r}, not a positive whole number; "
+            f"the file is damaged; {_REDO}"
+        )
+    return int(value)
 
 
 def _check_tensors(path: Path, cfg: DictConfig, tensors: dict[str, torch.Tensor]) -> None:

@@ -25,6 +25,7 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import Tensor
 
@@ -36,17 +37,33 @@ from aimri.errors import AimriError
 SPARSIFY_WEIGHTS = "sae.safetensors"
 
 
+def load_tensors(file: Path, fix: str) -> dict[str, Tensor]:
+    """A safetensors file's tensors; a truncated or foreign file is an AimriError with `fix`."""
+    try:
+        return load_file(str(file))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AimriError(
+            f"'{file}' cannot be read as safetensors ({str(e).splitlines()[0][:120]}): it is "
+            f"truncated or not a tensor file; {fix}"
+        ) from e
+
+
 def is_sparsify(path: Path) -> bool:
     return (path / SPARSIFY_WEIGHTS).is_file() and (path / "cfg.json").is_file()
 
 
 def import_sparsify(path: Path, *, sparse_kernels: bool = True, site: str = "") -> Dictionary:
-    raw: dict[str, Any] = read_json(path / "cfg.json", "sparsify config")
+    raw: Any = read_json(path / "cfg.json", "sparsify config")
+    if not isinstance(raw, dict) or not isinstance(raw.get("k"), int) or raw["k"] < 1:
+        raise AimriError(
+            f"'{path / 'cfg.json'}' is not a sparsify config (an object with an integer k): "
+            "the file is damaged; copy it again from where the dictionary came from"
+        )
     if raw.get("activation", "topk") != "topk":
         raise AimriError(
             f"'{path}': sparsify activation '{raw.get('activation')}' is not supported (only topk)"
         )
-    t = load_file(str(path / SPARSIFY_WEIGHTS))
+    t = load_tensors(path / SPARSIFY_WEIGHTS, "copy the dictionary again from its source")
     missing = [k for k in ("encoder.weight", "encoder.bias", "W_dec", "b_dec") if k not in t]
     if missing:
         raise AimriError(
@@ -181,7 +198,7 @@ def import_dictionary_learning(
 def _dl_tensors(path: Path) -> tuple[Path, dict[str, Tensor]]:
     """ae.safetensors if present, else ae.pt through torch's tensors-only loader."""
     if (path / DL_WEIGHTS[0]).is_file():
-        return path / DL_WEIGHTS[0], load_file(str(path / DL_WEIGHTS[0]))
+        return path / DL_WEIGHTS[0], load_tensors(path / DL_WEIGHTS[0], DL_FIX)
     file = path / DL_WEIGHTS[1]
     try:
         state = torch.load(file, weights_only=True, map_location="cpu")

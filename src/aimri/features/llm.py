@@ -454,7 +454,13 @@ def complete_many(
     desc: str = "llm calls",
 ) -> list[ChatReply | AimriError]:
     """Run `requests` on `concurrency` threads; results in request order, each a reply or the
-    AimriError that request ended with, so one failing call does not lose the finished ones."""
+    AimriError that request ended with, so one failing call does not lose the finished ones.
+
+    An endpoint that fails every call is an error, not a column of NaN: when the first
+    `concurrency` calls to finish (or all of them, if fewer) have all failed, the rest are not
+    sent and the last failure is raised. Replies that did arrive are cached, so a rerun after
+    the fix pays for none of them again.
+    """
 
     def one(r: ChatRequest) -> ChatReply:
         return client.complete(
@@ -463,6 +469,8 @@ def complete_many(
 
     results: list[ChatReply | AimriError | None] = [None] * len(requests)
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="aimri-llm")
+    give_up_after = min(len(requests), max(1, concurrency))
+    failed, succeeded = 0, 0
     try:
         futures = {pool.submit(one, r): i for i, r in enumerate(requests)}
         with tqdm(total=len(requests), desc=desc, unit="call", leave=False) as bar:
@@ -470,9 +478,16 @@ def complete_many(
                 i = futures[fut]
                 try:
                     results[i] = fut.result()
+                    succeeded += 1
                 except AimriError as e:
                     log.warning("%s: request %d failed: %s", client.name, i, e)
                     results[i] = e
+                    failed += 1
+                    if not succeeded and failed >= give_up_after:
+                        raise AimriError(
+                            f"{desc}: all of the first {failed} calls to {client.name} failed, "
+                            f"so the other {len(requests) - failed} were not sent; last error: {e}"
+                        ) from e
                 bar.update()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)

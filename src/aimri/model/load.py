@@ -12,6 +12,8 @@ import importlib.util
 import logging
 import os
 import shutil
+import socket
+import struct
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,10 +107,11 @@ def _gguf_to_cached_dir(gguf: Path) -> str:
         hf = AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
-    except (ValueError, OSError, KeyError) as e:
+    except (ValueError, OSError, KeyError, IndexError, EOFError, struct.error) as e:
         raise AimriError(
-            f"cannot read GGUF file '{gguf}': {e}; check that it is a complete GGUF of a "
-            "decoder-only model that transformers supports"
+            f"cannot read GGUF file '{gguf}' ({type(e).__name__}: {_first_line(e)}): it is "
+            "truncated, damaged or not a model transformers supports; copy or download the "
+            "complete file again"
         ) from e
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=target.parent))
@@ -125,6 +128,10 @@ def _gguf_to_cached_dir(gguf: Path) -> str:
     return str(target)
 
 
+def _first_line(e: BaseException) -> str:
+    return (str(e).splitlines() or [""])[0][:160]
+
+
 def _from_pretrained(where: str, cfg: ModelConfig) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -138,6 +145,7 @@ def _from_pretrained(where: str, cfg: ModelConfig) -> tuple[Any, Any]:
         except OSError:
             if offline:
                 raise
+            _check_hub_reachable(cfg.spec)
             tok = AutoTokenizer.from_pretrained(where)
             hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except OSError as e:
@@ -147,6 +155,23 @@ def _from_pretrained(where: str, cfg: ModelConfig) -> tuple[Any, Any]:
             f"directory, a .gguf file, or a built-in alias ({', '.join(BUILTIN_MODELS)})"
         ) from e
     return hf.to(device), tok  # type: ignore[call-arg]
+
+
+def _check_hub_reachable(spec: str, timeout_s: float = 5.0) -> None:
+    """Refuse within seconds when the hub cannot be reached (the hub client would retry for
+    about a minute before saying so)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme != "http" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as e:
+        raise AimriError(
+            f"model '{spec}' is not in the local cache and the hub ({host}) cannot be reached "
+            f"({e}): download it where there is network, or use a local directory, a .gguf "
+            f"file, or a built-in alias ({', '.join(BUILTIN_MODELS)})"
+        ) from e
 
 
 def _device(name: str) -> torch.device:

@@ -1,6 +1,8 @@
 """Render the scan's report: one self-contained HTML file (styles and scripts inline).
 
-Autoescaping is on for every template, so token strings such as `<script>` show as text.
+Autoescaping is on for every template, so token strings such as `<script>` show as text, and
+bidirectional control characters (a right-to-left override from the corpus) are shown as their
+code point rather than reordering what is around them.
 The features section's dashboards are drawn by static/features.js from one JSON block, with
 `textContent` only (see report/features.py for how that block is made safe).
 Not here: computing anything; the report only shows what scan.json holds.
@@ -47,7 +49,25 @@ def _finite(v: Any) -> bool:
     return isinstance(v, int | float) and math.isfinite(v)
 
 
+# Characters that reorder the text around them (bidirectional overrides and isolates, marks):
+# from a corpus or a label they would make the report show something other than what is there.
+_BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_BIDI_VISIBLE = str.maketrans({c: f"\u27e8U+{ord(c):04X}\u27e9" for c in _BIDI})
+
+
+def visible(obj: Any) -> Any:
+    """`obj` with every bidirectional control character in its strings shown as `⟨U+202E⟩`."""
+    if isinstance(obj, str):
+        return obj.translate(_BIDI_VISIBLE)
+    if isinstance(obj, dict):
+        return {visible(k): visible(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [visible(v) for v in obj]
+    return obj
+
+
 def render_report(scan: dict[str, Any], path: Path) -> Path:
+    scan = visible(scan)
     stages = scan["stages"]
     circuits = scan.get("circuits") or stages.get("circuits")
     html = (

@@ -13,7 +13,6 @@ import dataclasses
 import itertools
 import logging
 import platform
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,6 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
+from tqdm.auto import tqdm
+
 from aimri import __version__
 from aimri._io import atomic_path, cleanup_temp_files, sha256_file, write_json_atomic
 from aimri.config import CollectConfig
@@ -32,15 +34,12 @@ from aimri.model.load import load_model
 from aimri.store.manifest import (
     KIND,
     MANIFEST,
-    identity_mismatch,
-    read_manifest,
+    check_existing_store,
     read_sidecars,
     shard_name,
     sidecar_path,
 )
 from aimri.store.sinks import chunk_summary, merge_summaries, special_ids
-from safetensors.torch import save_file
-from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
 SHARD_TARGET_BYTES = 256 << 20
@@ -97,7 +96,7 @@ def collect(cfg: CollectConfig, model: Model | None = None) -> CollectResult:
         bar.set_postfix(shard=index)
     bar.close()
     barrier()
-    records = read_sidecars(cfg.out)
+    records = read_sidecars(cfg.out, verify=False)  # this run's own shards, just written
     if w.rank == 0:
         write_manifest(cfg.out, identity, records)
     barrier()
@@ -139,20 +138,7 @@ def _shard_contexts(cfg: CollectConfig, widths: dict[str, int]) -> int:
 
 def _prepare(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
     """Create the store, or check that an existing one was made with the same identity."""
-    if (out / MANIFEST).is_file():
-        old = read_manifest(out)
-        mismatch = identity_mismatch(old.get("identity", {}), identity)
-        if mismatch and not overwrite:
-            raise AimriError(
-                f"activation store '{out}' was made with a different configuration ({mismatch}); "
-                "use another --out, or pass --overwrite to replace it"
-            )
-        if mismatch:
-            shutil.rmtree(out)
-    elif out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise AimriError(
-            f"'{out}' exists and is not an activation store: choose an empty or new --out"
-        )
+    check_existing_store(out, identity, overwrite)
     out.mkdir(parents=True, exist_ok=True)
     cleanup_temp_files(out)
     if not (out / MANIFEST).is_file():

@@ -12,11 +12,14 @@ multi-rank writing safe without a shared lock. Not here: forward passes (`collec
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from aimri._io import read_json
+from aimri._io import sha256_file
 from aimri.errors import AimriError
+
+log = logging.getLogger(__name__)
 
 KIND = "aimri.activations"
 MANIFEST = "manifest.json"
@@ -30,25 +33,99 @@ def sidecar_path(store: Path, index: int) -> Path:
     return store / f"shard-{index:05d}.json"
 
 
-def read_sidecars(store: Path) -> dict[int, dict[str, Any]]:
-    """Shards whose sidecar exists and whose file is present with the recorded size."""
+def read_sidecars(store: Path, *, verify: bool = True) -> dict[int, dict[str, Any]]:
+    """Shards whose sidecar exists and whose file is present with the recorded size and (with
+    `verify`) the recorded sha256; any other shard is to be redone."""
     done: dict[int, dict[str, Any]] = {}
     for side in sorted(store.glob("shard-*.json")):
         try:
             record = json.loads(side.read_text())
-        except json.JSONDecodeError:
+            shard = store / record["file"]
+            ok = shard.is_file() and shard.stat().st_size == record["bytes"]
+            index = int(record["index"])
+        except (ValueError, KeyError, TypeError):
             continue  # a damaged sidecar: the shard is redone
-        shard = store / record["file"]
-        if shard.is_file() and shard.stat().st_size == record["bytes"]:
-            done[int(record["index"])] = record
+        if ok and verify and sha256_file(shard) != record.get("sha256"):
+            log.warning("%s does not match its recorded sha256: it will be collected again", shard)
+            ok = False
+        if ok:
+            done[index] = record
     return done
 
 
 def read_manifest(store: Path) -> dict[str, Any]:
-    manifest = read_json(store / MANIFEST, "activation store manifest")
-    if manifest.get("kind") != KIND:
-        raise AimriError(f"'{store}' is not an aimri activation store (manifest kind missing)")
+    """The store's manifest; a missing, damaged or foreign one is refused with the fix."""
+    path = store / MANIFEST
+    if not path.is_file():
+        raise AimriError(
+            f"'{store}' is not an activation store: it has no {MANIFEST}; make one with "
+            "`aimri collect --out DIR`"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise AimriError(
+            f"activation store manifest '{path}' is damaged ({e}): run the same `aimri collect` "
+            "command with --overwrite to rebuild the store"
+        ) from e
+    if not isinstance(manifest, dict) or manifest.get("kind") != KIND:
+        raise AimriError(
+            f"'{store}' is not an aimri activation store (its {MANIFEST} has no kind "
+            f"'{KIND}'): point at a folder made by `aimri collect`"
+        )
     return manifest
+
+
+def _store_files(store: Path) -> list[Path]:
+    """The files a store is made of (manifest, shards, sidecars, leftovers of atomic writes)."""
+    patterns = (MANIFEST, "shard-*.safetensors", "shard-*.json", ".*.tmp")
+    return [p for pattern in patterns for p in store.glob(pattern) if p.is_file()]
+
+
+def check_existing_store(store: Path, identity: dict[str, Any], overwrite: bool) -> None:
+    """Before collecting into `store`: keep a store of this identity (it resumes), clear one
+    that holds nothing worth keeping (an empty stub left by a failed run, or anything with
+    --overwrite), and refuse to replace anything else."""
+    has_shards = any(store.glob("shard-*.safetensors"))
+    if (store / MANIFEST).is_file():
+        try:
+            old: dict[str, Any] | None = read_manifest(store)
+        except AimriError:
+            if not overwrite:
+                raise
+            old = None
+        mismatch = identity_mismatch(old.get("identity", {}), identity) if old else "damaged"
+        if not mismatch:
+            return
+        if overwrite or not has_shards:  # a stub from a run that failed before its first shard
+            _clear(store)
+            return
+        raise AimriError(
+            f"activation store '{store}' was made with a different configuration ({mismatch}); "
+            "use another --out, or pass --overwrite to replace it"
+        )
+    if has_shards or any(store.glob("shard-*.json")):
+        if overwrite:
+            _clear(store)
+            return
+        raise AimriError(
+            f"activation store '{store}' has shards but no {MANIFEST}, so what they were made "
+            "from is unknown and they cannot be reused: pass --overwrite to delete them and "
+            "collect again"
+        )
+    if (
+        store.is_dir()
+        and any(not p.name.startswith(".") for p in store.iterdir())
+        and not overwrite
+    ):
+        raise AimriError(
+            f"'{store}' exists and is not an activation store: choose an empty or new --out"
+        )
+
+
+def _clear(store: Path) -> None:
+    for p in _store_files(store):
+        p.unlink(missing_ok=True)
 
 
 def identity_mismatch(old: dict[str, Any], new: dict[str, Any]) -> str | None:

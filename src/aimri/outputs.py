@@ -1,0 +1,173 @@
+"""Output paths, checked before any work starts, and a lock for each writer of a folder.
+
+A command that writes calls `check_output` for each of its outputs first: the path must be
+writable, must be a folder where a folder is written (and a file where a file is), and must
+not hold another artifact (or anything else) unless the user passed `--overwrite`. What counts
+as "the same kind" is told by `artifact_kind`, from file names alone (nothing is opened but a
+file's first bytes). `writer_lock` keeps two runs from writing one store or dictionary at once.
+Not here: what a command does with an existing artifact of its own kind (resume, refuse a
+different configuration): that is the command's own business.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Literal
+
+from aimri.errors import AimriError
+
+LOCK = ".aimri.lock"
+_SQLITE = b"SQLite format 3\x00"
+
+# (a file that marks the kind, the kind's name), tried in order on a folder's entries.
+_MARKERS: tuple[tuple[str, str], ...] = (
+    ("manifest.json", "activation store"),
+    ("shard-00000.safetensors", "activation store"),
+    ("shard-00000.json", "activation store"),
+    ("sae_weights.safetensors", "dictionary"),
+    ("aimri.json", "dictionary"),
+    ("checkpoint", "dictionary"),
+    ("run.json", "scan run"),
+    ("scan.json", "scan run"),
+    ("probes.json", "probe results"),
+    ("audit.json", "audit results"),
+    ("diff.json", "diff results"),
+    ("plant.json", "model"),
+    ("sae.safetensors", "dictionary"),
+    ("params.npz", "dictionary"),
+    ("ae.pt", "dictionary"),
+    ("ae.safetensors", "dictionary"),
+    ("config.json", "model"),
+    ("catalog.sqlite", "features folder"),
+)
+
+
+def artifact_kind(path: Path) -> str | None:
+    """What `path` holds, in words ("activation store", "dictionary", "catalog", "file"...);
+    None when it does not exist or is a folder holding nothing but hidden leftovers."""
+    if path.is_file():
+        return _file_kind(path)
+    if not path.is_dir():
+        return None if not path.exists() else "special file"
+    names = {p.name for p in path.iterdir() if not p.name.startswith(".")}
+    if not names:
+        return None
+    for marker, kind in _MARKERS:
+        if marker in names:
+            return kind
+    subs = [path / n for n in names if (path / n).is_dir()]
+    if subs and len(subs) == len(names):
+        kinds = {artifact_kind(s) for s in subs}
+        if kinds == {"dictionary"}:
+            return "dictionary set"
+    return "folder with other files"
+
+
+def _file_kind(path: Path) -> str:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        head = b""
+    if head == _SQLITE:
+        return "catalog" if path.suffix == ".sqlite" else "SQLite database"
+    if path.suffix == ".safetensors":
+        return "tensor file"
+    return "file"
+
+
+def check_output(
+    path: Path,
+    *,
+    flag: str,
+    kind: str,
+    shape: Literal["folder", "file"] = "folder",
+    same_kind: tuple[str, ...] = (),
+    overwrite: bool | None = None,
+) -> None:
+    """Refuse an output path before any work: unwritable, of the wrong shape, or holding
+    something this command would replace or mix into.
+
+    `kind` names what the command writes; an existing artifact whose kind is in `same_kind` is
+    left to the command (it resumes it, or checks it matches). `overwrite` is the value of the
+    command's --overwrite flag, or None if it has none (then the fix is another path).
+    """
+    check_writable(path, flag=flag, shape=shape)
+    found = artifact_kind(path)
+    if found is None or found in same_kind or overwrite:
+        return
+    fix = (
+        f"choose another {flag}, or pass --overwrite to replace it"
+        if overwrite is not None
+        else f"choose another {flag}, or move it away first"
+    )
+    what = (
+        f"already holds a {found}, which this command would replace"
+        if found == kind
+        else f"already holds a {found}, and this command would write a {kind} there"
+    )
+    raise AimriError(f"{flag} '{path}' {what}: nothing was changed; {fix}")
+
+
+def check_writable(path: Path, *, flag: str, shape: Literal["folder", "file"]) -> None:
+    """Refuse a path that cannot be written as a `shape` (a file where a folder goes, a
+    read-only disk, a parent that is a file)."""
+    if shape == "folder" and path.exists() and not path.is_dir():
+        raise AimriError(
+            f"{flag} '{path}' is a file, but a folder is written there: nothing was changed; "
+            f"give a folder's path (new or empty) as {flag}"
+        )
+    if shape == "file" and path.is_dir():
+        raise AimriError(
+            f"{flag} '{path}' is a folder, but a file is written there: give a file's path, "
+            f"e.g. '{path / 'catalog.sqlite'}'"
+        )
+    # A file is replaced by renaming onto it, so its folder must be writable; a folder must be.
+    existing = path if shape == "folder" and path.exists() else path.parent
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise AimriError(
+            f"{flag} '{path}' cannot be created: '{existing}' is a file, not a folder; "
+            f"choose another {flag}"
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise AimriError(
+            f"{flag} '{path}' is not writable ('{existing}' is read-only or not yours): "
+            f"nothing was changed; choose a {flag} on a writable disk"
+        )
+
+
+@contextlib.contextmanager
+def writer_lock(folder: Path, *, what: str, enabled: bool = True) -> Iterator[None]:
+    """Hold `<folder>/.aimri.lock` while writing `folder`; a second writer is refused at once.
+
+    An advisory lock (flock): the operating system releases it when the process ends, however
+    it ends, so a killed run never leaves a stale lock behind.
+    """
+    if not enabled:
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+            raise AimriError(
+                f"{what} '{folder}' is being written by another aimri process (pid {holder}): "
+                "wait for it to finish, or use another --out"
+            ) from e
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
