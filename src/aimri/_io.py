@@ -72,16 +72,18 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def read_json(path: Path, what: str) -> Any:
-    """Read JSON, turning a missing or broken file into an AimriError that says what it was."""
+def read_json(path: Path, what: str, *, fix: str = "") -> Any:
+    """Read JSON, turning a missing or broken file into an AimriError that says what it was;
+    `fix` says how to get a good file back (default: re-create it with its command)."""
     try:
         return json.loads(path.read_text())
     except FileNotFoundError as e:
         raise AimriError(f"{what} '{path}' not found: check the path") from e
-    except json.JSONDecodeError as e:
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f"{e.msg} at line {e.lineno}" if isinstance(e, json.JSONDecodeError) else str(e)
         raise AimriError(
-            f"{what} '{path}' is not valid JSON ({e.msg} at line {e.lineno}): the file is "
-            "damaged; delete it and re-create it with the command that wrote it"
+            f"{what} '{path}' is not valid JSON ({where}): the file is damaged; "
+            + (fix or "re-create it with the command that wrote it")
         ) from e
 
 

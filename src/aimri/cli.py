@@ -22,6 +22,7 @@ import tyro
 
 from aimri.cli_checkup import CHECKUP_COMMANDS, dispatch_checkup, with_pair_positional
 from aimri.cli_outputs import absolute_inputs as _absolute_inputs
+from aimri.cli_outputs import check_inputs as _check_inputs
 from aimri.cli_outputs import check_outputs as _check_outputs
 from aimri.config import (
     CircuitConfig,
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         _setup_logging()
         cfg = _absolute_inputs(cfg)
         _check_outputs(cfg)
+        _check_inputs(cfg)
         _dispatch(cfg)
     except AimriError as e:
         if show_traceback:

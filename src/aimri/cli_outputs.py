@@ -23,8 +23,19 @@ from aimri.config import (
 from aimri.config_checkup import AuditConfig, DiffConfig, MonitorConfig, PlantConfig, ProbeConfig
 from aimri.errors import AimriError
 from aimri.outputs import check_output, check_writable
+from aimri.store.manifest import check_store_before_work
 
 CHECKPOINT_STATE = Path("checkpoint") / "state.json"
+
+
+def check_inputs(cfg: object) -> None:
+    """Open a command's --dictionary now, so that a broken one is refused in a second rather
+    than after the model is loaded or, in a scan, after minutes of collection."""
+    dictionary = getattr(cfg, "dictionary", None)
+    if isinstance(dictionary, Path):
+        from aimri.dicts.formats import load_dictionary
+
+        load_dictionary(dictionary)
 
 
 def check_outputs(cfg: object) -> None:
@@ -37,15 +48,12 @@ def check_outputs(cfg: object) -> None:
             same_kind=("activation store",),
             overwrite=cfg.overwrite,
         )
+        check_store_before_work(cfg.out, cfg.overwrite)
     elif isinstance(cfg, TrainConfig):
         _check_train(cfg)
     elif isinstance(cfg, FeaturesConfig):
         check_output(cfg.out, flag="--out", kind="catalog", shape="file", overwrite=cfg.overwrite)
     elif isinstance(cfg, ScanConfig):
-        if cfg.dictionary is not None:  # checked now, not after the collection and training
-            from aimri.dicts.formats import load_dictionary
-
-            load_dictionary(cfg.dictionary)
         check_writable(cfg.runs_dir, flag="--runs-dir", shape="folder")
         if cfg.name:
             check_output(

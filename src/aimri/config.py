@@ -56,11 +56,14 @@ class CorpusConfig:
 
     def __post_init__(self) -> None:
         if self.ctx_len < 2:
-            raise AimriError(f"ctx_len={self.ctx_len} is too small: use at least 2 tokens")
+            raise AimriError(
+                f"corpus ctx_len={self.ctx_len} is too small: a context needs at least 2 "
+                "tokens; raise --corpus.ctx-len"
+            )
         if self.max_tokens < self.ctx_len:
             raise AimriError(
-                f"max_tokens={self.max_tokens} is smaller than one context (ctx_len="
-                f"{self.ctx_len}): raise max_tokens or lower ctx_len"
+                f"corpus max_tokens={self.max_tokens} is smaller than one context (ctx_len="
+                f"{self.ctx_len}): raise --corpus.max-tokens or lower --corpus.ctx-len"
             )
 
 
@@ -84,10 +87,14 @@ class CollectConfig:
     """Delete an existing store with a different configuration instead of refusing."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or (self.shard_contexts is not None and self.shard_contexts < 1):
+        if self.batch_size < 1:
             raise AimriError(
-                f"--batch-size {self.batch_size} / --shard-contexts {self.shard_contexts}: "
-                "contexts per forward pass and per shard must be at least 1"
+                f"--batch-size {self.batch_size}: a forward pass needs at least 1 context"
+            )
+        if self.shard_contexts is not None and self.shard_contexts < 1:
+            raise AimriError(
+                f"--shard-contexts {self.shard_contexts}: a shard needs at least 1 context "
+                "(leave it out for about 256 MiB per shard)"
             )
         if not self.sites:
             raise AimriError("no sites given: pass e.g. --sites 'blocks.*.hook_resid_post'")

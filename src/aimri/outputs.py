@@ -107,11 +107,15 @@ def check_output(
         else f"choose another {flag}, or move it away first"
     )
     what = (
-        f"already holds a {found}, which this command would replace"
+        f"already holds {_a(found)}, which this command would replace"
         if found == kind
-        else f"already holds a {found}, and this command would write a {kind} there"
+        else f"already holds {_a(found)}, and this command would write {_a(kind)} there"
     )
     raise AimriError(f"{flag} '{path}' {what}: nothing was changed; {fix}")
+
+
+def _a(noun: str) -> str:
+    return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
 def check_writable(path: Path, *, flag: str, shape: Literal["folder", "file"]) -> None:

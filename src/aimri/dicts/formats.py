@@ -130,7 +130,7 @@ def _check_sha256(path: Path) -> None:
     ours = path / "aimri.json"
     if not ours.is_file():
         return
-    expected = read_json(ours, "dictionary record").get("weights_sha256")
+    expected = read_json(ours, "dictionary record", fix=_REDO).get("weights_sha256")
     if isinstance(expected, str) and sha256_file(path / WEIGHTS) != expected:
         raise AimriError(
             f"'{path / WEIGHTS}' does not match the sha256 recorded in '{ours}': the weights "
@@ -142,7 +142,7 @@ def _dict_config(path: Path) -> DictConfig:
     ours = path / "aimri.json"
     if ours.is_file():
         return _our_config(ours)
-    raw = read_json(path / "cfg.json", "dictionary config")
+    raw = read_json(path / "cfg.json", "dictionary config", fix=_REDO)
     if not isinstance(raw, dict):
         raise AimriError(
             f"'{path / 'cfg.json'}' holds a {type(raw).__name__}, not a SAELens config object: "
@@ -184,7 +184,7 @@ def _dict_config(path: Path) -> DictConfig:
 
 def _our_config(ours: Path) -> DictConfig:
     """The DictConfig recorded in aimri.json, refused with the fix if damaged."""
-    record = read_json(ours, "dictionary record")
+    record = read_json(ours, "dictionary record", fix=_REDO)
     fields = record.get("dict") if isinstance(record, dict) else None
     if not isinstance(fields, dict):
         raise AimriError(

@@ -162,7 +162,8 @@ def dictionary_sha256(folder: Path) -> str | None:
     """The weights' sha256 recorded in the dictionary's aimri.json, else hashed, else None."""
     record, weights = folder / "aimri.json", folder / "sae_weights.safetensors"
     if record.is_file():
-        sha = read_json(record, "dictionary record").get("weights_sha256")
+        raw = read_json(record, "dictionary record")
+        sha = raw.get("weights_sha256") if isinstance(raw, dict) else None
         if sha:
             return str(sha)
     return sha256_file(weights) if weights.is_file() else None

@@ -82,6 +82,17 @@ def _store_files(store: Path) -> list[Path]:
     return [p for pattern in patterns for p in store.glob(pattern) if p.is_file()]
 
 
+def check_store_before_work(store: Path, overwrite: bool) -> None:
+    """What `check_existing_store` can tell without the model: a damaged or lost manifest is
+    refused before the model is loaded."""
+    if overwrite or not store.is_dir():
+        return
+    if (store / MANIFEST).is_file():
+        read_manifest(store)
+    elif any(store.glob("shard-*.safetensors")):
+        check_existing_store(store, {}, overwrite)
+
+
 def check_existing_store(store: Path, identity: dict[str, Any], overwrite: bool) -> None:
     """Before collecting into `store`: keep a store of this identity (it resumes), clear one
     that holds nothing worth keeping (an empty stub left by a failed run, or anything with
