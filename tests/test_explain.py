@@ -60,11 +60,23 @@ def import_feature(index: int = 0) -> FeatureStats:
     return feature(examples, index)
 
 
-def test_tokens_explainer_names_the_token_and_its_context():
+def test_tokens_explainer_names_the_token_that_carries_the_mass():
     (label,) = TokensExplainer().explain([import_feature()])
     assert label.explainer == "tokens"
-    assert label.text == 'the token " import" (often after "\\n")'
-    assert label.meta["peak_share"] == 1.0
+    # " import" always follows a newline here, so the context selects nothing: not named.
+    assert label.text == 'tokens " import"'
+    assert label.meta["mass_share"] == 1.0
+
+
+def test_tokens_explainer_names_a_context_only_where_it_selects():
+    # " it" fires after " of" and is silent after " saw": the context is what fires it.
+    examples = []
+    for i in range(8):
+        toks = [" all", " of", " it", " and", " I", " saw", " it", " too"]
+        examples.append(window(toks, {2: 3.0 + 0.1 * i}, context=i))
+    (label,) = TokensExplainer().explain([feature(examples)])
+    # it fires on half its occurrences, which passes the precision bar (0.5)
+    assert label.text == 'tokens " it" (after " of")', label.text
 
 
 def test_tokens_explainer_lists_several_tokens_of_a_concept():
@@ -97,13 +109,16 @@ def test_tokens_explainer_without_active_examples_says_so():
     assert label.text == "" and "no active examples" in label.meta["error"]
 
 
-def test_logits_explainer_reflects_promoted_tokens():
-    promoted = [TokenEffect(" an", 1.5), TokenEffect(" the", 3.0), TokenEffect(" a", 2.0)]
-    promoted.append(TokenEffect(" of", 0.1))
+def test_logits_explainer_names_whole_words_only():
+    promoted = [TokenEffect(" London", 1.5), TokenEffect(" Paris", 3.0), TokenEffect("ducive", 2.5)]
+    promoted += [TokenEffect(" meticul", 2.0), TokenEffect(" Rome", 0.1), TokenEffect(" ##", 1.0)]
     f = dataclasses.replace(import_feature(), promoted=promoted)
     (label,) = LogitsExplainer().explain([f])
-    assert label.text == 'promotes " the", " a", " an"'
-    assert label.meta["values"] == [3.0, 2.0, 1.5]
+    assert label.text == 'promotes " Paris", " London", " Rome"'
+    assert label.meta["values"] == [3.0, 1.5, 0.1]
+    pieces = [TokenEffect("ducive", 2.5), TokenEffect(" meticul", 2.0), TokenEffect("ancip", 1.0)]
+    (none,) = LogitsExplainer().explain([dataclasses.replace(f, promoted=pieces)])
+    assert none.text == "no readable output effect"
     (empty,) = LogitsExplainer().explain([import_feature()])
     assert empty.text == "" and "error" in empty.meta
 

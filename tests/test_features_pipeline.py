@@ -42,12 +42,14 @@ def test_every_basis_is_labelled_scored_and_catalogued(described):
     alive = {f.index for f in r.dictionary.features.features if f.density > 0}
     assert {lab.feature for lab in r.dictionary.labels} == alive
     assert {(s.explainer, s.scorer) for s in r.dictionary.scores} == {
+        ("tokens", "simulation"),
+        ("logits", "simulation"),
         ("tokens", "rule"),
         ("tokens", "embedding"),
         ("logits", "embedding"),
     }
     # one summary row per basis × (explainer, scorer), counting every scored feature
-    assert len(r.summary) == 3 * 3
+    assert len(r.summary) == 3 * 5
     for row in r.summary:
         basis = next(b for b in [r.dictionary, *r.baselines] if b.features.basis.name == row.basis)
         assert row.n == sum(

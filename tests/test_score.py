@@ -370,8 +370,8 @@ def test_make_scorer_builds_by_name_and_explains_what_is_missing():
     assert isinstance(make_scorer("fuzzing", ScriptedClient(respond=right_detector)), FuzzingScorer)
     with pytest.raises(AimriError, match=r"--llm\.base-url"):
         make_scorer("detection")
-    with pytest.raises(AimriError, match="unknown scorer 'simulation'.*embedding"):
-        make_scorer("simulation")
+    with pytest.raises(AimriError, match="unknown scorer 'telepathy'.*embedding"):
+        make_scorer("telepathy")
 
 
 # --- summary ----------------------------------------------------------------------------------
@@ -408,7 +408,7 @@ def test_summary_fraction_equals_a_hand_count():
     fixed = interpretability_summary({"sae": sae}, threshold=0.85)[0]
     assert fixed.frac_above == 2 / 6 and fixed.threshold == 0.85
     with pytest.raises(AimriError, match="no default threshold"):
-        interpretability_summary({"sae": scores([0.5], [0.5], scorer="simulation")})
+        interpretability_summary({"sae": scores([0.5], [0.5], scorer="telepathy")})
 
 
 def test_wilson_interval_matches_its_formula_and_narrows_with_n():

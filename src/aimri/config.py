@@ -346,8 +346,9 @@ class FeaturesConfig:
     """Analyse the first N features (default all); statistics of density cover all."""
     explainers: tuple[str, ...] = ("tokens", "logits")
     """Explainers to run: `tokens`, `logits` (offline), `llm` (needs --llm.*)."""
-    scorers: tuple[str, ...] = ("rule", "embedding")
-    """Scorers to run: `rule`, `embedding` (offline), `detection`, `fuzzing` (need --llm.*)."""
+    scorers: tuple[str, ...] = ("simulation", "rule", "embedding")
+    """Scorers to run: `simulation` (offline for token labels; free-text labels need --llm.*),
+    `rule`, `embedding` (offline), `detection`, `fuzzing` (need --llm.*)."""
     baselines: bool = True
     """Also label and score neurons and random directions at the same site."""
     n_baseline: int = 64

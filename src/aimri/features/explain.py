@@ -1,8 +1,9 @@
 """Explainers: turn what a feature does into a short natural-language `Label`.
 
 Each explainer is registered by name in `EXPLAINERS` and labels a batch of features at once:
-`tokens` (offline: the tokens over-represented at the activation peaks), `logits` (offline: the
-tokens the feature's output direction promotes) and `llm` (asks a `ChatClient` for one phrase
+`tokens` (offline: the tokens that carry most of the activation mass, with their preceding
+token where that context selects them), `logits` (offline: the whole words the feature's output
+direction promotes) and `llm` (asks a `ChatClient` for one phrase
 from marked examples). Held-out discipline: explainers read only `records.explain_split(f)`,
 never `score_split`, so the examples that score a label were not seen when making it. A reply
 that cannot be used (empty, truncated, refused, junk) or an endpoint that keeps failing gives
@@ -17,6 +18,7 @@ import math
 import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from functools import lru_cache
 from typing import NamedTuple, Protocol, final
 
 from aimri.config import LLMConfig
@@ -99,13 +101,30 @@ def over_represented(p: PeakTokens) -> list[tuple[str, float]]:
 
 @final
 class TokensExplainer:
-    """Offline: the tokens at the activation peaks, most over-represented first."""
+    """Offline: the smallest set of tokens that carries most of the activation mass on the
+    explainer's examples, each with its preceding token where that context is what fires it.
+
+    Tokens are grouped case- and space-insensitively (the form shown is the most frequent);
+    a token is named only if the feature fires on at least `min_precision` of its occurrences
+    in the windows (so a frequent token the feature merely sits beside is not named). Tokens are
+    added by mass until they cover `coverage` of it or `max_tokens` are named. A token gets
+    `(after "x")` when at least `context_share` of its mass comes after "x" and "x" is no
+    more than `context_share` of its occurrences' contexts by count (the context selects)."""
 
     name = "tokens"
 
-    def __init__(self, *, peak: float = 0.5, max_tokens: int = 3) -> None:
-        self.peak = peak
+    def __init__(
+        self,
+        *,
+        coverage: float = 0.8,
+        max_tokens: int = 6,
+        min_precision: float = 0.5,
+        context_share: float = 0.8,
+    ) -> None:
+        self.coverage = coverage
         self.max_tokens = max_tokens
+        self.min_precision = min_precision
+        self.context_share = context_share
 
     def explain(self, features: Sequence[FeatureStats]) -> list[Label]:
         return [self._one(f) for f in features]
@@ -114,29 +133,82 @@ class TokensExplainer:
         examples = [e for e in explain_split(f) if e.active]
         if not examples:
             return Label(f.index, "", self.name, {"error": "no active examples to explain"})
-        p = peak_tokens(examples, self.peak)
-        ranked = over_represented(p)
-        top, share = ranked[0]
-        if share >= 0.5 or len(ranked) == 1:
-            text = f"the token {show(top)}"
-            prev, n = p.before[top].most_common(1)[0] if p.before[top] else ("", 0)
-            if n >= 2 and n >= 0.5 * p.at_peak[top]:
-                text += f" (often after {show(prev)})"
-            covered = share
-        else:
-            chosen = [(t, s) for t, s in ranked[: self.max_tokens] if s >= 0.1] or ranked[:1]
-            text = "tokens " + ", ".join(show(t) for t, _ in chosen)
-            covered = sum(s for _, s in chosen)
-        meta = {"peak_share": round(covered, 4), "n_examples": len(examples)}
-        return Label(f.index, text, self.name, meta)
+        m = token_mass(examples)
+        total = sum(m.mass.values())
+        named: list[str] = []
+        covered = 0.0
+        for key in sorted(m.mass, key=lambda k: -m.mass[k]):
+            if covered >= self.coverage or len(named) == self.max_tokens:
+                break
+            if m.fired[key] < self.min_precision * m.count[key]:
+                continue
+            named.append(self._item(m, key))
+            covered += m.mass[key] / total
+        if not named:
+            return Label(f.index, "", self.name, {"error": "no token fires reliably"})
+        meta = {"mass_share": round(covered, 4), "n_examples": len(examples)}
+        return Label(f.index, "tokens " + ", ".join(named), self.name, meta)
+
+    def _item(self, m: TokenMass, key: str) -> str:
+        text = show(m.surface[key].most_common(1)[0][0])
+        prev = m.before_mass[key]
+        if not prev:
+            return text
+        ctx, mass = max(prev.items(), key=lambda kv: kv[1])
+        share_by_count = m.before_count[key][ctx] / m.count[key]
+        if mass >= self.context_share * m.mass[key] and share_by_count <= self.context_share:
+            return f"{text} (after {show(m.before_surface[ctx])})"
+        return text
+
+
+class TokenMass(NamedTuple):
+    mass: defaultdict[str, float]
+    """Normalised token → its summed activation over the windows."""
+    count: Counter[str]
+    """Normalised token → its occurrences in the windows."""
+    fired: Counter[str]
+    """Normalised token → occurrences where the feature fires."""
+    surface: dict[str, Counter[str]]
+    """Normalised token → how often each surface form occurs."""
+    before_mass: defaultdict[str, defaultdict[str, float]]
+    """Normalised token → normalised preceding token → activation mass."""
+    before_count: dict[str, Counter[str]]
+    before_surface: dict[str, str]
+    """Normalised preceding token → a surface form of it."""
+
+
+def token_mass(examples: Sequence[Example]) -> TokenMass:
+    m = TokenMass(defaultdict(float), Counter(), Counter(), defaultdict(Counter),
+                  defaultdict(lambda: defaultdict(float)), defaultdict(Counter), {})  # fmt: skip
+    for e in examples:
+        keys = [t.strip().lower() for t in e.tokens]
+        for i, (tok, key, act) in enumerate(zip(e.tokens, keys, e.acts, strict=True)):
+            if not key:
+                continue
+            m.count[key] += 1
+            m.surface[key][tok] += 1
+            if act > 0:
+                m.mass[key] += act
+                m.fired[key] += 1
+            if i > 0:
+                m.before_count[key][keys[i - 1]] += 1
+                m.before_mass[key][keys[i - 1]] += max(act, 0.0)
+                m.before_surface.setdefault(keys[i - 1], e.tokens[i - 1])
+    return m
 
 
 # --- logits ---------------------------------------------------------------------------------
 
+NO_OUTPUT = "no readable output effect"
+
 
 @final
 class LogitsExplainer:
-    """Offline: the tokens whose logits the feature's output direction raises most."""
+    """Offline: the whole words whose logits the feature's output direction raises most.
+
+    Only tokens that start a word and read as one (`readable_word`) are named: at middle layers
+    the logit lens is dominated by word pieces ("ducive", "ancip"), which say nothing a reader
+    can use. With none among the promoted tokens the label says "no readable output effect"."""
 
     name = "logits"
 
@@ -150,9 +222,37 @@ class LogitsExplainer:
         if not f.promoted:
             error = "no logit effects (this basis has no output direction)"
             return Label(f.index, "", self.name, {"error": error})
-        top = sorted(f.promoted, key=lambda e: e.value, reverse=True)[: self.max_tokens]
+        ranked = sorted(f.promoted, key=lambda e: e.value, reverse=True)
+        top = [e for e in ranked if readable_word(e.token)][: self.max_tokens]
+        if not top:
+            return Label(f.index, NO_OUTPUT, self.name, {"n_promoted": len(ranked)})
         text = "promotes " + ", ".join(show(e.token) for e in top)
         return Label(f.index, text, self.name, {"values": [round(e.value, 4) for e in top]})
+
+
+def readable_word(token: str) -> bool:
+    """A token that starts a word (a leading space) and reads as an English word: at least two
+    letters and nothing else, and a common-English word-piece vocabulary (MiniLM's WordPiece)
+    spells it in at most two pieces (`" wrapper"` → wrap + ##per passes; `" meticul"` → met +
+    ##ic + ##ul does not). Without that vocabulary installed, the letter rule alone decides."""
+    word = token[1:] if token[:1] == " " else ""
+    if len(word) < 2 or not word.isascii() or not word.isalpha():
+        return False
+    pieces = _wordpiece()
+    return pieces is None or len(pieces(word.lower())) <= 2
+
+
+@lru_cache(maxsize=1)
+def _wordpiece() -> Callable[[str], list[str]] | None:
+    try:
+        from transformers import AutoTokenizer
+
+        from aimri.features.embed import model_dir
+
+        tok = AutoTokenizer.from_pretrained(str(model_dir()), local_files_only=True)
+    except (AimriError, OSError, ValueError):
+        return None
+    return tok.tokenize
 
 
 # --- llm ------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """Scoring labels on held-out text: how well a label predicts where its feature fires.
 
-Three scorers, registered by name in `SCORERS` and built with `make_scorer`:
+Scorers, registered by name in `SCORERS` and built with `make_scorer`:
+- `simulation` (offline for token labels, an LLM for free text): the label predicts the
+  activation of every held-out token; pooled Pearson r (OpenAI's method; see `simulate.py`).
 - `rule` (offline): a label that names tokens predicts firing where they occur; balanced
   accuracy (see `TokenRuleScorer`).
 - `embedding` (offline): cosine similarity of the label's sentence embedding with each held-out
@@ -430,7 +432,14 @@ def _judge(cls: type[DetectionScorer] | type[FuzzingScorer], name: str) -> Score
     return make
 
 
+def _simulation(client: ChatClient | None, concurrency: int, seed: int) -> Scorer:
+    from aimri.features.simulate import SimulationScorer  # it builds on this module
+
+    return SimulationScorer(client, concurrency=concurrency, seed=seed)
+
+
 SCORERS: dict[str, ScorerFactory] = {
+    "simulation": _simulation,
     "embedding": lambda client, concurrency, seed: EmbeddingScorer(seed=seed),
     "rule": lambda client, concurrency, seed: TokenRuleScorer(seed=seed),
     "detection": _judge(DetectionScorer, "detection"),

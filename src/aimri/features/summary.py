@@ -21,13 +21,15 @@ from aimri.errors import AimriError
 from aimri.features.records import Score
 
 DEFAULT_THRESHOLDS: dict[str, float] = {
+    "simulation": 0.5,
     "rule": 0.7,
     "embedding": 0.75,
     "detection": 0.7,
     "fuzzing": 0.7,
 }
-"""Scorer → the score that counts as "interpretable": AUROC for `embedding`, balanced accuracy
-for `rule`, `detection` and `fuzzing` (0.5 is chance for all four)."""
+"""Scorer → the score that counts as "interpretable": pooled Pearson r for `simulation` (0 is
+chance), AUROC for `embedding`, balanced accuracy for `rule`, `detection` and `fuzzing` (0.5 is
+chance for those four)."""
 
 
 def auroc(positives: Sequence[float], negatives: Sequence[float]) -> float:

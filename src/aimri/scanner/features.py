@@ -42,7 +42,9 @@ def features_stage(
         out=run_dir / CATALOG,
         model=cfg.model,
         explainers=("tokens", "logits", "llm") if llm else ("tokens", "logits"),
-        scorers=("rule", "embedding", "detection") if llm else ("rule", "embedding"),
+        scorers=("simulation", "rule", "embedding", "detection")
+        if llm
+        else ("simulation", "rule", "embedding"),
         n_baseline=min(64, cfg.n_features),
         llm=cfg.llm,
         seed=cfg.corpus.seed,

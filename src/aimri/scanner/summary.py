@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from aimri.ledger import consultations, read_ledger
-from aimri.scanner.findings import best_label_rows
+from aimri.scanner.findings import best_label_rows, interpretability_verdict
 from aimri.scanner.findings_checkup import readable
 
 SEVERITY_ORDER = {"warning": 0, "notice": 1, "info": 2}
@@ -95,20 +95,14 @@ def _sure_features(r: dict[str, Any]) -> str:
     labelled = best_label_rows(r)
     if labelled is None:
         return "No feature labels were scored."
-    best, rand = labelled.best, labelled.by_kind.get("random")
-    share = f"{100 * (best['frac_above'] or 0):.0f}%"
-    if rand is None:
-        return f"{share} of sampled features have a label that predicts them on held-out text."
-    beats = (best["ci_low"] or 0.0) > (rand["frac_above"] or 0.0)
+    best = labelled.best
+    verdict = interpretability_verdict(best, labelled.by_kind)
+    weak = "above random" not in verdict
     return (
-        f"{share} of sampled features have a label that predicts them on held-out text "
-        f"(95% CI {100 * (best['ci_low'] or 0):.0f}–{100 * (best['ci_high'] or 0):.0f}%), against "
-        f"{100 * (rand['frac_above'] or 0):.0f}% for random directions: "
-        + (
-            "measurably above random."
-            if beats
-            else "not measurably above random, so treat feature labels as weak evidence."
-        )
+        f"{100 * (best['frac_above'] or 0):.0f}% of sampled features have a label that predicts "
+        f"them on held-out text ({best['scorer']} ≥ {best['threshold']:g}; 95% CI "
+        f"{100 * (best['ci_low'] or 0):.0f}–{100 * (best['ci_high'] or 0):.0f}%): {verdict}"
+        + (", so treat feature labels as weak evidence." if weak else ".")
     )
 
 

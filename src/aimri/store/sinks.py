@@ -31,7 +31,7 @@ from aimri.corpus.contexts import special_tokens
 
 MIN_FACTOR = 5.0
 """A token is never massive below 5× the median norm."""
-MAD_MULT = 10.0
+MAD_MULT = 6.0
 """How many robust standard deviations of log-norm above the median make a token massive."""
 MIN_TOKENS = 32
 """Below this many ordinary tokens in a chunk the norm rule is not applied (too few to judge)."""
