@@ -166,7 +166,7 @@ def test_features_are_ranked_by_train_auroc_so_a_one_off_feature_does_not_win():
     train, test = rows.split
     F[rows.pos(train + test), 3] = 1.0 + torch.rand(30)  # fires on every positive text
     F[rows.pos(train)[:1], 7] = 50.0  # fires hard on one positive text only
-    pooled = Pooled(X, torch.ones(n, 4), torch.ones(n), F, F)
+    pooled = Pooled(X, torch.ones(n, 4), torch.ones(n), torch.ones(n, 4), F, F)
     sae = build_dictionary(DictConfig(d_in=32, d_sae=16, k=2))
     table = feature_rows(pooled, sae, fit_directions(X, rows), 2, rows, {3: "planted"})
     assert table[0].feature == 3 and table[0].label == "planted" and table[0].auroc == 1.0

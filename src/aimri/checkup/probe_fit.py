@@ -33,6 +33,7 @@ from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.steer.directions import fit_probe, mean_difference
 from aimri.steer.generate import prompt_ids, right_pad
+from aimri.store.sinks import MIN_TOKENS, model_special_ids, norm_factor
 
 Method = Literal["diff_of_means", "probe"]
 FPR = 0.01
@@ -46,11 +47,14 @@ BATCH = 32
 
 class Pooled(NamedTuple):
     means: Tensor
-    """[n_texts, n_layers, d] each text's mean activation over its tokens (BOS excluded)."""
+    """[n_texts, n_layers, d] each text's mean activation over its ordinary tokens (BOS and
+    the layer's massive activations excluded: see `ordinary_tokens`)."""
     norm_sum: Tensor
-    """[n_texts, n_layers] sum over the text's tokens of their L2 norms."""
+    """[n_texts, n_layers] sum over the text's ordinary tokens of their L2 norms."""
     n_tokens: Tensor
     """[n_texts] tokens per text (BOS excluded)."""
+    n_ordinary: Tensor
+    """[n_texts, n_layers] the ordinary tokens each mean is over."""
     features: Tensor | None
     """[n_texts, d_sae] per-text mean of the dictionary's codes, when one is given."""
     feature_max: Tensor | None
@@ -77,6 +81,8 @@ def pooled_activations(
         raise AimriError("every text needs at least one token besides BOS: drop empty texts")
     n, d = len(texts), model.info.d_model
     means, norm_sum = torch.zeros(n, len(layers), d), torch.zeros(n, len(layers))
+    n_ordinary = torch.zeros(n, len(layers))
+    special = model_special_ids(model.tokenizer)
     d_sae = dictionary.cfg.d_sae if dictionary is not None else 0
     feats, feat_max = torch.zeros(n, d_sae), torch.zeros(n, d_sae)
     li = list(layers).index(dict_layer) if dict_layer is not None else None
@@ -85,16 +91,50 @@ def pooled_activations(
         rows = order[b : b + batch_size]
         acts = model.run(right_pad([seqs[i] for i in rows]).ids, read=sites, logits=False).acts
         stack = torch.stack([acts[s].float().cpu() for s in sites], dim=2)  # [B, T, L, d]
+        keep = ordinary_tokens(
+            stack, [len(seqs[i]) for i in rows], special, [seqs[i] for i in rows]
+        )
         for j, i in enumerate(rows):
-            tok = stack[j, 1 : len(seqs[i])]  # [n_tok, L, d], BOS and padding dropped
-            means[i] = tok.mean(0)
-            norm_sum[i] = tok.norm(dim=-1).sum(0)
+            k = keep[j]  # [T, L]
+            w = k[..., None].float()
+            norm_sum[i] = (stack[j].norm(dim=-1) * k).sum(0)
+            n_ordinary[i] = k.sum(0).float()
+            means[i] = (stack[j] * w).sum(0) / n_ordinary[i].clamp_min(1)[:, None]
             if dictionary is not None and li is not None:
-                codes = _dense_codes(dictionary, tok[:, li])  # [n_tok, d_sae]
-                feats[i], feat_max[i] = codes.mean(0), codes.max(0).values
+                codes = _dense_codes(dictionary, stack[j, k[:, li], li])  # [n_ord, d_sae]
+                if len(codes):
+                    feats[i], feat_max[i] = codes.mean(0), codes.max(0).values
     n_tokens = torch.tensor([len(s) - 1 for s in seqs], dtype=torch.float32)
     has = dictionary is not None
-    return Pooled(means, norm_sum, n_tokens, feats if has else None, feat_max if has else None)
+    return Pooled(
+        means, norm_sum, n_tokens, n_ordinary, feats if has else None, feat_max if has else None
+    )
+
+
+def ordinary_tokens(
+    stack: Tensor, lengths: Sequence[int], special: Sequence[int], seqs: Sequence[Sequence[int]]
+) -> Tensor:
+    """[B, T, L] bool: the tokens a text's mean is over, per layer: not BOS or padding, not a
+    special token, and not a massive activation at that layer (norm beyond the batch's
+    data-derived threshold, `store.sinks`). A text whose every token is massive at a layer
+    keeps them all there (it has nothing else to say)."""
+    B, T, L, _ = stack.shape
+    real = torch.zeros(B, T, dtype=torch.bool)
+    for j, n in enumerate(lengths):
+        real[j, 1:n] = True
+        ids = torch.tensor(list(seqs[j]))
+        real[j, : len(ids)] &= ~torch.isin(ids, torch.tensor(list(special), dtype=ids.dtype))
+        real[j, 0] = False
+    keep = real[..., None].expand(B, T, L).clone()
+    norms = stack.norm(dim=-1)  # [B, T, L]
+    for layer in range(L):
+        ordinary = norms[..., layer][real]
+        if len(ordinary) >= MIN_TOKENS:
+            threshold = float(ordinary.median()) * norm_factor(ordinary)
+            keep[..., layer] &= norms[..., layer] <= threshold
+    empty = keep.sum(1) == 0  # [B, L]
+    keep |= empty[:, None, :] & real[..., None]
+    return keep
 
 
 class ConceptRows(NamedTuple):

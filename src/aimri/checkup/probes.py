@@ -285,7 +285,7 @@ def _causal_checks(
         return []
     p, li = ctx.pooled, ctx.layers.index(det.layer)
     neutral = r.calib + r.neutral_test
-    scale = float(p.norm_sum[neutral, li].sum() / p.n_tokens[neutral].sum())
+    scale = float(p.norm_sum[neutral, li].sum() / p.n_ordinary[neutral, li].sum())
     checks = [
         causal_check(
             ctx.model,

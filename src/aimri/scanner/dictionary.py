@@ -26,6 +26,7 @@ from aimri.dicts.train import train
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.store.collect import collect
+from aimri.store.manifest import read_manifest
 
 PASSES = 4
 BATCH = 1024
@@ -59,6 +60,26 @@ def dictionary_stage(
         "eval": result.metrics,
         "baselines": result.baselines,
         "eval_tokens": EVAL_TOKENS,
+        "sinks": _sinks(run_dir / "activations-dict", site, model) if training else None,
+    }
+
+
+def _sinks(store: Path, site: str, model: Model) -> dict[str, Any] | None:
+    """What the sink rule left out of the training tokens at `site`, with tokens decoded."""
+    summary = read_manifest(store).get("sinks")
+    if not summary or site not in summary["sites"]:
+        return None
+    s = summary["sites"][site]
+    decode = lambda t: model.tokenizer.decode([int(t)])  # noqa: E731
+    return {
+        "rule": summary["rule"],
+        "n_tokens": summary["n_tokens"],
+        "n_identity": summary["n_identity"],
+        "special_tokens": [decode(t) for t in summary["special_ids"]],
+        "n_massive": s["n_massive"],
+        "median_norm": s["median_norm"],
+        "threshold": s["threshold"],
+        "massive_tokens": [[decode(t), c] for t, c in s["massive_tokens"]],
     }
 
 
