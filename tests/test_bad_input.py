@@ -156,6 +156,16 @@ def _flip_last_byte(path: Path) -> None:
     weights.write_bytes(bytes(data))
 
 
+def _bad_manifest_store(w: World) -> Path:
+    path = w.root / "stores" / "no-identity"
+    if not path.exists():
+        shutil.copytree(w.store, path)
+        manifest = json.loads((path / "manifest.json").read_text())
+        del manifest["identity"]
+        (path / "manifest.json").write_text(json.dumps(manifest))
+    return path
+
+
 def _truncated_gguf(w: World) -> Path:
     path = w.root / "truncated.gguf"
     # A GGUF v3 header that promises 5 tensors and 1 key, and then ends.
@@ -252,6 +262,23 @@ ROWS = [
             ("scan", lambda w: ["scan", "--runs-dir", str(_file(w))]),
             ("plant", lambda w: ["plant", "--plant", "trigger", "--out", str(_file(w))]),
         ]
+    ),
+    Row(
+        "plant --out <a dictionary>, before any fine-tuning",
+        lambda w: ["plant", "--plant", "trigger", "--out", str(w.dictionary)],
+        r"already holds a dictionary, and this command would write a model there: nothing was "
+        r"changed; choose another --out, or pass --overwrite",
+    ),
+    Row(
+        "train --store <a store with a damaged manifest>",
+        lambda w: w.train(w.root / "d-bad-store", "--store", str(_bad_manifest_store(w))),
+        r"manifest '.*manifest.json' is damaged \(fields missing or of the wrong type\): run the "
+        r"same `aimri collect` command with --overwrite",
+    ),
+    Row(
+        "features search --catalog <not a catalog>",
+        lambda w: ["features", "search", "dogs", "--catalog", str(w.notes)],
+        r"'.*notes.txt' is not an aimri catalog \(file is not a database\)",
     ),
     Row(
         "describe --out <a folder>",
@@ -516,3 +543,10 @@ def test_a_right_to_left_override_shows_as_its_code_point(tmp_path):
     scan["stages"]["activations"]["sample_contexts"] = ["price: \u202e0001$"]
     html = render_report(scan, tmp_path / "report.html").read_text()
     assert "\u202e" not in html and "⟨U+202E⟩0001$" in html
+
+
+def test_a_run_that_fails_before_writing_leaves_no_folder(world, capsys):
+    out = world.root / "never-written"
+    rc, _, err = _run(capsys, world.train(out, "--store", str(_bad_manifest_store(world))))
+    assert rc == 2 and "is damaged" in err
+    assert not out.exists()  # its writer lock was taken, released and cleaned up

@@ -74,7 +74,7 @@ def check_outputs(cfg: object) -> None:
     elif isinstance(cfg, AuditConfig):
         check_output(cfg.out, flag="--out", kind="audit results", same_kind=("audit results",))
     elif isinstance(cfg, PlantConfig):
-        check_output(cfg.out, flag="--out", kind="model")
+        check_output(cfg.out, flag="--out", kind="model", overwrite=cfg.overwrite)
     elif isinstance(cfg, CircuitConfig):
         check_output(cfg.out, flag="--out", kind="graph", same_kind=("folder with other files",))
     elif isinstance(cfg, MonitorConfig):

@@ -69,6 +69,8 @@ class PlantConfig:
     """Folder for the modified model (save_pretrained, safetensors) and `plant.json`."""
     model: ModelConfig = field(default_factory=ModelConfig)
     seed: int = 0
+    overwrite: bool = False
+    """Replace whatever is already at --out (checked before the fine-tune starts)."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -157,6 +157,7 @@ def writer_lock(folder: Path, *, what: str, enabled: bool = True) -> Iterator[No
     if not enabled:
         yield
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -172,6 +173,13 @@ def writer_lock(folder: Path, *, what: str, enabled: bool = True) -> Iterator[No
             ) from e
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            if created and [p.name for p in folder.iterdir()] == [LOCK]:
+                # A run that failed before writing anything leaves no folder behind.
+                (folder / LOCK).unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
     finally:
         os.close(fd)  # closing the descriptor releases the lock

@@ -73,7 +73,29 @@ def read_manifest(store: Path) -> dict[str, Any]:
             f"'{store}' is not an aimri activation store (its {MANIFEST} has no kind "
             f"'{KIND}'): point at a folder made by `aimri collect`"
         )
+    if not _well_formed(manifest):
+        raise AimriError(
+            f"activation store manifest '{path}' is damaged (fields missing or of the wrong "
+            "type): run the same `aimri collect` command with --overwrite to rebuild the store"
+        )
     return manifest
+
+
+def _well_formed(manifest: dict[str, Any]) -> bool:
+    """The fields readers rely on are there, with the types they expect."""
+    identity, shards = manifest.get("identity"), manifest.get("shards")
+    fields = {"file": str, "n_tokens": int, "bytes": int, "sha256": str}
+    return (
+        isinstance(identity, dict)
+        and isinstance(identity.get("sites"), dict)
+        and isinstance(identity.get("ctx_len"), int)
+        and isinstance(manifest.get("n_tokens"), int)
+        and isinstance(shards, list)
+        and all(
+            isinstance(r, dict) and all(isinstance(r.get(k), t) for k, t in fields.items())
+            for r in shards
+        )
+    )
 
 
 def _store_files(store: Path) -> list[Path]:
