@@ -58,6 +58,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         dict_tokens=8192,
         n_features=48,
         tc_tokens=4096,
+        concept_random=2,  # the cheapest random baseline that still has a spread
     )
     r = scan(cfg, model=smollm2)
     for name in ("run.json", "scan.json", "report.html", "activations/manifest.json"):

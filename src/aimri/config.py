@@ -148,6 +148,9 @@ class ScanConfig:
     framings, false facts) at every layer, with a causal check (`aimri probe` alone)."""
     concept_files: tuple[Path, ...] = ()
     """Contrast-set JSON files of your own, probed beside the built-in ones."""
+    concept_random: int = 4
+    """Random directions (and random features) each causal check of a concept is set against;
+    each costs two passes over the behaviour prompts per concept."""
     compare: str | None = None
     """An earlier version of the model (a spec as for --model.spec): add a diff against it."""
 
@@ -156,6 +159,11 @@ class ScanConfig:
             if getattr(self, name) < 1:
                 flag = name.replace("_", "-")
                 raise AimriError(f"--{flag} {getattr(self, name)}: it must be at least 1")
+        if self.concept_random < 2:
+            raise AimriError(
+                f"--concept-random {self.concept_random}: the random baseline needs at least 2 "
+                "draws to have a spread"
+            )
 
 
 Architecture = Literal["topk", "batchtopk", "jumprelu", "relu"]

@@ -54,6 +54,7 @@ def concepts_stage(
         directions_dir=run_dir / "probes",
         dictionary=_scan_dictionary(run_dir, results),
         feature_labels=feature_labels(results.get("features")),
+        causal=dataclasses.replace(DEFAULT_CAUSAL, n_random=cfg.concept_random),
     )
     return {
         **result.to_json(),
@@ -80,6 +81,7 @@ def diff_stage(
         detail={"base": cfg.compare},
         dictionary=_scan_dictionary(run_dir, results),
         feature_labels=feature_labels(results.get("features")),
+        causal=dataclasses.replace(DEFAULT_CAUSAL, n_random=cfg.concept_random),
     )
     return {**diff_json(d), "base_spec": cfg.compare}
 
