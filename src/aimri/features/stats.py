@@ -46,8 +46,10 @@ class ExampleSpec:
     """How many examples of each kind to keep per feature, and their window."""
 
     n_top: int = 20
-    n_buckets: int = 5
-    per_bucket: int = 6
+    n_buckets: int = 10
+    """Activation deciles of the firing contexts, sampled alike (as delphi does), so that held-out
+    positives span weak activations as well as strong ones."""
+    per_bucket: int = 4
     n_random_negative: int = 12
     n_hard_negative: int = 8
     window: int = 32
