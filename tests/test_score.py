@@ -335,7 +335,7 @@ def test_junk_and_failing_judges_give_nan_with_the_error_counted():
         raise AimriError("endpoint http://127.0.0.1:8080/v1 is down")
 
     # A judge that fails every call is an error (a non-zero exit), not a column of NaN.
-    with pytest.raises(AimriError, match="all of the first .* calls to scripted failed"):
+    with pytest.raises(AimriError, match="calls to scripted failed"):
         FuzzingScorer(ScriptedClient(respond=down)).score(LABELS, [dog_feature(), code_feature()])
 
 

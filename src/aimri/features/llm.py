@@ -484,9 +484,12 @@ def complete_many(
                     results[i] = e
                     failed += 1
                     if not succeeded and failed >= give_up_after:
+                        rest = len(requests) - failed
+                        which = f"the first {failed}" if rest else f"all {failed}"
+                        skipped = f", so the other {rest} were not sent" if rest else ""
                         raise AimriError(
-                            f"{desc}: all of the first {failed} calls to {client.name} failed, "
-                            f"so the other {len(requests) - failed} were not sent; last error: {e}"
+                            f"{desc}: {which} calls to {client.name} failed{skipped}; "
+                            f"last error: {e}"
                         ) from e
                 bar.update()
     finally:
