@@ -119,9 +119,10 @@ def summary_groups(
         lo, hi = _pct(r.get("ci_low")), _pct(r.get("ci_high"))
         row["bar_ci"] = (lo, max(0.0, hi - lo))
         groups.setdefault((r["explainer"], r["scorer"]), []).append(row)
+    ordered = sorted(groups.items(), key=lambda kv: kv[0][1] != "simulation")  # headline first
     return [
         SummaryGroup(e, s, sorted(rows, key=lambda r: _KIND_ORDER.get(r["kind"], 3)))
-        for (e, s), rows in groups.items()
+        for (e, s), rows in ordered
     ]
 
 
