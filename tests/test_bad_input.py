@@ -166,6 +166,19 @@ def _bad_manifest_store(w: World) -> Path:
     return path
 
 
+def _broken_checkpoint(w: World, damage: str) -> Path:
+    """A finished training run (rerunning it resumes) with its checkpoint damaged."""
+    path = w.root / "checkpoints" / damage
+    if not path.exists():
+        assert main(w.train(path)) == 0
+        ckpt = path / "checkpoint"
+        if damage == "truncated":
+            (ckpt / "state.safetensors").write_bytes((ckpt / "state.safetensors").read_bytes()[:99])
+        else:
+            (ckpt / "state.json").write_text("[]")
+    return path
+
+
 def _truncated_gguf(w: World) -> Path:
     path = w.root / "truncated.gguf"
     # A GGUF v3 header that promises 5 tensors and 1 key, and then ends.
@@ -279,6 +292,34 @@ ROWS = [
         "features search --catalog <not a catalog>",
         lambda w: ["features", "search", "dogs", "--catalog", str(w.notes)],
         r"'.*notes.txt' is not an aimri catalog \(file is not a database\)",
+    ),
+    Row(
+        "train resuming a truncated checkpoint",
+        lambda w: w.train(_broken_checkpoint(w, "truncated")),
+        r"state.safetensors' cannot be read as safetensors \(.*\): it is truncated or not a "
+        r"tensor file; delete the checkpoint folder to start over",
+    ),
+    Row(
+        "train resuming a checkpoint whose state.json is damaged",
+        lambda w: w.train(_broken_checkpoint(w, "json")),
+        r"training checkpoint '.*state.json' is damaged: delete the checkpoint folder",
+    ),
+    Row(
+        "steer --direction <not a tensor file>",
+        lambda w: [
+            "steer",
+            "--direction",
+            str(w.notes),
+            "--mode",
+            "add",
+            "--site",
+            SITE,
+            "--model.spec",
+            str(w.model),
+            "--model.device",
+            "cpu",
+        ],
+        r"'.*notes.txt' cannot be read as safetensors \(.*\): it is truncated or not a tensor",
     ),
     Row(
         "describe --out <a folder>",

@@ -87,6 +87,23 @@ def read_json(path: Path, what: str, *, fix: str = "") -> Any:
         ) from e
 
 
+def read_safetensors(path: Path, fix: str) -> dict[str, Any]:
+    """A safetensors file's tensors; a missing, truncated or foreign file is an AimriError that
+    names the file and ends with `fix`. (torch is imported only when this is called.)"""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except FileNotFoundError as e:
+        raise AimriError(f"'{path}' not found: {fix}") from e
+    except (SafetensorError, OSError, ValueError) as e:
+        raise AimriError(
+            f"'{path}' cannot be read as safetensors ({str(e).splitlines()[0][:120]}): it is "
+            f"truncated or not a tensor file; {fix}"
+        ) from e
+
+
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from aimri._io import atomic_path, read_json, write_json_atomic
+from aimri._io import atomic_path, read_json, read_safetensors, write_json_atomic
 from aimri.errors import AimriError
 
 TENSORS_FILE = "probe_directions.safetensors"
@@ -68,12 +68,10 @@ def write_directions(
 
 def load_probe_directions(folder: str | Path) -> dict[str, ProbeDirection]:
     """Concept → `ProbeDirection`, as written by `save_probe_directions`."""
-    from safetensors.torch import load_file
-
     folder = Path(folder)
     meta = read_json(folder / SIDECAR_FILE, "probe directions sidecar")
     entries = meta.get("directions") if isinstance(meta, dict) else None
-    if meta.get("schema_version") != 1 or not isinstance(entries, dict):
+    if not isinstance(entries, dict) or meta.get("schema_version") != 1:
         raise AimriError(
             f"'{folder / SIDECAR_FILE}' is not a version-1 probe directions file: re-create it "
             "with save_probe_directions"
@@ -81,7 +79,7 @@ def load_probe_directions(folder: str | Path) -> dict[str, ProbeDirection]:
     path = folder / TENSORS_FILE
     if not path.is_file():
         raise AimriError(f"'{path}' not found beside its sidecar: save the directions again")
-    tensors = load_file(str(path))
+    tensors = read_safetensors(path, "save the directions again (`aimri probe`)")
     odd = sorted(set(entries) ^ set(tensors))
     broken = sorted(n for n, m in entries.items() if not all(k in m for k in _FIELDS))
     if odd or broken:

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
-from aimri._io import atomic_path, read_json, write_json_atomic
+from aimri._io import atomic_path, read_json, read_safetensors, write_json_atomic
 from aimri.config import DictConfig, TrainConfig
 from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.distributed import world
@@ -83,14 +83,17 @@ def save_checkpoint(cfg: TrainConfig, state: TrainState) -> None:
 
 
 def load_checkpoint(cfg: TrainConfig, dict_cfg: DictConfig, ckpt: Path) -> TrainState:
-    meta = read_json(ckpt / "state.json", "training checkpoint")
+    fix = "delete the checkpoint folder to start over"
+    meta = read_json(ckpt / "state.json", "training checkpoint", fix=fix)
+    if not isinstance(meta, dict) or "identity" not in meta:
+        raise AimriError(f"training checkpoint '{ckpt / 'state.json'}' is damaged: {fix}")
     if meta["identity"] != identity(cfg, dict_cfg):
         raise AimriError(
             f"'{cfg.out}' holds a checkpoint of a training run with another configuration: use "
             "another --out, or delete its checkpoint folder to start over"
         )
     device = device_of(cfg)
-    tensors = load_file(str(ckpt / "state.safetensors"))
+    tensors = read_safetensors(ckpt / "state.safetensors", fix)
     d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed)
     d.load_state_dict(
         {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}

@@ -25,11 +25,9 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file
 from torch import Tensor
 
-from aimri._io import read_json
+from aimri._io import read_json, read_safetensors
 from aimri.config import DictConfig
 from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.errors import AimriError
@@ -39,13 +37,7 @@ SPARSIFY_WEIGHTS = "sae.safetensors"
 
 def load_tensors(file: Path, fix: str) -> dict[str, Tensor]:
     """A safetensors file's tensors; a truncated or foreign file is an AimriError with `fix`."""
-    try:
-        return load_file(str(file))
-    except (SafetensorError, OSError, ValueError) as e:
-        raise AimriError(
-            f"'{file}' cannot be read as safetensors ({str(e).splitlines()[0][:120]}): it is "
-            f"truncated or not a tensor file; {fix}"
-        ) from e
+    return read_safetensors(file, fix)
 
 
 def is_sparsify(path: Path) -> bool:

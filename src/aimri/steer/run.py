@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from aimri._io import read_safetensors
 from aimri.config import CorpusConfig, SteerConfig
 from aimri.corpus.contexts import iter_contexts
 from aimri.dicts.dictionary import Dictionary
@@ -100,11 +101,9 @@ def _edit_source(cfg: SteerConfig, model: Model) -> tuple[Dictionary | None, Ten
 
 
 def _load_direction(path: Path) -> Tensor:
-    from safetensors.torch import load_file
-
     if not path.is_file():
         raise AimriError(f"direction file '{path}' does not exist: save one with safetensors")
-    tensors = load_file(str(path))
+    tensors = read_safetensors(path, "save the vector as save_file({'direction': v}, path)")
     if "direction" not in tensors:
         raise AimriError(
             f"'{path}' holds {sorted(tensors)} but no tensor 'direction': save the vector "
