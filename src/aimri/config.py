@@ -365,6 +365,9 @@ class FeaturesConfig:
     seed: int = 0
     overwrite: bool = False
     """Replace a file already at --out (even an earlier catalog) instead of refusing."""
+    exclude_sinks: bool = True
+    """Leave attention sinks and massive activations (position 0, special tokens, outsized
+    norms) out of statistics and examples; --no-exclude-sinks leaves only position 0 out."""
 
     def __post_init__(self) -> None:
         if self.n_features is not None and self.n_features < 1:

@@ -147,8 +147,8 @@ def _write_catalog(
 
 def _source(cfg: FeaturesConfig, model: Model, site: str) -> ContextSource:
     if cfg.store is not None:
-        return StoreContexts(ActivationStore(cfg.store), site)
-    return ModelContexts(model, cfg.corpus, site)
+        return StoreContexts(ActivationStore(cfg.store), site, exclude_sinks=cfg.exclude_sinks)
+    return ModelContexts(model, cfg.corpus, site, exclude_sinks=cfg.exclude_sinks)
 
 
 def site_mean(source: ContextSource, max_tokens: int = 65_536) -> torch.Tensor:
