@@ -152,7 +152,7 @@ def _dispatch(cfg: object) -> None:
         from aimri.store.collect import collect
 
         _on_all_ranks(
-            _locked(cfg.out, "activation store", lambda: collect(cfg)),
+            lambda: collect(cfg),  # which holds the store's writer lock itself
             lambda c: (
                 f"{c.n_tokens:,} tokens in {c.n_shards} shard(s) at {c.path} "
                 f"({c.resumed_shards} reused; {c.tokens_per_second:,.0f} tokens/s on this rank)"

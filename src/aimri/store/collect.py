@@ -31,6 +31,7 @@ from aimri.distributed import barrier, device_for_rank, world
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
+from aimri.outputs import writer_lock
 from aimri.store.manifest import (
     KIND,
     MANIFEST,
@@ -58,7 +59,13 @@ class CollectResult:
 
 
 def collect(cfg: CollectConfig, model: Model | None = None) -> CollectResult:
-    """Collect activations as `cfg` says; reuse `model` if it is already loaded."""
+    """Collect activations as `cfg` says; reuse `model` if it is already loaded. A second
+    writer of the same store (another run, another scan of the same name) is refused."""
+    with writer_lock(cfg.out, what="activation store", enabled=world().rank == 0):
+        return _collect(cfg, model)
+
+
+def _collect(cfg: CollectConfig, model: Model | None) -> CollectResult:
     t0 = time.perf_counter()
     w = world()
     if model is None:
