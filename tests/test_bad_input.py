@@ -524,10 +524,16 @@ def test_two_writers_of_one_store_are_refused(world, capsys):
 # --- other defects -------------------------------------------------------------------------------
 
 
-def test_a_relative_dictionary_is_read_from_where_the_command_was_typed(world, monkeypatch):
+def test_a_relative_dictionary_is_read_from_where_the_command_was_typed(world, monkeypatch, capsys):
     monkeypatch.chdir(world.root)
     cfg = absolute_inputs(ScanConfig(dictionary=Path("dict"), runs_dir=Path("runs")))
     assert isinstance(cfg, ScanConfig) and cfg.dictionary == world.dictionary.resolve()
+    # and it is opened before any work: a broken one is refused at once, by its full path
+    broken = _broken_dict(world, "list", _edit_json("cfg.json", lambda c: [c]))
+    relative = str(broken.relative_to(world.root))
+    rc, _, err = _run(capsys, ["scan", "--dictionary", relative, "--runs-dir", "runs"])
+    assert rc == 2 and f"'{broken.resolve() / 'cfg.json'}' holds a list" in err, err
+    assert not (world.root / "runs").exists()
 
 
 def test_an_unreachable_hub_fails_within_seconds(world, capsys, monkeypatch):
