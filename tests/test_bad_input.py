@@ -265,6 +265,47 @@ ROWS = [
         lambda w: w.train(w.root / "d0", "--expansion", "0"),
         r"--expansion 0: it must be at least 1",
     ),
+    Row(
+        "train --optim.lr -1",
+        lambda w: w.train(w.root / "d0", "--optim.lr", "-1"),
+        r"--optim.lr -1.0: a learning rate must be positive",
+    ),
+    Row(
+        "eval --batch-size 0",
+        lambda w: ["eval", "--dictionary", str(w.dictionary), "--batch-size", "0"],
+        r"--batch-size 0: it must be at least 1",
+    ),
+    Row(
+        "steer --max-new-tokens -1",
+        lambda w: [
+            "steer",
+            "--dictionary",
+            str(w.dictionary),
+            "--feature",
+            "1",
+            "--max-new-tokens",
+            "-1",
+        ],
+        r"--max-new-tokens -1: it must be at least 1",
+    ),
+    Row(
+        "features explain-text --top 0",
+        lambda w: ["features", "explain-text", "hi", "--catalog", str(w.root / "c"), "--top", "0"],
+        r"--top 0: it must be at least 1",
+    ),
+    Row(
+        "circuit --node-threshold 2",
+        lambda w: [
+            "circuit",
+            "--prompt",
+            "hi",
+            "--transcoders",
+            str(w.root),
+            "--node-threshold",
+            "2",
+        ],
+        r"--node-threshold 2.0: it is a share, in \(0, 1\]",
+    ),
     # --- unwritable outputs: a file where a folder goes, a read-only folder ----------------
     *(
         Row(f"{cmd} --out <a file>", argv, r"is a file, but a folder is written there")

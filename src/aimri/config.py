@@ -16,6 +16,15 @@ from aimri.errors import AimriError
 DType = Literal["float32", "bfloat16", "float16"]
 
 
+def at_least_one(cfg: object, *names: str, prefix: str = "") -> None:
+    """Refuse any of `cfg`'s fields `names` set below 1, naming the flag that sets it."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and value < 1:
+            flag = prefix + name.replace("_", "-")
+            raise AimriError(f"--{flag} {value}: it must be at least 1")
+
+
 @dataclass(frozen=True, kw_only=True)
 class ModelConfig:
     """Which model to open, and how."""
@@ -155,10 +164,7 @@ class ScanConfig:
     """An earlier version of the model (a spec as for --model.spec): add a diff against it."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "n_features", "dict_tokens", "tc_tokens"):
-            if getattr(self, name) < 1:
-                flag = name.replace("_", "-")
-                raise AimriError(f"--{flag} {getattr(self, name)}: it must be at least 1")
+        at_least_one(self, "batch_size", "n_features", "dict_tokens", "tc_tokens")
         if self.concept_random < 2:
             raise AimriError(
                 f"--concept-random {self.concept_random}: the random baseline needs at least 2 "
@@ -231,11 +237,13 @@ class OptimConfig:
     """A latent that has not fired for this many tokens counts as dead."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1 or (self.tokens is not None and self.tokens < 1):
-            raise AimriError(
-                f"--optim.batch-size {self.batch_size} / --optim.tokens {self.tokens}: both must "
-                "be at least 1"
-            )
+        at_least_one(self, "batch_size", "tokens", "dead_after_tokens", prefix="optim.")
+        if self.lr is not None and not self.lr > 0:
+            raise AimriError(f"--optim.lr {self.lr}: a learning rate must be positive")
+        for name in ("warmup_frac", "decay_frac"):
+            if not 0 <= getattr(self, name) <= 1:
+                flag = name.replace("_", "-")
+                raise AimriError(f"--optim.{flag} {getattr(self, name)}: a share lies in [0, 1]")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -282,10 +290,7 @@ class TrainConfig:
     """Replace a finished dictionary (or anything else) already at --out instead of refusing."""
 
     def __post_init__(self) -> None:
-        for name in ("expansion", "k", "checkpoint_every"):
-            if getattr(self, name) < 1:
-                flag = name.replace("_", "-")
-                raise AimriError(f"--{flag} {getattr(self, name)}: it must be at least 1")
+        at_least_one(self, "expansion", "k", "checkpoint_every")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -302,6 +307,10 @@ class EvalConfig:
     """Contexts per forward pass."""
     baselines: bool = True
     """Also evaluate PCA and random-direction dictionaries of the same size."""
+
+    def __post_init__(self) -> None:
+        at_least_one(self, "batch_size")
+
     exclude_sinks: bool = True
     """Leave attention sinks and massive activations out of the metrics (their FVU is shown
     apart); --no-exclude-sinks leaves only position 0 out."""
@@ -404,6 +413,9 @@ class ExplainTextConfig:
     top: int = 5
     """Features shown per token."""
 
+    def __post_init__(self) -> None:
+        at_least_one(self, "top")
+
 
 SteerMode = Literal["add", "clamp", "ablate"]
 
@@ -437,6 +449,9 @@ class SteerConfig:
     seed: int = 0
     """Seed for anything random (decoding itself is greedy)."""
 
+    def __post_init__(self) -> None:
+        at_least_one(self, "max_new_tokens")
+
 
 @dataclass(frozen=True, kw_only=True)
 class CircuitConfig:
@@ -464,3 +479,10 @@ class CircuitConfig:
     validate: bool = True
     """Check the strongest edges by ablation in the real model."""
     model: ModelConfig = field(default_factory=ModelConfig)
+
+    def __post_init__(self) -> None:
+        at_least_one(self, "max_n_logits", "batch_size")
+        for name in ("desired_logit_prob", "node_threshold", "edge_threshold"):
+            if not 0 < getattr(self, name) <= 1:
+                flag = name.replace("_", "-")
+                raise AimriError(f"--{flag} {getattr(self, name)}: it is a share, in (0, 1]")
