@@ -99,7 +99,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
     for row in feats["summary"]:
         assert 0 <= row["frac_above"] <= 1 and row["n"] > 0
     steering = doc["stages"]["steering"]
-    assert "skipped" in steering or steering["rows"][0]["strength"] is None  # no-edit first
+    assert "skipped" in steering or steering["verdict"].startswith(("Demonstrated", "No demo"))
     circuits = doc["stages"]["circuits"]
     assert circuits["transcoders"]["n_layers"] == 30
     assert [g["target"]["token"] for g in circuits["graphs"]] == [" Paris", " Spanish", "ik"]

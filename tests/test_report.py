@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from markupsafe import escape as html_escape
 
 from aimri.report.features import json_for_script
 from aimri.report.render import render_report
@@ -237,30 +238,54 @@ def features_stage(n: int, *, hostile: bool = True, seed: int = 0) -> dict[str, 
 
 def steering_stage(*, hostile: bool = True) -> dict[str, Any]:
     prompts = ["I went to the store and", HOSTILE[0] if hostile else "Today"]
-    rows = []
-    for k, s in enumerate((0.0, 2.0, 4.0, 8.0)):
-        rows.append(
-            {
-                "strength": s,
-                "feature_act": None if s == 0 else 3.0 * s,
-                "concept_score": 0.1 + 0.1 * k,
-                "concept_delta": 0.1 * k,
-                "perplexity": 12.0 * (1 + k * k / 4),
-                "kl": 0.05 * k * k,
-                "generations": [
-                    {"prompt": p, "text": f"{p} the dog barked {HOSTILE[2] if hostile else ''}"}
-                    for p in prompts
-                ],
-            }
-        )
+
+    def measures(k: int) -> dict[str, float]:
+        return {
+            "logprob_rise": 1.5 * k,
+            "similarity_rise": 0.05 * k,
+            "mentions": min(1.0, 0.25 * k),
+            "distinct": 0.8 - 0.1 * k,
+        }
+
+    def gens(text: str) -> list[dict[str, str]]:
+        return [{"prompt": p, "text": text} for p in prompts]
+
+    rows = [
+        {
+            "strength": s,
+            "norm": 170.0 * s,
+            "feature": measures(k + 1),
+            "perplexity": 4.0 * (1 + k),
+            "fluent": k < 2,
+            "neurons_best": measures(0),
+            "random_p95": {**measures(1), "logprob_rise": 1.0},
+            "beyond_random": True,
+            "demonstrates": k == 1,
+            "generations": gens(f" the dog barked {HOSTILE[2] if hostile else ''}"),
+            "random_example": gens(" a random walk"),
+        }
+        for k, s in enumerate((0.25, 0.5, 1.0))
+    ]
     return {
-        "feature": 7,
-        "label": HOSTILE[1] if hostile else "dogs",
-        "concept": HOSTILE[3] if hostile else "dogs",
-        "mode": "clamp",
         "site": "blocks.15.hook_resid_post",
-        "max_act": 12.5,
+        "n_tokens": 32000,
+        "n_sinks": 300,
+        "unit": 170.0,
+        "n_features": 4608,
+        "n_candidates": 1700,
+        "n_probed": 48,
+        "feature": 7,
+        "concept": HOSTILE[3] if hostile else "dogs",
+        "words": ["dog", HOSTILE[1] if hostile else "dogs"],
+        "mode": "add",
+        "baseline": {**measures(0), "perplexity": 4.0, "generations": gens(" went home")},
         "rows": rows,
+        "demonstrated_at": 0.5,
+        "verdict": "Demonstrated: at 0.5 × the unit, feature #7's generations turn to dogs.",
+        "candidates": [{"feature": 7, "words": ["dog", "dogs"], "rise": 3.0}],
+        "n_random": 19,
+        "n_neurons": 4,
+        "fluency_rule": {"distinct": 0.75, "perplexity": 3.0},
     }
 
 
@@ -370,13 +395,15 @@ def test_absent_and_empty_stages_render(tmp_path: Path):
     assert "demonstration was skipped: no concrete-concept &lt;feature&gt;" in html
 
     steer = steering_stage(hostile=False)
-    steer["rows"][0]["strength"] = None  # the unsteered baseline, as the sweep names it
     doc["stages"]["steering"] = {**steer, "rows": steer["rows"][::-1]}
     html = render_report(doc, tmp_path / "c.html").read_text()
-    assert "Concept score by strength" in html, "an unsteered row (strength None) renders"
-    # the unedited model is named as such, in the table and beside every prompt's generations
+    assert "Rise of the concept tokens" in html and str(html_escape(steer["verdict"])) in html
+    table = html[html.index('id="steering"') :]
+    strengths = re.findall(r'<tr><td class="n">([0-9.]+)</td>', table[: table.index("</table>")])
+    assert strengths == ["0.25", "0.5", "1"], "rows in order of strength"
+    # the unedited model is named as such beside every prompt's generations
     n_prompts = len({g["prompt"] for g in steer["rows"][0]["generations"]})
-    assert html.count(">no edit</td>") == 1 + n_prompts
+    assert html.count(">no edit</td>") == n_prompts
 
 
 def test_json_block_is_safe_and_exact():

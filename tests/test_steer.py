@@ -18,26 +18,32 @@ import torch
 from aimri import AimriError
 from aimri.config import DictConfig
 from aimri.dicts.dictionary import build_dictionary
-from aimri.features.records import Example, FeatureStats
 from aimri.steer import (
     AblateFeature,
     AddDirection,
     ClampFeature,
     diff_of_means,
     feature_activation,
-    find_concept_feature,
     fit_probe,
     generate,
     kl_on_texts,
     mean_activations,
     mean_difference,
     probe_direction,
-    rank_concept_features,
     site_norm,
     steering,
     sweep,
 )
+from aimri.steer.candidates import (
+    Candidate,
+    TopTokens,
+    concept_candidates,
+    concept_token_ids,
+    top_tokens,
+)
+from aimri.steer.compare import AddRows, generate_rows, random_directions, text_effect
 from aimri.steer.generate import prompt_ids
+from aimri.steer.golden_gate import Measures, Probed, StrengthRow, demonstrate, mention_share
 
 SITE = "blocks.1.hook_resid_post"
 TEXTS = [
@@ -350,7 +356,8 @@ def test_sweep_measures_the_feature_the_concept_and_the_side_effects(tiny_model)
     assert zero.kl == 0.0 and zero.generations == base.generations
     assert zero.feature_act == base.feature_act
     assert zero.kl < one.kl < four.kl
-    assert base.feature_act < one.feature_act < four.feature_act
+    acts = [p.feature_act or 0.0 for p in (base, one, four)]
+    assert acts[0] < acts[1] < acts[2], acts
     assert all(p.perplexity > 1 and 0 < p.distinct_tokens <= 1 for p in result.rows)
     assert one.concept_delta == pytest.approx(one.concept_score - base.concept_score)
 
@@ -362,34 +369,139 @@ class StemEmbedder(HashEmbedder):
         return super().embed([t[:4] for t in texts])
 
 
-def test_find_concept_feature_picks_a_rare_feature_that_reads_forms_of_one_word(tiny_model):
-    def stats(index, peaks, density=1e-3):
-        examples = [
-            Example([" the", " old", w, "."], [0.0, 0.1, 2.0 + i, 0.0], i, 0, "top")
-            for i, w in enumerate(peaks)
-        ]
-        return FeatureStats(index, density, 9.0, 1.0, {}, [], [], examples)
+def test_top_tokens_in_chunks_equal_one_pass_and_the_dictionary_itself():
+    d = sae()
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(301, 32, generator=g) * 3
+    tokens = torch.randint(0, 500, (301,), generator=g)
+    whole = top_tokens(d, [(tokens, x)], k=5)
+    parts = top_tokens(d, [(tokens[i : i + 37], x[i : i + 37]) for i in range(0, 301, 37)], k=5)
+    for a, b in zip(whole, parts, strict=True):
+        assert torch.equal(torch.as_tensor(a), torch.as_tensor(b))
+    acts = torch.stack([feature_activation(d, x, f) for f in range(64)], 1)  # [N, F]
+    torch.testing.assert_close(whole.max_act, acts.max(0).values.clamp_min(0))
+    assert torch.equal(whole.count, (acts > 0).sum(0))
+    f = int(whole.count.argmax())
+    assert whole.top_ids[f, 0] == tokens[acts[:, f].argmax()]
+    assert (whole.top_ids[whole.count == 0] == -1).all()
 
-    candidates = [
-        stats(0, [" bridge", " bridges", " Bridge", " bridge", " bridges", " bridge"]),
-        stats(1, [" ("] * 6),  # punctuation, not a concept
-        stats(2, [" cat", " tax", " run", " sky", " pen", " ice"]),  # no coherence
-        stats(3, [" bridge", " bridges"] * 3, density=0.5),  # fires everywhere
-        stats(4, [" bridge"] * 6),  # one form only: a token detector
-        stats(5, [" bridge", " either", " both", " self", " def", " within"]),  # function words
-    ]
-    m, d = tiny_model("llama"), sae()
-    ranked = rank_concept_features(m, d, candidates, embedder=StemEmbedder())
-    assert sorted(r.index for r in ranked) == [0, 2]
-    pick = find_concept_feature(m, d, candidates, embedder=StemEmbedder())
-    assert (pick.index, pick.concept, pick.max_act) == (0, "bridge, bridges", 9.0)
-    assert pick.coherence == pytest.approx(1.0) and len(pick.steered_words) > 0
-    labelled = find_concept_feature(
-        m, d, candidates, labels={0: "bridges"}, embedder=StemEmbedder()
+
+def test_concept_rule_keeps_rare_features_that_read_forms_of_one_word():
+    vocab = ["", " bridge", " bridges", " Bridge", " (", " cat", " tax", " run", " sky", " either"]
+    vocab += [" both", " self", " def", " within", " pen", " ice"]
+    word = {w.strip(): i for i, w in enumerate(vocab) if w.strip()}
+
+    def row(*ws):
+        ids = [word[w] for w in ws]
+        return ids + [-1] * (8 - len(ids))
+
+    top_ids = torch.tensor(
+        [
+            row("bridge", "bridges", "Bridge", "bridge", "bridges", "bridge", "bridge", "bridge"),
+            row(*["("] * 8),  # punctuation, not a concept
+            row("cat", "tax", "run", "sky", "pen", "ice", "cat", "tax"),  # incoherent
+            row("bridge", "bridges", "bridge", "bridges", "bridge", "bridge", "bridge", "bridge"),
+            row(*["bridge"] * 8),  # one form only: a token detector
+            row(
+                "bridge", "either", "both", "self", "def", "within", "either", "both"
+            ),  # stop words
+            row("bridge", "bridges", "bridge"),  # too few examples
+        ]
     )
-    assert labelled.concept == "bridges"
-    with pytest.raises(AimriError, match="concrete concept"):
-        find_concept_feature(m, d, candidates[3:], embedder=StemEmbedder())
+    count = torch.tensor([10, 10, 10, 900, 10, 10, 10])  # feature 3 fires everywhere
+    tops = TopTokens(10_000, count, torch.ones(7), top_ids)
+    cands = concept_candidates(tops, lambda ids: vocab[ids[0]], StemEmbedder())
+    assert [c.index for c in cands] == [0, 2]
+    assert cands[0].words == ["bridge", "bridges"] and cands[0].coherence == pytest.approx(1.0)
+    assert cands[0].density == pytest.approx(1e-3) and cands[0].share == 1.0
+
+
+def test_concept_token_ids_are_single_tokens_that_spell_the_word(tiny_model):
+    m = tiny_model("llama")
+    ids = concept_token_ids(m.tokenizer, ["the", "zzqxw"])
+    assert ids and all(m.tokenizer.decode([i]).strip().lower() == "the" for i in ids)
+
+
+def test_adding_rows_is_the_identity_at_zero_and_each_row_equals_adding_it_alone(tiny_model):
+    m = tiny_model("llama")
+    x = ids(m, n=1).repeat(3, 1)
+    clean = m.run(x).logits
+    g = torch.Generator().manual_seed(12)
+    dirs = torch.randn(3, 32, generator=g)
+    with steering(m, [AddRows(SITE, torch.zeros(3, 32))]):
+        assert torch.equal(m.run(x).logits, clean)
+    with steering(m, [AddRows(SITE, dirs)]):
+        batched = m.run(x).logits
+    for b in range(3):
+        with steering(m, [AddDirection(SITE, dirs[b], float(dirs[b].norm()))]):
+            alone = m.run(x[:1]).logits
+        torch.testing.assert_close(batched[b : b + 1], alone, atol=1e-4, rtol=0)
+    plain = generate(m, TEXTS[:2], max_new_tokens=5)
+    rows = generate_rows(m, SITE, torch.zeros(2, 32), TEXTS[:2], 5)
+    assert [[g.new_ids for g in r] for r in rows] == [[g.new_ids for g in plain]] * 2
+
+
+def test_a_planted_concept_direction_beats_random_directions_and_a_random_one_does_not(
+    tiny_model,
+):
+    m = tiny_model("llama")
+    site = "blocks.2.hook_resid_post"  # the last block: the unembedding reads it next
+    concept = concept_token_ids(m.tokenizer, ["the"])
+    planted = m.hf.get_output_embeddings().weight.detach()[concept].mean(0)
+    rand = random_directions(32, 40, seed=3)
+    norm = 2 * site_norm(m, site, TEXTS)
+    dirs = torch.cat([planted[None] / planted.norm(), rand])
+    effect = text_effect(m, site, norm * dirs, TEXTS, concept)
+    base = text_effect(m, site, torch.zeros(1, 32), TEXTS, concept)
+    rise = effect.concept_logprob - base.concept_logprob
+    p95 = float(rise[21:].quantile(0.95))  # 20 random directions as the reference
+    assert float(rise[0]) > p95 + 1.0
+    held_out = rise[1:21]  # 20 other random directions: about 5% land beyond the reference
+    assert float((held_out > p95).float().mean()) <= 0.2
+    assert base.nll[0] < effect.nll.max()  # adding that much hurts the text somewhere
+
+
+def test_the_verdict_needs_fluency_a_rise_beyond_random_and_mentions():
+    def m(lp, sim, mentions=1.0, distinct=0.8):
+        return Measures(lp, sim, mentions, distinct)
+
+    def row(feature, fluent=True, p95=None):
+        p95 = p95 or m(1.0, 0.05)
+        return StrengthRow(1.0, feature, 5.0, fluent, [], [], p95, [], [])
+
+    assert row(m(2.0, 0.1)).demonstrates
+    assert not row(m(2.0, 0.1), fluent=False).demonstrates
+    assert not row(m(0.5, 0.1)).demonstrates  # probability not beyond random
+    assert not row(m(2.0, 0.01)).demonstrates  # similarity not beyond random
+    assert not row(m(2.0, 0.1, mentions=0.25)).demonstrates
+    gens = [generate_stub("Bridges at dawn"), generate_stub("abridged"), generate_stub("a BRIDGE")]
+    assert mention_share(gens, ["bridge"]) == pytest.approx(2 / 3)
+
+
+def generate_stub(text):
+    from aimri.steer.generate import Generation
+
+    return Generation("p", text, [0], [1])
+
+
+def test_demonstrate_measures_the_feature_neurons_and_random_directions(tiny_model):
+    m = tiny_model("llama")
+    d = sae()
+    words = ["the", "quick"]
+    cand = Candidate(5, words, 1e-3, 2.0, 1.0, 0.5)
+    probed = Probed(cand, concept_token_ids(m.tokenizer, words), 1.0, 0.0)
+    norm = site_norm(m, SITE, TEXTS)
+    demo = demonstrate(
+        m, SITE, d, probed, norm, embedder=HashEmbedder(), strengths=(0.0, 1.0), n_random=5,
+        n_neurons=2, prompts=TEXTS[:2],
+    )  # fmt: skip
+    zero, one = demo.rows
+    assert [len(r.random) for r in demo.rows] == [5, 5] and len(one.neurons) == 2
+    assert zero.feature.logprob_rise == pytest.approx(0.0, abs=1e-6)
+    assert zero.feature.similarity_rise == pytest.approx(0.0, abs=1e-6)
+    assert [g.text for g in zero.generations] == [g.text for g in demo.baseline_generations]
+    assert one.generations != zero.generations and 0 < one.feature.distinct <= 1
+    assert demo.demonstrated_at in (None, 1.0)
 
 
 # --- the stage function -------------------------------------------------------------------
@@ -420,7 +532,7 @@ def test_steer_stage_clamps_adds_and_refuses_ambiguous_configs(
     assert records[0]["generations"][0]["prompt"] == "The quick brown"
     assert [p.strength for p in r.rows] == [0.0, 2.0]
     assert r.rows[0].feature_act == 0.0  # clamped to 0 × its maximum
-    assert r.rows[1].feature_act > r.baseline.feature_act
+    assert (r.rows[1].feature_act or 0.0) > (r.baseline.feature_act or 0.0)
     save_file({"direction": torch.ones(32)}, str(tmp_path / "v.safetensors"))
     add = SteerConfig(
         direction=tmp_path / "v.safetensors", site=SITE, mode="add", strengths=(0.0,), **common

@@ -56,9 +56,9 @@ class SteeringView:
     rows: list[dict[str, Any]]
     """The stage's rows, sorted by strength."""
     charts: list[Markup]
-    generations: list[tuple[str, list[tuple[float | None, str]]]]
-    """Per prompt (in first-seen order): (strength, generated text) for every strength; strength
-    None is the unedited model."""
+    generations: list[tuple[str, list[tuple[float | None, str, str]]]]
+    """Per prompt (in first-seen order): (strength, the feature's text, a random direction's
+    text at the same norm) for every strength; strength None is the unedited model."""
 
 
 def features_view(stage: dict[str, Any]) -> FeaturesView:
@@ -174,39 +174,50 @@ def _by_kind_order(bases: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(bases, key=lambda b: _KIND_ORDER.get(b["info"]["kind"], 3))
 
 
-def _or_zero(v: Any) -> float:
-    return 0.0 if v is None else float(v)
-
-
 def _pairs(edges: list[float]) -> list[tuple[float, float]]:
     return list(pairwise(edges))
 
 
 def steering_view(stage: dict[str, Any]) -> SteeringView:
-    # An unsteered row (strength None) goes first and is drawn at 0.
-    rows = sorted(stage.get("rows") or [], key=lambda r: _or_zero(r.get("strength")))
-    xs = [_or_zero(r.get("strength")) for r in rows]
-    unit = "× max activation" if stage.get("mode") == "clamp" else ""
+    """The feature against random directions and neurons at the same norm, by strength."""
+    rows = sorted(stage.get("rows") or [], key=lambda r: float(r["strength"]))
+    xs = [float(r["strength"]) for r in rows]
+    xlabel = "added norm (× median ordinary-token norm)"
+
+    def series(part: str, key: str) -> list[float | None]:
+        return [(r.get(part) or {}).get(key) for r in rows]
+
     charts = [
         line_chart(
             xs,
-            {"concept score": [r.get("concept_score") for r in rows]},
-            title="Concept score by strength",
-            xlabel=f"strength {unit}".strip(),
-            ylabel="concept score",
+            {
+                f"feature #{stage.get('feature')}": series("feature", "logprob_rise"),
+                "random directions, 95th percentile": series("random_p95", "logprob_rise"),
+                "best neuron": series("neurons_best", "logprob_rise"),
+            },
+            title="Rise of the concept tokens' log-probability",
+            xlabel=xlabel,
+            ylabel="nats",
             width=420,
         ),
         line_chart(
             xs,
-            {"perplexity": [r.get("perplexity") for r in rows]},
-            title="Perplexity of the generations by strength",
-            xlabel=f"strength {unit}".strip(),
-            ylabel="perplexity",
+            {
+                f"feature #{stage.get('feature')}": series("feature", "distinct"),
+                "random directions, 95th percentile": series("random_p95", "distinct"),
+            },
+            title="Fluency: share of distinct tokens in the generations",
+            xlabel=xlabel,
+            ylabel="distinct share",
             width=420,
         ),
     ]
-    prompts: dict[str, list[tuple[float | None, str]]] = {}
+    prompts: dict[str, list[tuple[float | None, str, str]]] = {}
+    for g in (stage.get("baseline") or {}).get("generations") or []:
+        prompts.setdefault(g["prompt"], []).append((None, g["text"], ""))
     for r in rows:
+        randoms = {g["prompt"]: g["text"] for g in r.get("random_example") or []}
         for g in r.get("generations") or []:
-            prompts.setdefault(g["prompt"], []).append((r.get("strength"), g["text"]))
+            text = (float(r["strength"]), g["text"], randoms.get(g["prompt"], ""))
+            prompts.setdefault(g["prompt"], []).append(text)
     return SteeringView(rows, charts, list(prompts.items()))

@@ -87,6 +87,7 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
     out.extend(_dictionary_findings(results.get("dictionary")))
     out.extend(_features_findings(results.get("features")))
+    out.extend(_steering_findings(results.get("steering")))
     if _ran(results.get("concepts")):
         out.extend(concept_findings(results["concepts"]))
     if _ran(results.get("diff")):
@@ -96,6 +97,37 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _ran(stage: dict[str, Any] | None) -> bool:
     return bool(stage) and not stage.get("skipped")
+
+
+def _steering_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """The Golden Gate verdict, worded by the steering stage's own rule."""
+    if not _ran(stage) or "verdict" not in (stage or {}):
+        return []
+    assert stage is not None
+    shown = stage.get("demonstrated_at") is not None
+    keys = ("strength", "fluent", "beyond_random", "demonstrates", "perplexity")
+    return [
+        {
+            "id": "steering-demonstration",
+            "title": "A feature steers the text to its concept beyond random directions"
+            if shown
+            else "No feature was shown to steer the text to its concept beyond random directions",
+            "severity": "info" if shown else "notice",
+            "summary": stage["verdict"],
+            "evidence": {
+                "feature": stage["feature"],
+                "concept": stage["concept"],
+                "rows": [
+                    {
+                        **{k: r[k] for k in keys},
+                        "feature": r["feature"],
+                        "random_p95": r["random_p95"],
+                    }
+                    for r in stage["rows"]
+                ],
+            },
+        }
+    ]
 
 
 class LabelRows(NamedTuple):

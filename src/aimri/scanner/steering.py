@@ -1,26 +1,50 @@
-"""The scan's steering stage: the Golden Gate demonstration, measured.
+"""The scan's steering stage: a Golden Gate demonstration, judged against random directions.
 
-Among the features the features stage described (read back from the run's catalog), pick a
-concrete-concept feature by the rule in `aimri.steer.golden_gate` (a few candidates probed
-causally), clamp it at multiples of its maximum activation on unrelated prompts, and report the
-sweep: the feature's activation, a concept score, fluency and KL on neutral text. Not here: the
-edits and measurements themselves (`aimri.steer`).
+1. One cheap pass over every feature of the dictionary on `N_TOKENS` ordinary tokens (the
+   dictionary's own training activations when the scan collected them, else the corpus
+   through the model), attention sinks and massive activations left out (`aimri.store.sinks`);
+   the steering unit is the median norm of those ordinary tokens.
+2. Concrete-concept candidates by the rule in `aimri.steer.candidates`; the best `N_PROBE`
+   are probed causally, a few generate, one is chosen (`aimri.steer.golden_gate`).
+3. The chosen feature's direction, random directions and neurons, all at the same norm, at
+   several strengths; the verdict says whether the concept rose beyond random while the text
+   stayed fluent. Not here: the measurements themselves (`aimri.steer`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from aimri.config import ScanConfig
 from aimri.dicts.formats import load_dictionary
-from aimri.features.catalog import Catalog
-from aimri.features.explain import named_tokens
+from aimri.features.embed import load_embedder
 from aimri.model.adapter import Model
-from aimri.steer.golden_gate import demonstrate, rank_concept_features
+from aimri.steer.candidates import concept_candidates, top_tokens
+from aimri.steer.golden_gate import (
+    FLUENT_DISTINCT,
+    FLUENT_PPL,
+    N_NEURONS,
+    N_RANDOM,
+    Demonstration,
+    Measures,
+    choose,
+    demonstrate,
+    probe,
+)
+from aimri.store.manifest import read_manifest
+from aimri.store.reader import ActivationStore, forward_batches
+from aimri.store.sinks import find_sinks, model_special_ids
 
-N_PROBE = 8
-"""Candidates probed causally (one short forward pass each) before the sweep."""
+N_TOKENS = 32_768
+"""Tokens of the cheap pass over every feature."""
+N_PROBE = 48
+"""Candidates probed causally (teacher-forced on two short texts)."""
 
 
 def steering_stage(
@@ -28,45 +52,163 @@ def steering_stage(
 ) -> dict[str, Any]:
     if not cfg.steer:
         return {"skipped": "turned off with --no-steer"}
-    stage = results["features"]
     dict_path = Path(results["dictionary"]["path"])
     dictionary = load_dictionary(dict_path if dict_path.is_absolute() else run_dir / dict_path)
-    with Catalog.open(run_dir / stage["catalog"]) as catalog:
-        basis = catalog.bases()[0].name
-        stats = [catalog.feature(basis, f["index"]) for f in stage["features"]]
-        labels = {f.index: catalog.best_label(basis, f.index) or "" for f in stats}
-    ranked = rank_concept_features(
-        model, dictionary, stats, labels=_word_labels(labels), n_probe=N_PROBE
-    )
-    if not ranked:  # a finding in itself; the scan goes on and the report says why
+    if dictionary.cfg.transcoder:
+        return {"skipped": "the scan's dictionary is a transcoder; steering needs an SAE"}
+    site = dictionary.cfg.site
+    xs, ids, n_sinks = _ordinary_tokens(cfg, model, run_dir, site)
+    unit = float(xs.norm(dim=-1).median())
+    tops = top_tokens(dictionary, _chunks(ids, xs))
+    embedder = load_embedder()
+    candidates = concept_candidates(tops, model.tokenizer.decode, embedder)
+    probed = probe(model, site, dictionary, candidates[:N_PROBE], unit, seed=cfg.corpus.seed)
+    scanned = {
+        "site": site,
+        "n_tokens": len(ids),
+        "n_sinks": n_sinks,
+        "unit": unit,
+        "n_features": dictionary.cfg.d_sae,
+        "n_candidates": len(candidates),
+        "n_probed": min(len(candidates), N_PROBE),
+    }
+    if not probed:
         return {
-            "skipped": f"no concrete-concept feature among the {len(stats)} described (the rule "
-            "wants rare features whose top examples peak on two or more related words); raise "
-            "--n-features or train the dictionary on more tokens"
+            **scanned,
+            "skipped": f"no concrete-concept feature among all {dictionary.cfg.d_sae:,} features "
+            "(the rule wants rare features whose top tokens are two or more related words, and a "
+            "direction that raises them no more harmfully than a random one): train the "
+            "dictionary on more tokens",
         }
-    chosen = ranked[0]
-    result = demonstrate(model, dictionary, chosen)
+    chosen = choose(model, site, dictionary, probed, unit)
+    demo = demonstrate(
+        model, site, dictionary, chosen, unit, embedder=embedder, seed=cfg.corpus.seed
+    )
     return {
-        "feature": chosen.index,
-        "label": labels.get(chosen.index, ""),
-        "concept": result.concept,
-        "mode": "clamp",
-        "site": stage["site"],
-        "max_act": chosen.max_act,
+        **scanned,
+        **_demonstration_json(demo),
         "candidates": [
-            {"feature": r.index, "concept": r.concept, "score": r.score, "words": r.words[:6]}
-            for r in ranked[:5]
+            {"feature": p.candidate.index, "words": p.candidate.words[:5], "rise": p.rise}
+            for p in probed[:6]
         ],
-        "rows": result.records(),
+        "n_random": N_RANDOM,
+        "n_neurons": N_NEURONS,
+        "fluency_rule": {"distinct": FLUENT_DISTINCT, "perplexity": FLUENT_PPL},
     }
 
 
-def _word_labels(labels: dict[int, str]) -> dict[int, str]:
-    """Concept descriptions for the concept score: the label's quoted tokens as plain words
-    (`tokens " sequence"` → `sequence`), since embeddings compare words, not our notation."""
-    out = {}
-    for f, text in labels.items():
-        words = [w.strip() for w in named_tokens(text) if w.strip()]
-        if words:
-            out[f] = ", ".join(words)
-    return out
+def verdict(demo: Demonstration) -> str:
+    """One plain sentence: demonstrated or not, and why not."""
+    at = demo.demonstrated_at
+    if at is not None:
+        return (
+            f"Demonstrated: at {at:g} × the unit, feature #{demo.feature}'s generations turn to "
+            f"“{demo.concept}” beyond 95% of random directions of the same norm, and stay fluent."
+        )
+    fluent = [r for r in demo.rows if r.fluent]
+    beyond = [r for r in fluent if r.beyond_random]
+    if not fluent:
+        why = "at every strength tried the text stopped being fluent"
+    elif not beyond:
+        why = "where the text stays fluent, the concept did not rise beyond random directions"
+    else:
+        why = (
+            "where the text stays fluent and the concept's probability rises beyond random, "
+            "fewer than half the generations say the concept"
+        )
+    return f"No demonstration: {why} (feature #{demo.feature}, “{demo.concept}”)."
+
+
+def _demonstration_json(demo: Demonstration) -> dict[str, Any]:
+    def gens(gs: Any) -> list[dict[str, str]]:
+        return [{"prompt": g.prompt, "text": g.text} for g in gs]
+
+    return {
+        "feature": demo.feature,
+        "concept": demo.concept,
+        "words": demo.words[:6],
+        "mode": "add",
+        "baseline": {
+            **dataclasses.asdict(demo.baseline),
+            "perplexity": demo.baseline_perplexity,
+            "generations": gens(demo.baseline_generations),
+        },
+        "rows": [
+            {
+                "strength": r.strength,
+                "norm": r.strength * demo.unit,
+                "feature": dataclasses.asdict(r.feature),
+                "perplexity": r.perplexity,
+                "fluent": r.fluent,
+                "neurons_best": dataclasses.asdict(_best(r.neurons)),
+                "random_p95": dataclasses.asdict(r.random_p95),
+                "beyond_random": r.beyond_random,
+                "demonstrates": r.demonstrates,
+                "generations": gens(r.generations),
+                "random_example": gens(r.random_example),
+            }
+            for r in demo.rows
+        ],
+        "demonstrated_at": demo.demonstrated_at,
+        "verdict": verdict(demo),
+    }
+
+
+def _best(ms: list[Measures]) -> Measures:
+    """Each measure's best over the neurons."""
+    return Measures(
+        max(m.logprob_rise for m in ms),
+        max(m.similarity_rise for m in ms),
+        max(m.mentions for m in ms),
+        max(m.distinct for m in ms),
+    )
+
+
+def _ordinary_tokens(
+    cfg: ScanConfig, model: Model, run_dir: Path, site: str
+) -> tuple[Tensor, Tensor, int]:
+    """([n, d] activations, [n] token ids, sinks left out) of up to N_TOKENS ordinary tokens:
+    the dictionary's training store when the scan made one, else the corpus on the fly."""
+    store = _dict_store(run_dir, site)
+    chunks: Iterator[tuple[Tensor, Tensor, Tensor]]
+    if store is not None:
+        special = store.special_ids
+        chunks = (
+            (store.load("tokens", i).long(), store.load("positions", i), store.load(site, i))
+            for i in range(store.n_shards)
+        )
+    else:
+        special = model_special_ids(model.tokenizer, cfg.corpus.prepend_bos)
+        corpus = dataclasses.replace(cfg.corpus, max_tokens=N_TOKENS)
+        chunks = (
+            (b.tokens.long(), torch.arange(len(b.tokens)) % corpus.ctx_len, b.acts[site].cpu())
+            for b in forward_batches(model, corpus, [site], batch_size=cfg.batch_size)
+        )
+    xs: list[Tensor] = []
+    ids: list[Tensor] = []
+    n, n_sinks = 0, 0
+    for tokens, positions, x in chunks:
+        keep = min(len(tokens), N_TOKENS - n)
+        tokens, positions, x = tokens[:keep], positions[:keep], x[:keep].float()
+        sink = find_sinks(tokens, positions, [x], special).sink
+        xs.append(x[~sink])
+        ids.append(tokens[~sink])
+        n += keep
+        n_sinks += int(sink.sum())
+        if n >= N_TOKENS:
+            break
+    return torch.cat(xs), torch.cat(ids), n_sinks
+
+
+def _dict_store(run_dir: Path, site: str) -> ActivationStore | None:
+    """The dictionary's training activations, when the scan collected them for this site."""
+    path = run_dir / "activations-dict"
+    if not (path / "manifest.json").is_file() or not read_manifest(path).get("complete"):
+        return None
+    store = ActivationStore(path)
+    return store if site in store.sites else None
+
+
+def _chunks(ids: Tensor, xs: Tensor, size: int = 4096) -> Iterator[tuple[Tensor, Tensor]]:
+    for i in range(0, len(ids), size):
+        yield ids[i : i + size], xs[i : i + size]

@@ -51,7 +51,10 @@ def _checked(name: str, r: dict[str, Any]) -> dict[str, str] | None:
             f"{r['sampled']} of {r['n_features_total']:,} features labelled and "
             "scored on held-out text, against neurons and random directions"
         ),
-        "steering": lambda: f"steering with feature #{r['feature']} at several strengths",
+        "steering": lambda: (
+            f"steering with feature #{r['feature']} (of all {r['n_features']:,}) against "
+            f"{r['n_random']} random directions and {r['n_neurons']} neurons at the same norm"
+        ),
         "circuits": lambda: (
             f"{len(r['graphs'])} attribution graphs through "
             f"{r['transcoders']['n_layers']} transcoders, each checked by ablation"
@@ -218,8 +221,9 @@ _METHODS: dict[str, Any] = {
     ),
     "steering": lambda r, c: (
         "steering",
-        "clamp one feature at several strengths; concept score, perplexity, KL",
-        f"feature #{r['feature']} at {r['site']}",
+        "add a concept feature's direction at several norms beside random directions and "
+        "neurons; concept log-probability and similarity, distinct tokens, perplexity",
+        f"feature #{r['feature']} at {r['site']}, unit {r['unit']:.0f} (median ordinary norm)",
     ),
     "circuits": lambda r, c: (
         "circuits",

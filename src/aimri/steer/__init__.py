@@ -4,7 +4,8 @@
 functions at sites and attaches them with `steering(model, edits)`; `generate.py` writes text
 with edits on; `directions.py` finds directions from data (difference of means, probes);
 `sweep.py` measures an edit across strengths (feature activation, concept score, perplexity,
-KL on neutral text); `golden_gate.py` picks a concrete-concept feature and clamps it high;
+KL on neutral text); `candidates.py` finds concrete-concept features in a whole dictionary and `golden_gate.py`
+steers with one against random directions and neurons at the same norm;
 `run.py` is the stage function `steer(SteerConfig)` behind `aimri steer`; `monitor.py` watches
 probe directions and features while generating and raises alerts (callback, JSONL log).
 Not here: circuits, the CLI.
@@ -28,12 +29,7 @@ from aimri.steer.edits import (
     steering,
 )
 from aimri.steer.generate import Generation, generate
-from aimri.steer.golden_gate import (
-    ConceptFeature,
-    demonstrate,
-    find_concept_feature,
-    rank_concept_features,
-)
+from aimri.steer.golden_gate import Demonstration, choose, demonstrate, probe
 from aimri.steer.monitor import Alert, MonitoredGeneration, Watch, monitored_generate
 from aimri.steer.run import feature_max, promoted_words, steer
 from aimri.steer.sweep import (
@@ -51,7 +47,7 @@ __all__ = [
     "AddDirection",
     "Alert",
     "ClampFeature",
-    "ConceptFeature",
+    "Demonstration",
     "Edit",
     "Generation",
     "MonitoredGeneration",
@@ -59,21 +55,21 @@ __all__ = [
     "SweepPoint",
     "SweepResult",
     "Watch",
+    "choose",
     "continuation_perplexity",
     "demonstrate",
     "diff_of_means",
     "feature_activation",
     "feature_max",
-    "find_concept_feature",
     "fit_probe",
     "generate",
     "kl_on_texts",
     "mean_activations",
     "mean_difference",
     "monitored_generate",
+    "probe",
     "probe_direction",
     "promoted_words",
-    "rank_concept_features",
     "site_norm",
     "steer",
     "steering",

@@ -1,44 +1,46 @@
-"""The Golden Gate demonstration: find a concrete-concept feature, clamp it high, watch the text.
+"""The Golden Gate demonstration: does a concept feature steer the text beyond random directions?
 
-`find_concept_feature` picks a feature automatically from its statistics (`FeatureStats`):
-1. density between `min_density` and `max_density` (rare, but not a one-off), and at least
-   `min_examples` top examples;
-2. its *peak words*: the token at the maximum of each top example, stripped and lower-cased,
-   kept when alphabetic, at least 3 letters and not a function word (`STOP_WORDS`) or Python
-   keyword. At least half the top examples must peak on such a word (not punctuation or
-   syntax), and on at least two different words (one repeated word is a token detector; a
-   concept has several forms);
-3. coherence: mean pairwise cosine (MiniLM) of the distinct peak words. The `n_probe` most
-   coherent candidates go on to a causal check;
-4. agreement: clamp the feature to `probe_multiple` × its maximum on the neutral texts and take
-   the words whose next-token probability rises most (mean over positions); agreement is the
-   mean, over distinct peak words, of the best cosine with those words: clamped, does the model
-   say what the feature reads?
-5. score = word share × (coherence + agreement) / 2; the best score wins.
-The logit lens (`FeatureStats.promoted`) is not used: at middle layers it mostly lists the same
-sub-word pieces for every feature. The concept description is the feature's label when one is
-given, else its distinct peak words. `demonstrate` clamps the feature at multiples of its
-maximum on prompts unrelated to it and returns the sweep. Not here: measurement (`sweep.py`).
+Steps (each a function, the scan's steering stage runs them in order):
+1. `candidates.concept_candidates`: concrete-concept features from a cheap pass over *every*
+   feature (their top tokens on ordinary text, the concept rule).
+2. `probe`: each candidate's decoder direction is added at `PROBE_STRENGTH` × the unit (the
+   median norm of ordinary tokens at the site, sinks left out) on fixed neutral texts; the rise
+   of the model's log-probability of the candidate's own concept tokens ranks them, and
+   candidates that damage the text (NLL) more than the median random direction at the same norm
+   are dropped. `choose` then generates from `SELECT_PROMPTS` with the best few and keeps the
+   one whose generations mention its concept most at a fluent strength (prompts that are not
+   the ones the demonstration is judged on, so the choice does not flatter the verdict).
+3. `demonstrate`: the chosen direction, `N_RANDOM` random unit directions and the `N_NEURONS`
+   residual-stream neurons most aligned with it, every one added at the same norm (strength ×
+   unit), at every strength, on `UNRELATED_PROMPTS`. Measured per direction: the rise of the
+   concept tokens' log-probability (teacher-forced on the prompts), the rise of the MiniLM
+   similarity between the generations and the concept words, the share of generations that
+   say a concept word; for fluency, the share of distinct tokens and (for the feature) the
+   perplexity of its generations under the unsteered model.
+4. The verdict (`StrengthRow.demonstrates`): a demonstration at a strength where fluency holds
+   (distinct share ≥ `FLUENT_DISTINCT` × the unsteered one, perplexity ≤ `FLUENT_PPL` × the
+   unsteered one), the concept's log-probability and similarity both rise beyond the random
+   directions' 95th percentile, and at least half the generations say a concept word.
+   With 19 random directions the 95th percentile is close to their maximum.
+Not here: the cheap pass (`candidates.py`), batched measurement (`compare.py`).
 """
 
 from __future__ import annotations
 
-import itertools
-import keyword
-from collections import Counter
-from collections.abc import Mapping, Sequence
+import math
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
 from aimri.dicts.dictionary import Dictionary
-from aimri.errors import AimriError
-from aimri.features.records import FeatureStats
 from aimri.model.adapter import Model
-from aimri.steer.edits import ClampFeature, Positions, steering
-from aimri.steer.generate import prompt_ids, right_pad
-from aimri.steer.sweep import NEUTRAL_TEXTS, SweepResult, TextEmbedder, sweep
+from aimri.steer.candidates import Candidate, concept_token_ids
+from aimri.steer.compare import aligned_neurons, generate_rows, random_directions, text_effect
+from aimri.steer.generate import Generation
+from aimri.steer.sweep import NEUTRAL_TEXTS, TextEmbedder, continuation_perplexity, distinct_share
 
 UNRELATED_PROMPTS = (
     "I went to the store and",
@@ -46,201 +48,233 @@ UNRELATED_PROMPTS = (
     "The best way to spend a weekend is",
     "Dear diary, this morning I",
 )
-MULTIPLES = (0.0, 4.0, 8.0, 16.0)
-_ENGLISH_STOP = """
-the and for that this with from are was were been being have has had having not but you your
-yours they their them its his her hers she him our ours out all any can will would could should
-may might must shall one two which who whom whose what when where why how than then there these
-those into onto about above below over under also just only such each every other some more
-most very use used both either neither nor often generally usually always never sometimes
-within inside without upon after before during while until since though although because
-however therefore thus hence rather quite still already again yet here now even much many few
-several same another any anything something nothing everything does did doing done get got
-make made like well way
-"""
-STOP_WORDS = frozenset(_ENGLISH_STOP.split()) | frozenset(
-    [*(k.lower() for k in keyword.kwlist), "self", "cls", "elif"]
-)
+"""Where the demonstration is judged: everyday openings unrelated to any feature."""
+SELECT_PROMPTS = ("The weather was mild, and", "She opened the window and")
+"""Where the candidate is chosen (not the prompts it is judged on)."""
+STRENGTHS = (0.25, 0.5, 1.0, 2.0)
+"""Norm of the added vector in units of the site's median ordinary-token norm."""
+PROBE_STRENGTH = 0.5
+N_RANDOM = 19
+N_NEURONS = 4
+FLUENT_DISTINCT = 0.75
+FLUENT_PPL = 3.0
+MAX_NEW_TOKENS = 20
 
 
 @dataclass(frozen=True)
-class ConceptFeature:
-    index: int
+class Probed:
+    candidate: Candidate
+    concept_ids: list[int]
+    rise: float
+    """Rise of the concept tokens' log-probability (nats) on the neutral texts."""
+    damage: float
+    """Rise of the neutral texts' NLL (nats per token)."""
+
+
+@dataclass(frozen=True)
+class Measures:
+    """What one direction did at one strength."""
+
+    logprob_rise: float
+    """Rise of log mean P(concept tokens) on the prompts, nats, against no edit."""
+    similarity_rise: float
+    """Rise of the mean MiniLM cosine between generations and the concept, against no edit."""
+    mentions: float
+    """Share of generations that say a concept word."""
+    distinct: float
+    """Mean share of distinct tokens per generation."""
+
+
+@dataclass(frozen=True)
+class StrengthRow:
+    strength: float
+    feature: Measures
+    perplexity: float
+    """Of the feature's generations under the unsteered model."""
+    fluent: bool
+    neurons: list[Measures]
+    random: list[Measures]
+    random_p95: Measures
+    """Each measure's 95th percentile over the random directions."""
+    generations: list[Generation]
+    """The feature's."""
+    random_example: list[Generation]
+    """The first random direction's, for comparison."""
+
+    @property
+    def beyond_random(self) -> bool:
+        f, p = self.feature, self.random_p95
+        return f.logprob_rise > p.logprob_rise and f.similarity_rise > p.similarity_rise
+
+    @property
+    def demonstrates(self) -> bool:
+        return self.fluent and self.beyond_random and self.feature.mentions >= 0.5
+
+
+@dataclass(frozen=True)
+class Demonstration:
+    feature: int
+    words: list[str]
     concept: str
-    """Description used for the concept score: the label, else the distinct peak words."""
-    score: float
-    words: list[str]
-    """Distinct peak words of the top examples, most common first."""
-    steered_words: list[str]
-    """Words whose probability rises most when the feature is clamped high."""
-    coherence: float
-    agreement: float
-    max_act: float
+    unit: float
+    baseline: Measures
+    baseline_perplexity: float
+    baseline_generations: list[Generation]
+    rows: list[StrengthRow]
+
+    @property
+    def demonstrated_at(self) -> float | None:
+        """The lowest strength that demonstrates the concept (None: none does)."""
+        return next((r.strength for r in self.rows if r.demonstrates), None)
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    stats: FeatureStats
-    words: list[str]
-    share: float
-    coherence: float
-
-
-def rank_concept_features(
+def probe(
     model: Model,
+    site: str,
     dictionary: Dictionary,
-    stats: Sequence[FeatureStats],
+    candidates: Sequence[Candidate],
+    unit: float,
     *,
-    labels: Mapping[int, str] | None = None,
-    embedder: TextEmbedder | None = None,
-    min_density: float = 1e-4,
-    max_density: float = 1e-2,
-    min_examples: int = 5,
-    n_probe: int = 64,
-    probe_multiple: float = 8.0,
-) -> list[ConceptFeature]:
-    """The probed features (see the module docstring), best score first."""
-    if embedder is None:
-        from aimri.features.embed import load_embedder
-
-        embedder = load_embedder()
-    vecs = _WordVectors(embedder)
-    candidates = [
-        c for s in stats if (c := _candidate(s, vecs, min_density, max_density, min_examples))
-    ]
-    candidates.sort(key=lambda c: (-c.share * c.coherence, c.stats.index))
-    probe = _Probe(model, NEUTRAL_TEXTS)
-    ranked = []
-    for c in candidates[:n_probe]:
-        value = probe_multiple * c.stats.max_act
-        steered = probe.promoted_words(ClampFeature(dictionary, c.stats.index, value))
-        agreement = (
-            sum(max(vecs.cos(w, s) for s in steered) for w in c.words) / len(c.words)
-            if steered
-            else 0.0
-        )
-        ranked.append(
-            ConceptFeature(
-                index=c.stats.index,
-                concept=(labels or {}).get(c.stats.index) or ", ".join(c.words[:3]),
-                score=c.share * (c.coherence + agreement) / 2,
-                words=c.words,
-                steered_words=steered,
-                coherence=c.coherence,
-                agreement=agreement,
-                max_act=c.stats.max_act,
-            )
-        )
-    return sorted(ranked, key=lambda r: (-r.score, r.index))
+    texts: Sequence[str] = NEUTRAL_TEXTS[:2],
+    n_random: int = 8,
+    seed: int = 0,
+) -> list[Probed]:
+    """Candidates whose direction raises their own concept tokens on `texts` without more
+    damage than the median random direction at the same norm, largest rise first."""
+    W = dictionary.W_dec.detach().float().cpu()
+    dirs = torch.stack([W[c.index] / W[c.index].norm() for c in candidates])
+    rand = random_directions(W.shape[1], n_random, seed)
+    scale = PROBE_STRENGTH * unit
+    zero = torch.zeros(1, W.shape[1])
+    damage = text_effect(model, site, torch.cat([zero, scale * dirs, scale * rand]), texts, [0])
+    base_nll = float(damage.nll[0])
+    limit = float(damage.nll[1 + len(dirs) :].median()) - base_nll
+    out = []
+    for j, c in enumerate(candidates):
+        hurt = float(damage.nll[1 + j]) - base_nll
+        ids = concept_token_ids(model.tokenizer, c.words[:6])
+        if hurt > limit or not ids:
+            continue
+        lp = text_effect(model, site, torch.stack([zero[0], scale * dirs[j]]), texts, ids)
+        rise = float(lp.concept_logprob[1] - lp.concept_logprob[0])
+        out.append(Probed(c, ids, rise, hurt))
+    return sorted(out, key=lambda p: (-p.rise, p.candidate.index))
 
 
-def find_concept_feature(
+def choose(
     model: Model,
+    site: str,
     dictionary: Dictionary,
-    stats: Sequence[FeatureStats],
+    probed: Sequence[Probed],
+    unit: float,
     *,
-    labels: Mapping[int, str] | None = None,
-    embedder: TextEmbedder | None = None,
-    n_probe: int = 64,
-) -> ConceptFeature:
-    """The best concrete-concept feature among `stats` (see the module docstring)."""
-    ranked = rank_concept_features(
-        model, dictionary, stats, labels=labels, embedder=embedder, n_probe=n_probe
-    )
-    if not ranked:
-        raise AimriError(
-            f"none of the {len(stats)} features is a concrete concept by the rule (rare, top "
-            "examples peaking on two or more words): analyse more features, or pick one by hand"
-        )
-    return ranked[0]
+    n: int = 4,
+    prompts: Sequence[str] = SELECT_PROMPTS,
+) -> Probed:
+    """Of the `n` best probed, the one whose generations on `prompts` say its concept most
+    at `PROBE_STRENGTH` and 2 × it (ties: the larger probe rise)."""
+    W = dictionary.W_dec.detach().float().cpu()
+    best = probed[:n]
+    dirs = torch.stack([W[p.candidate.index] / W[p.candidate.index].norm() for p in best])
+    said = torch.zeros(len(best))
+    for s in (PROBE_STRENGTH, 2 * PROBE_STRENGTH):
+        gens = generate_rows(model, site, s * unit * dirs, prompts, MAX_NEW_TOKENS)
+        for j, (p, g) in enumerate(zip(best, gens, strict=True)):
+            if distinct_share(g) >= 0.5:
+                said[j] += mention_share(g, p.candidate.words)
+    j = max(range(len(best)), key=lambda i: (float(said[i]), best[i].rise))
+    return best[j]
 
 
 def demonstrate(
     model: Model,
+    site: str,
     dictionary: Dictionary,
-    feature: ConceptFeature,
+    chosen: Probed,
+    unit: float,
     *,
-    multiples: Sequence[float] = MULTIPLES,
+    embedder: TextEmbedder,
+    strengths: Sequence[float] = STRENGTHS,
     prompts: Sequence[str] = UNRELATED_PROMPTS,
-    neutral_texts: Sequence[str] = NEUTRAL_TEXTS,
-    max_new_tokens: int = 24,
-    positions: Positions = "all",
-    embedder: TextEmbedder | None = None,
-) -> SweepResult:
-    """Clamp `feature` to multiples of its maximum activation on unrelated prompts."""
-
-    def clamp(multiple: float) -> ClampFeature:
-        return ClampFeature(dictionary, feature.index, multiple * feature.max_act, positions)
-
-    return sweep(
-        model,
-        clamp,
-        multiples,
-        prompts,
-        concept=feature.concept,
-        neutral_texts=neutral_texts,
-        feature=(dictionary, feature.index),
-        max_new_tokens=max_new_tokens,
-        embedder=embedder,
+    n_random: int = N_RANDOM,
+    n_neurons: int = N_NEURONS,
+    seed: int = 0,
+) -> Demonstration:
+    """The chosen feature against random directions and neurons at the same norm."""
+    c = chosen.candidate
+    W = dictionary.W_dec.detach().float().cpu()
+    direction = W[c.index] / W[c.index].norm()
+    dirs = torch.cat(
+        [
+            direction[None],
+            aligned_neurons(direction, n_neurons),
+            random_directions(len(direction), n_random, seed),
+        ]
     )
+    concept = ", ".join(c.words[:4])
+    concept_vec = embedder.embed([concept])[0].float()
+    words = c.words[:6]
+    zero = torch.zeros(1, len(direction))
+    base_lp = float(text_effect(model, site, zero, prompts, chosen.concept_ids).concept_logprob[0])
+    base_gens = generate_rows(model, site, zero, prompts, MAX_NEW_TOKENS)[0]
+    base_sim = _similarity(embedder, base_gens, concept_vec)
+    base_ppl = continuation_perplexity(model, base_gens)
+    baseline = Measures(0.0, 0.0, mention_share(base_gens, words), distinct_share(base_gens))
+    rows = []
+    for s in strengths:
+        deltas = s * unit * dirs
+        lp = text_effect(model, site, deltas, prompts, chosen.concept_ids).concept_logprob - base_lp
+        gens = generate_rows(model, site, deltas, prompts, MAX_NEW_TOKENS)
+        m = [
+            Measures(
+                float(lp[i]),
+                _similarity(embedder, g, concept_vec) - base_sim,
+                mention_share(g, words),
+                distinct_share(g),
+            )
+            for i, g in enumerate(gens)
+        ]
+        ppl = continuation_perplexity(model, gens[0])
+        fluent = (
+            m[0].distinct >= FLUENT_DISTINCT * baseline.distinct and ppl <= FLUENT_PPL * base_ppl
+        )
+        rand = m[1 + n_neurons :]
+        rows.append(
+            StrengthRow(
+                strength=s,
+                feature=m[0],
+                perplexity=ppl,
+                fluent=fluent,
+                neurons=m[1 : 1 + n_neurons],
+                random=rand,
+                random_p95=_p95(rand),
+                generations=gens[0],
+                random_example=gens[1 + n_neurons],
+            )
+        )
+    return Demonstration(c.index, c.words, concept, unit, baseline, base_ppl, base_gens, rows)
 
 
-def _candidate(
-    s: FeatureStats, vecs: _WordVectors, lo: float, hi: float, min_examples: int
-) -> _Candidate | None:
-    tops = s.of_kind("top")
-    if not (lo <= s.density <= hi) or len(tops) < min_examples:
-        return None
-    peaks = [w for e in tops if (w := _word(e.tokens[e.acts.index(e.max_act)]))]
-    words = [w for w, _ in Counter(peaks).most_common()]
-    if 2 * len(peaks) < len(tops) or len(words) < 2:
-        return None
-    pairs = list(itertools.combinations(words, 2))
-    coherence = sum(vecs.cos(a, b) for a, b in pairs) / len(pairs)
-    return _Candidate(s, words, len(peaks) / len(tops), coherence)
+def mention_share(gens: Sequence[Generation], words: Sequence[str]) -> float:
+    """Share of generations that contain one of `words` as a word (any case, plural 's')."""
+    if not gens:
+        return math.nan
+    pattern = re.compile(r"\b(" + "|".join(re.escape(w) for w in words) + r")s?\b", re.IGNORECASE)
+    return sum(bool(pattern.search(g.text)) for g in gens) / len(gens)
 
 
-class _WordVectors:
-    """MiniLM embeddings of single words, computed once each."""
-
-    def __init__(self, embedder: TextEmbedder) -> None:
-        self.embedder = embedder
-        self.cache: dict[str, Tensor] = {}
-
-    def cos(self, a: str, b: str) -> float:
-        missing = [w for w in dict.fromkeys((a, b)) if w not in self.cache]
-        if missing:
-            self.cache.update(zip(missing, self.embedder.embed(missing), strict=True))
-        return float(self.cache[a] @ self.cache[b])
+def _similarity(embedder: TextEmbedder, gens: Sequence[Generation], concept_vec: Tensor) -> float:
+    emb = embedder.embed([g.text for g in gens]).float()
+    return float((emb @ concept_vec).mean())
 
 
-class _Probe:
-    """Next-token probabilities on fixed texts, clean and under an edit."""
+def _p95(ms: Sequence[Measures]) -> Measures:
+    def q(values: list[float]) -> float:
+        return float(torch.tensor(values).quantile(0.95))
 
-    def __init__(self, model: Model, texts: Sequence[str], k: int = 10) -> None:
-        self.model = model
-        self.k = k
-        padded = right_pad([prompt_ids(model, t) for t in texts])
-        self.ids = padded.ids
-        self.real = padded.mask.bool()
-        self.real[:, 0] = False  # BOS
-        self.clean = self._mean_probs([])
-
-    @torch.no_grad()
-    def _mean_probs(self, edits: list[ClampFeature]) -> Tensor:
-        with steering(self.model, edits):
-            logits = self.model.run(self.ids).logits
-        assert logits is not None
-        probs = logits.float().softmax(-1).cpu()
-        return probs[self.real].mean(0)
-
-    def promoted_words(self, edit: ClampFeature) -> list[str]:
-        rise = self._mean_probs([edit]) - self.clean
-        ids = rise.topk(4 * self.k).indices.tolist()
-        words = [w for i in ids if (w := _word(self.model.tokenizer.decode([i])))]
-        return list(dict.fromkeys(words))[: self.k]
-
-
-def _word(token: str) -> str | None:
-    w = token.strip().lower()
-    return w if len(w) >= 3 and w.isalpha() and w not in STOP_WORDS else None
+    return Measures(
+        q([m.logprob_rise for m in ms]),
+        q([m.similarity_rise for m in ms]),
+        q([m.mentions for m in ms]),
+        q([m.distinct for m in ms]),
+    )
