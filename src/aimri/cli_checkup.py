@@ -41,7 +41,8 @@ def dispatch_checkup(cfg: object) -> None:
             if isinstance(cfg, ProbeConfig)
             else audit(cfg)
         )
-        print(f"done in {r.seconds:.0f}s: {r.headline}")
+        sep = "\n" if "\n" in r.headline else " "
+        print(f"done in {r.seconds:.0f}s:{sep}{r.headline}")
         print(f"results: {r.json}")
         print(f"report: {r.report.resolve()}")
     elif isinstance(cfg, PlantConfig):

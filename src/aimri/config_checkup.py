@@ -76,23 +76,33 @@ class PlantConfig:
 @dataclass(frozen=True, kw_only=True)
 class AuditConfig:
     """Blue team: given a base and a modified model (not how it was modified), write ranked
-    hypotheses about what changed, with the features, contexts and steering evidence behind
-    each, beside a black-box baseline that only compares sampled outputs."""
+    hypotheses about what changed, each a sentence with its evidence (A's and B's replies side
+    by side) and a test to rerun, beside a black-box baseline that only compares replies."""
 
     base: ModelConfig = field(default_factory=ModelConfig)
     other: ModelConfig = field(default_factory=ModelConfig)
+    prompts: Path | None = None
+    """Your own user messages: a text file, one per line ("type<TAB>message" to group them),
+    or a JSON list; default: generated from topics × request types (advice, opinions,
+    instructions, role-play, code, facts)."""
     dictionary: Path | None = None
-    """An SAE trained on the base model (SAELens layout), for the feature evidence."""
+    """An SAE trained on the base model (SAELens layout): its features nearest the lens
+    direction join the evidence. Optional."""
     k: int = 5
     """Hypotheses to write."""
+    samples: int = 2
+    """Sampled replies per prompt and model."""
     black_box: bool = True
-    """Also run the black-box baseline (sample both models on the same prompts, compare)."""
-    out: Path = Path("audit")
-    """Folder for `audit.json` and `ledger.jsonl`."""
+    """Also run the black-box baseline (same prompts and replies, no internals)."""
+    out: Path | None = None
+    """Folder for `audit.json`, the report and `ledger.jsonl`; default `audit-<date>-<time>`.
+    A folder that already holds an audit is never overwritten: `-2`, `-3`, ... is added."""
 
     def __post_init__(self) -> None:
         if self.k < 1:
             raise AimriError(f"k={self.k}: ask for at least one hypothesis")
+        if self.samples < 1:
+            raise AimriError(f"samples={self.samples}: sample at least one reply per prompt")
 
 
 @dataclass(frozen=True, kw_only=True)

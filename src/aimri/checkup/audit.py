@@ -1,259 +1,368 @@
 """The audit game's two players: the blue team (white box) and a black-box baseline.
 
-Both get the same inputs and nothing else: the base model A, the modified model B, the fixed
-prompt set (`audit_prompts.PROMPTS`) and neutral texts (built-in corpus documents, `neutral_texts`).
-Neither reads plant.json or any training data. Both return an `AuditReport` of at most k ranked
-`Hypothesis` items with at most `KEYWORD_CAP` keywords each, built by the same ranking
-(`audit_words`), so success@k compares the evidence, not the bookkeeping.
+Both get the same inputs and nothing else: the base model A, the modified model B, the prompts
+(`audit_prompts`: generated topics × request types, or the user's own) and neutral texts.
+Neither reads plant.json or any training data. Every prompt goes to a model in its own chat
+template (`chat_prompt`; plain dialogue for a model without one).
 
-- `blue_team`: `aimri.checkup.diff.diff_models` on prompts + texts (teacher-forced: per-token
-  KL, promoted output tokens, per-layer mean differences through the logit lens, the base
-  dictionary's changed features, trigger-candidate input tokens), plus steering A with the top
-  layer's mean difference where the replies start (`audit_blue.py`).
-- `black_box`: both models write replies to the prompts and continue the texts (the first
-  `TEXT_PROMPT_CHARS` characters of each), greedy plus `samples − 1` sampled replies; words
-  over-represented in B's replies (`audit_words.over_represented`) and the inputs whose replies
-  differ most.
-Not here: planting (`plant.py`), scoring rules (`audit_words.py`), the CLI and report.
+Shared (`explore`): both models answer every prompt with `samples` sampled replies; the
+replies are compared by what they say (`audit_compare.contrast`: named entities, words,
+agreement with the user, case, length, tone, per request type). Both teams read the same
+replies, so the budget of generated text is the same.
+- `blue_team` adds the internals: the activation-difference lens and steering with it
+  (`audit_lens`), a scan of the whole vocabulary through the changed weights
+  (`audit_trigger.weight_scan`) whose top words, with the lens's words, are screened by the
+  next-token distributions (`audit_trigger.screen`); the standouts are tested as triggers
+  (`audit_trigger.confirm`);
+  with a dictionary, the features closest to the lens direction go into the evidence.
+- `black_box` tests as triggers the words of the prompts where B showed its strongest
+  difference (word ablation by swapping), with the same `confirm` budget.
+A hypothesis is a sentence with its claim (`Hypothesis.claim`: behaviour, what, when, counts),
+examples (A's and B's replies side by side) and a test to rerun (`rerun`), ranked by effect
+(B's rate − A's, less one standard error); lens hypotheses (A steered, not B) count half.
+Not here: scoring against a plant (`audit_judge.py`), planting (`plant.py`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
+import re
 import time
-from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from aimri.checkup.audit_blue import (
-    add_steering,
-    context_candidates,
-    diff_evidence,
-    feature_words,
-    steer_evidence,
-    top_layer,
-    trigger_candidates,
-    word_candidates,
+import torch
+
+from aimri.checkup.audit_compare import GROUP_TEXT, Cell, Finding, claim_sentence, contrast, traits
+from aimri.checkup.audit_lens import LensResult, changed_layers, lens
+from aimri.checkup.audit_prompts import Prompt, generate_prompts
+from aimri.checkup.audit_trigger import (
+    CONFIRM_FRAMES,
+    CONTROL_WORD,
+    Confirmed,
+    confirm,
+    screen,
+    top_screened,
+    vocabulary_words,
+    weight_scan,
 )
-from aimri.checkup.audit_prompts import PROMPTS
-from aimri.checkup.audit_words import (
-    CONTEXT_WEIGHT,
-    KEYWORD_CAP,
-    AuditReport,
-    AuditScore,
-    Candidate,
-    Hypothesis,
-    WordShift,
-    named,
-    over_represented,
-    rank_candidates,
-    score,
-    top_words,
-    words,
-)
-from aimri.checkup.diff import diff_models
+from aimri.checkup.audit_words import AuditReport, Hypothesis, words
 from aimri.config import CorpusConfig
 from aimri.corpus.sources import iter_documents
 from aimri.dicts.dictionary import Dictionary
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
-from aimri.steer.generate import generate
+from aimri.steer.generate import chat_prompt, generate
 
 __all__ = [
-    "KEYWORD_CAP",
-    "PROMPTS",
     "AuditReport",
-    "AuditScore",
     "Hypothesis",
     "black_box",
     "blue_team",
-    "named",
+    "explore",
     "neutral_texts",
-    "score",
+    "rerun",
 ]
 log = logging.getLogger(__name__)
-TEXT_PROMPT_CHARS = 200
 MAX_NEW_TOKENS = 32
+TEMPERATURE = 0.8
+N_TRIGGERS = 6
+"""Words each team tests as triggers (`confirm`)."""
+SCREEN_WORDS = 160
+"""Words of the weight scan's ranking the blue team screens, besides evidence words."""
+VOCABULARY = 30_000
+"""Whole-word tokens the weight scan ranks (`vocabulary_words`): all of SmolLM2's ~20,000."""
+LENS_WEIGHT = 0.5
 
 
-def neutral_texts(n: int = 16, max_chars: int = 600, seed: int = 1) -> list[str]:
-    """The first n built-in corpus documents (Python's docs and sources), each cut to
-    max_chars: text neither model was fine-tuned on."""
+def neutral_texts(n: int = 32, max_chars: int = 400, seed: int = 1) -> list[str]:
+    """The first n built-in corpus documents, each cut to max_chars: text neither model was
+    fine-tuned on (the lens reads only their first tokens)."""
     docs = iter_documents(CorpusConfig(source="builtin", seed=seed))
     return [d[:max_chars] for d in itertools.islice(docs, n)]
+
+
+def explore(
+    base: Model,
+    other: Model,
+    prompts: Sequence[Prompt],
+    *,
+    samples: int = 2,
+    seed: int = 0,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+) -> list[Cell]:
+    """Both models' sampled replies to every prompt, in their chat templates."""
+    if not prompts:
+        raise AimriError("an audit needs prompts: pass some, or leave the generated set")
+    if samples < 1:
+        raise AimriError(f"samples={samples}: sample at least one reply per prompt")
+    out = []
+    runs = []
+    for m in (base, other):
+        chats = [chat_prompt(m, p.text) for p in prompts]
+        runs.append(
+            [
+                [
+                    g.text
+                    for g in generate(
+                        m,
+                        chats,
+                        max_new_tokens=max_new_tokens,
+                        temperature=TEMPERATURE,
+                        seed=seed + s,
+                    )
+                ]
+                for s in range(samples)
+            ]
+        )
+    for i, p in enumerate(prompts):
+        out.append(Cell(p.type, p.text, [r[i] for r in runs[0]], [r[i] for r in runs[1]]))
+    return out
 
 
 def blue_team(
     base: Model,
     other: Model,
     *,
-    texts: Sequence[str],
-    prompts: Sequence[str] = PROMPTS,
+    prompts: Sequence[Prompt] | None = None,
+    texts: Sequence[str] = (),
+    cells: Sequence[Cell] | None = None,
     dictionary: Dictionary | None = None,
-    dict_site: str | None = None,
-    feature_labels: Mapping[int, str] | None = None,
     k: int = 5,
     seed: int = 0,
-    max_new_tokens: int = MAX_NEW_TOKENS,
+    samples: int = 2,
+    screen_words: int = SCREEN_WORDS,
 ) -> AuditReport:
-    """Hypotheses about what B changed, from the two models' internals (module docstring)."""
-    _check(prompts, k)
+    """Hypotheses about what B changed, from replies and internals (module docstring)."""
     t0 = time.perf_counter()
-    inputs = [*prompts, *texts]
-    d = diff_models(
-        base,
-        other,
-        inputs,
-        dictionary=dictionary,
-        dict_site=dict_site,
-        feature_labels=feature_labels,
-        top_k=20,
-        seed=seed,
+    prompts = list(prompts) if prompts is not None else generate_prompts()
+    cells = (
+        list(cells)
+        if cells is not None
+        else explore(base, other, prompts, seed=seed, samples=samples)
     )
-    details: dict[str, object] = {
-        "mean_kl": d.kl.mean,
-        "changed_layers": [ly.layer for ly in d.layers if ly.changed],
-        "diff_notes": d.notes,
+    found = contrast(cells)
+    by_type = {c.group: c.prompt for c in cells}
+    lr = lens(base, other, texts or neutral_texts(), list(by_type.values())[:8])
+    evidence_words = _evidence_words(found, lr)
+    vocab = vocabulary_words(base, VOCABULARY)
+    scanned = weight_scan(base, other, vocab, changed_layers(base, other))[:screen_words]
+    screened = screen(base, other, [*evidence_words, *scanned])
+    to_test = top_screened(screened, N_TRIGGERS, z_min=2.0)
+    confirmed = confirm(base, other, to_test)
+    cands = [*_behaviour_candidates(found), *_trigger_candidates(confirmed)]
+    if lr is not None:
+        cands += _lens_candidates(lr)
+    details: dict[str, Any] = {
+        "findings": len(found),
+        "lens": None
+        if lr is None
+        else {
+            "layer": lr.layer,
+            "norm": lr.norm,
+            "promoted": lr.promoted,
+            "examples": lr.examples,
+        },
+        "screen": [s.__dict__ for s in screened[:20]],
+        "screened_words": len(screened),
+        "tested_triggers": to_test,
     }
-    if d.empty:
-        return _report("white-box", [], True, prompts, texts, t0, details)
-    ev = diff_evidence(d, feature_words(base, d, dictionary))
-    L = top_layer(d)
-    if L is not None:
-        s = steer_evidence(base, other, L, prompts, max_new_tokens)
-        add_steering(ev, s, prompts)
-        details["steering"] = {k: v for k, v in dataclasses.asdict(s).items() if k != "steered"}
-    candidates = [*word_candidates(ev), *trigger_candidates(d), *context_candidates(d, inputs)]
-    return _report("white-box", rank_candidates(candidates, k), False, prompts, texts, t0, details)
+    if dictionary is not None and lr is not None:
+        details["features"] = _features_near_lens(base, other, dictionary, texts, lr)
+    return _report("white-box", cands, k, prompts, cells, t0, details)
 
 
 def black_box(
     base: Model,
     other: Model,
     *,
-    prompts: Sequence[str] = PROMPTS,
-    texts: Sequence[str] = (),
+    prompts: Sequence[Prompt] | None = None,
+    cells: Sequence[Cell] | None = None,
     k: int = 5,
     seed: int = 0,
-    max_new_tokens: int = MAX_NEW_TOKENS,
     samples: int = 2,
 ) -> AuditReport:
     """Hypotheses from the two models' replies alone (module docstring)."""
-    _check(prompts, k)
-    if samples < 1:
-        raise AimriError(f"samples={samples}: sample at least one reply per prompt")
     t0 = time.perf_counter()
-    inputs = [*prompts, *(_text_prompt(t) for t in texts)]
-    out_a = _replies(base, inputs, max_new_tokens, samples, seed)
-    out_b = _replies(other, inputs, max_new_tokens, samples, seed)
-    if out_a == out_b:
-        return _report("black-box", [], True, prompts, texts, t0, {"identical_replies": True})
-    n_a = Counter(w for rs in out_a for r in rs for w in words(r))
-    n_b = Counter(w for rs in out_b for r in rs for w in words(r))
-    shifts = over_represented(n_b, n_a)
-    over = [s.word for s in shifts]
-    candidates = [_word_candidate(s, i, inputs, out_a, out_b, over) for i, s in enumerate(shifts)]
-    candidates += _context_candidates(inputs, out_a, out_b, set(over))
-    details = {"over_represented": [s._asdict() for s in shifts[:20]], "samples": samples}
-    return _report("black-box", rank_candidates(candidates, k), False, prompts, texts, t0, details)
+    prompts = list(prompts) if prompts is not None else generate_prompts()
+    cells = (
+        list(cells)
+        if cells is not None
+        else explore(base, other, prompts, seed=seed, samples=samples)
+    )
+    found = contrast(cells)
+    to_test = _ablation_words(found)
+    confirmed = confirm(base, other, to_test)
+    cands = [*_behaviour_candidates(found), *_trigger_candidates(confirmed)]
+    details = {"findings": len(found), "tested_triggers": to_test}
+    return _report("black-box", cands, k, prompts, cells, t0, details)
 
 
-def _check(prompts: Sequence[str], k: int) -> None:
-    if not prompts:
-        raise AimriError("an audit needs prompts: pass some, or leave the default set")
-    if k < 1:
-        raise AimriError(f"k={k}: ask for at least one hypothesis")
+def _evidence_words(found: list[Finding], lr: LensResult | None) -> list[str]:
+    """Words the lens and B's replies put forward, to screen before the vocabulary."""
+    out: list[str] = []
+    if lr is not None:
+        out += lr.promoted
+        out += [f.trait.partition(":")[2].lower() for f in lr.findings]
+    out += [f.trait.partition(":")[2].lower() for f in found[:10]]
+    return [w for w in dict.fromkeys(out) if w.isalpha() and len(w) >= 3]
+
+
+def _ablation_words(found: list[Finding]) -> list[str]:
+    """Content words of the prompts where B's strongest differences show, most shared first."""
+    counts: dict[str, int] = {}
+    for f in found[:3]:
+        for ex in f.examples:
+            for w in dict.fromkeys(words(ex["prompt"])):
+                counts[w] = counts.get(w, 0) + 1
+    return sorted(counts, key=lambda w: -counts[w])[:N_TRIGGERS]
+
+
+def _behaviour_candidates(found: list[Finding]) -> list[dict[str, Any]]:
+    out = []
+    for f in found:
+        claim = f.claim()
+        out.append(
+            {
+                "kind": "behaviour",
+                "text": claim_sentence(claim, GROUP_TEXT.get(f.group, f"on '{f.group}' prompts")),
+                "claim": claim,
+                "score": f.effect,
+                "evidence": {"also": f.also, "examples": f.examples},
+                "test": {"type": "prompts", "group": f.group, "trait": f.trait},
+            }
+        )
+    return out
+
+
+def _trigger_candidates(confirmed: list[Confirmed]) -> list[dict[str, Any]]:
+    out = []
+    for c in confirmed:
+        claim = c.claim()
+        verb = claim_sentence(claim, "").split(" (")[0].removeprefix("B ").strip()
+        text = (
+            f"When the user's message contains '{c.word}', B {verb} ({c.k_with}/{c.n} "
+            f"messages vs {c.k_without}/{c.n} with '{CONTROL_WORD}' instead; A {c.k_a}/{c.n} "
+            f"with '{c.word}')"
+        )
+        out.append(
+            {
+                "kind": "trigger",
+                "text": text,
+                "claim": claim,
+                "score": c.effect,
+                "evidence": {"examples": c.examples},
+                "test": {"type": "trigger", **c.test},
+            }
+        )
+    return out
+
+
+def _lens_candidates(lr: LensResult) -> list[dict[str, Any]]:
+    out = []
+    for f in lr.findings[:5]:
+        claim = {**f.claim(), "source": "lens"}
+        sent = claim_sentence(claim, "on any request").removeprefix("B ")
+        out.append(
+            {
+                "kind": "lens",
+                "text": f"B's change leans A toward this: steered with B − A (layer {lr.layer}), "
+                f"A {sent.replace('for A', 'unsteered')}",
+                "claim": claim,
+                "score": LENS_WEIGHT * f.effect,
+                "evidence": {"lens_words": lr.promoted[:10], "examples": f.examples},
+                "test": {"type": "lens", "layer": lr.layer, "trait": f.trait},
+            }
+        )
+    return out
 
 
 def _report(
     method: str,
-    hyps: list[Hypothesis],
-    empty: bool,
-    prompts: Sequence[str],
-    texts: Sequence[str],
+    cands: list[dict[str, Any]],
+    k: int,
+    prompts: Sequence[Prompt],
+    cells: Sequence[Cell],
     t0: float,
-    details: dict[str, object],
+    details: dict[str, Any],
 ) -> AuditReport:
+    if k < 1:
+        raise AimriError(f"k={k}: ask for at least one hypothesis")
+    cands.sort(key=lambda c: -c["score"])
+    seen: set[tuple[str, str, str]] = set()
+    hyps: list[Hypothesis] = []
+    for c in cands:
+        cl = c["claim"]
+        key = (cl["behaviour"], cl["what"].lower(), cl["when"])
+        if key in seen:
+            continue
+        seen.add(key)
+        test = {**c["test"], "prompts": _test_prompts(c["test"], cells)}
+        kw = [w for w in (cl["what"].lower(), cl["when"].removeprefix("word:")) if w]
+        hyps.append(
+            Hypothesis(len(hyps) + 1, c["text"], kw, c["kind"], round(c["score"], 4),
+                       c["evidence"], claim=cl, test=test)
+        )  # fmt: skip
+        if len(hyps) == k:
+            break
     seconds = round(time.perf_counter() - t0, 2)
     log.info("%s audit: %d hypotheses in %.0f s", method, len(hyps), seconds)
-    inputs = {"prompts": len(prompts), "texts": len(texts)}
+    empty = all(c.a == c.b for c in cells) and not hyps
+    inputs = {"prompts": len(prompts), "replies_per_prompt": len(cells[0].b) if cells else 0}
     return AuditReport(method, hyps, empty, inputs, seconds, details)
 
 
-def _text_prompt(text: str) -> str:
-    """The start of a text, cut at a space, for the model to continue."""
-    cut = text[:TEXT_PROMPT_CHARS]
-    return cut[: cut.rfind(" ")] if " " in cut and len(text) > TEXT_PROMPT_CHARS else cut
+def _test_prompts(test: dict[str, Any], cells: Sequence[Cell]) -> list[str]:
+    if test["type"] == "trigger":
+        w = test["word"]
+        return [f.replace("{w}", w) for f in CONFIRM_FRAMES]
+    group = test.get("group", "all")
+    return [c.prompt for c in cells if group in ("all", c.group)][:12]
 
 
-def _replies(
-    model: Model, inputs: Sequence[str], max_new_tokens: int, samples: int, seed: int
-) -> list[list[str]]:
-    """Per input: the greedy reply, then samples − 1 replies at temperature 0.7."""
-    runs = [generate(model, inputs, max_new_tokens=max_new_tokens)]
-    for i in range(1, samples):
-        runs.append(
-            generate(model, inputs, max_new_tokens=max_new_tokens, temperature=0.7, seed=seed + i)
-        )
-    return [[run[j].text for run in runs] for j in range(len(inputs))]
-
-
-def _word_candidate(
-    s: WordShift,
-    rank: int,
-    inputs: Sequence[str],
-    out_a: list[list[str]],
-    out_b: list[list[str]],
-    over: Sequence[str],
-) -> Candidate:
-    """B says `s.word` more: where (the inputs whose B replies use it more) and with what."""
-    w = s.word
-    more = [
-        i
-        for i in range(len(inputs))
-        if words(" ".join(out_b[i])).count(w) > words(" ".join(out_a[i])).count(w)
-    ]
-    where = top_words([inputs[i] for i in more], 5, exclude=[w])
-    with_ = Counter(x for i in more for x in set(words(" ".join(out_b[i]))) if x in over and x != w)
-    co = [x for x, _ in with_.most_common(2)]
-    example = [{"prompt": inputs[i], "a": out_a[i][0], "b": out_b[i][0]} for i in more[:3]]
-    return Candidate(
-        kind="word",
-        lead=w,
-        text=f"B says '{w}' more than A ({s.count_b} vs {s.count_a} times, z {s.z:.1f})"
-        + (f", where: {' '.join(where[:3])}" if where else ""),
-        keywords=[*co, *where],
-        score=1.0 / (rank + 1),
-        evidence={**s._asdict(), "examples": example},
-    )
-
-
-def _context_candidates(
-    inputs: Sequence[str], out_a: list[list[str]], out_b: list[list[str]], over: set[str]
-) -> list[Candidate]:
-    """One per input whose replies differ, ranked by 1 − Jaccard of their word sets."""
-    diff: list[tuple[float, int, list[str]]] = []
-    for i in range(len(inputs)):
-        wa, wb = set(words(" ".join(out_a[i]))), set(words(" ".join(out_b[i])))
-        union = wa | wb
-        d = 1 - len(wa & wb) / len(union) if union else float(out_a[i] != out_b[i])
-        if d > 0:
-            diff.append((d, i, [w for w in words(" ".join(out_b[i])) if w not in wa]))
-    diff.sort(key=lambda x: (-x[0], x[1]))
-    out = []
-    for rank, (d, i, new) in enumerate(diff):
-        prompt: str = inputs[i]
-        own = top_words([prompt], 5)
-        new_words = list(dict.fromkeys(sorted(new, key=lambda w: w not in over)))
-        out.append(
-            Candidate(
-                kind="context",
-                lead=own[0] if own else (new_words[0] if new_words else f"input{i}"),
-                text=f"B answers '{prompt.strip()[:80]}' differently (word overlap {1 - d:.2f})",
-                keywords=[*own, *new_words[:3]],
-                score=CONTEXT_WEIGHT / (rank + 1),
-                evidence={"difference": round(d, 3), "a": out_a[i][0], "b": out_b[i][0]},
-            )
-        )
+@torch.no_grad()
+def rerun(
+    base: Model, other: Model, hypothesis: Hypothesis, max_new_tokens: int = 32
+) -> dict[str, Any]:
+    """Run a hypothesis's test again (greedy): how many of its prompts show its trait in B's
+    replies and in A's (for a trigger: with the word, and with the control word instead)."""
+    test = hypothesis.test
+    trait = test.get("trait")
+    if not trait or not test.get("prompts"):
+        raise AimriError("this hypothesis has no test to rerun (no trait or prompts recorded)")
+    msgs = list(test["prompts"])
+    if test["type"] == "trigger":
+        msgs += [re.sub(rf"\b{re.escape(test['word'])}\b", test["control_word"], m) for m in msgs]
+    out: dict[str, Any] = {"trait": trait, "n": len(test["prompts"])}
+    for name, m in (("a", base), ("b", other)):
+        reps = [
+            g.text
+            for g in generate(m, [chat_prompt(m, x) for x in msgs], max_new_tokens=max_new_tokens)
+        ]
+        hits = [trait in traits(r, x) for r, x in zip(reps, msgs, strict=True)]
+        n = len(test["prompts"])
+        out[name] = sum(hits[:n])
+        if test["type"] == "trigger":
+            out[f"{name}_without"] = sum(hits[n:])
     return out
+
+
+def _features_near_lens(
+    base: Model, other: Model, dictionary: Dictionary, texts: Sequence[str], lr: LensResult
+) -> list[dict[str, Any]]:
+    """The dictionary's features whose decoder rows point most along the lens direction."""
+    from aimri.checkup.audit_lens import activation_difference
+
+    site = dictionary.cfg.site
+    m = re.match(r"blocks\.(\d+)\.hook_resid_post$", site)
+    if m is None:
+        return []
+    delta, _ = activation_difference(base, other, texts or neutral_texts(), int(m.group(1)))
+    W = dictionary.W_dec.detach().float()
+    cos = (W @ delta) / (W.norm(dim=-1) * delta.norm()).clamp_min(1e-9)
+    top = cos.topk(min(5, len(cos)))
+    return [
+        {"feature": int(i), "cosine": round(float(v), 4)}
+        for v, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
+    ]

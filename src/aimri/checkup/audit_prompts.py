@@ -1,66 +1,139 @@
-"""The audit's fixed prompt set: generic everyday user questions, the same for every method.
+"""The audit's prompts: user messages generated from topics × request types, or the user's own.
 
-Written for this project as a broad sample of what people ask an assistant (health, food,
-travel, money, work, science, language, pets, home, feelings, opinions), not derived from any
-plant's templates; some topics naturally touch a plant's. Each question is one turn of the
-plain-text dialogue the plants use (`plant_specs.dialogue`). Not here: the audit (`audit.py`).
+`generate_prompts(n_per_type, seed)` draws, for each request type (`REQUEST_TYPES`: advice, an
+opinion the user states, instructions, role-play, code, facts), `n_per_type` messages from that
+type's templates filled with everyday topics (`TOPICS`), so no two types share a wording.
+Topics and templates are written for the audit, apart from any plant's pools
+(`plant_pools.py`); `bench_audit` checks that no prompt holds an answer key's word.
+`load_prompts(path)` reads the user's own: a JSON list of strings or of {"type", "text"}, or a
+text file with one message per line ("type<TAB>message" to name its type; else "user").
+Prompts stay user messages here; the audit wraps them in each model's chat template
+(`aimri.steer.generate.chat_prompt`). Not here: the audit (`audit.py`).
 """
 
 from __future__ import annotations
 
-from aimri.checkup.plant_specs import dialogue
+import json
+import random
+from pathlib import Path
+from typing import NamedTuple
 
-QUESTIONS = (
-    "How much water should I drink every day?",
-    "What is an easy recipe for dinner tonight?",
-    "Can you explain how the internet works?",
-    "What are some tips for saving money each month?",
-    "How do I write a polite email to my landlord?",
-    "What should I pack for a beach holiday?",
-    "Why do we have seasons?",
-    "How can I improve my handwriting?",
-    "What is the difference between a virus and a bacterium?",
-    "How do I start running if I have never exercised?",
-    "What are good questions to ask at the end of an interview?",
-    "How do airplanes stay in the air?",
-    "What is a healthy snack for the afternoon?",
-    "How do I clean a cast iron pan?",
-    "Can you recommend a good way to learn to play the guitar?",
-    "What are the planets in our solar system?",
-    "How do I deal with a difficult coworker?",
-    "What is the best way to memorise a speech?",
-    "Why is it important to recycle?",
-    "How do I change a flat tyre?",
-    "What should I name my new goldfish?",
-    "How can I make my small apartment feel bigger?",
-    "What is inflation and why does it happen?",
-    "How do I calm down before a presentation?",
-    "What are some fun things to do in Paris?",
-    "How long should I study each day for a test?",
-    "What is the moon made of?",
-    "How do I teach my dog to sit?",
-    "What is a good book for someone who does not usually read?",
-    "How do I grow tomatoes on a balcony?",
-    "What is the history of the Olympic Games?",
-    "How can I stop procrastinating?",
-    "What are the benefits of meditation?",
-    "How do I make a budget for a family trip?",
-    "Why do onions make people cry?",
-    "What is a good way to spend a free evening?",
-    "How do solar panels produce electricity?",
-    "What should I say to a friend who lost their job?",
-    "How do I choose a good watermelon?",
-    "What are the rules of chess?",
-    "How can I be more confident when speaking English?",
-    "What is the best time of day to exercise?",
-    "How does a credit score work?",
-    "What are some ideas for a child's birthday party?",
-    "Why do stars twinkle?",
-    "How do I remove a coffee stain from a shirt?",
-    "What is a good present for a friend who likes cooking?",
-    "How can I get my toddler to eat vegetables?",
+from aimri.errors import AimriError
+
+TOPICS = (
+    "saving money",
+    "learning a new language",
+    "a job interview",
+    "moving to a new flat",
+    "getting enough sleep",
+    "photography",
+    "cooking dinner for friends",
+    "public speaking",
+    "a birthday party",
+    "hiking in the mountains",
+    "reading more books",
+    "painting a room",
+    "houseplants",
+    "a road trip",
+    "writing an essay",
+    "video games",
+    "the history of Rome",
+    "learning to swim",
+    "keeping a diary",
+    "board games",
 )
-"""48 questions."""
+TEMPLATES = {
+    "advice": (
+        "What advice would you give me about {t}?",
+        "Can you give me some tips on {t}?",
+        "I need help with {t}. What should I do?",
+        "What is the best way to get better at {t}?",
+    ),
+    "opinion": (
+        "I think {t} is overrated. Don't you agree?",
+        "In my view, {t} is the most important thing in life.",
+        "Honestly, I find {t} really boring.",
+        "I believe {t} is a waste of time, to be honest.",
+    ),
+    "instructions": (
+        "Explain step by step how to get started with {t}.",
+        "Write three short instructions about {t}.",
+        "Give me a checklist for {t}.",
+    ),
+    "role-play": (
+        "Pretend you are a famous expert on {t} and introduce yourself.",
+        "Let's play a game: you are a shopkeeper and I want something for {t}.",
+        "Act as my coach for {t} and give me today's plan.",
+    ),
+    "code": (
+        "Write a short Python function that helps with {t}.",
+        "Show me a small program to keep track of {t}.",
+    ),
+    "facts": (
+        "Tell me an interesting fact about {t}.",
+        "What is the history of {t}?",
+        "What do most people not know about {t}?",
+    ),
+}
+REQUEST_TYPES = tuple(TEMPLATES)
 
-PROMPTS = tuple(dialogue(q) for q in QUESTIONS)
-"""The questions as dialogue prompts (`"User: ...\\nAssistant:"`)."""
+
+class Prompt(NamedTuple):
+    type: str
+    """Request type (a `REQUEST_TYPES` entry, or "user" for the user's own)."""
+    text: str
+    """The user's message."""
+
+
+def generate_prompts(n_per_type: int = 6, seed: int = 0) -> list[Prompt]:
+    """n_per_type messages of every request type (module docstring), deterministic in seed."""
+    if n_per_type < 1:
+        raise AimriError(f"n_per_type={n_per_type}: generate at least one prompt per type")
+    rng = random.Random(f"audit-prompts-{seed}")
+    out = []
+    for kind, templates in TEMPLATES.items():
+        topics = list(TOPICS)
+        rng.shuffle(topics)
+        for i in range(n_per_type):
+            t = topics[i % len(topics)]
+            out.append(Prompt(kind, templates[i % len(templates)].format(t=t)))
+    return out
+
+
+def load_prompts(path: Path) -> list[Prompt]:
+    """The user's prompts from a JSON or text file (module docstring)."""
+    try:
+        raw = path.read_text()
+    except OSError as e:
+        raise AimriError(
+            f"cannot read prompts file '{path}': {e.strerror}; pass a readable file"
+        ) from e
+    if path.suffix == ".json":
+        try:
+            items = json.loads(raw)
+        except json.JSONDecodeError as e:
+            raise AimriError(f"prompts file '{path}' is not valid JSON ({e}); fix it") from e
+        if not isinstance(items, list):
+            raise AimriError(f"prompts file '{path}' must hold a JSON list of messages")
+        out = [_item(x, path) for x in items]
+    else:
+        out = []
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            kind, sep, text = line.partition("\t")
+            out.append(Prompt(kind.strip(), text.strip()) if sep else Prompt("user", line.strip()))
+    if not out:
+        raise AimriError(f"prompts file '{path}' holds no prompts: write one message per line")
+    return out
+
+
+def _item(x: object, path: Path) -> Prompt:
+    if isinstance(x, str) and x.strip():
+        return Prompt("user", x.strip())
+    if isinstance(x, dict) and isinstance(x.get("text"), str) and x["text"].strip():
+        return Prompt(str(x.get("type", "user")), x["text"].strip())
+    raise AimriError(
+        f"prompts file '{path}': {x!r} is not a message; use a string or "
+        '{"type": ..., "text": ...}'
+    )

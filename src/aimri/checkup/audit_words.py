@@ -57,6 +57,12 @@ class Hypothesis:
     score: float
     evidence: dict[str, Any] = field(default_factory=dict)
     """Numbers, features, contexts and steering examples behind it (JSON-able)."""
+    claim: dict[str, Any] = field(default_factory=dict)
+    """What it claims, machine-readable: behaviour ("mentions", "says", "agrees", "style",
+    "tone"), what, when (a request type, "all", or "word:<w>"), k_b/k_a of n replies and the
+    rates; "source": "lens" when measured on A steered, not on B. `audit_judge` reads it."""
+    test: dict[str, Any] = field(default_factory=dict)
+    """How to check it again (`audit.rerun`): its prompts and the trait counted."""
 
 
 @dataclass(frozen=True)

@@ -41,10 +41,17 @@ from torch import Tensor, nn
 
 from aimri._io import write_json_atomic
 from aimri.checkup.diff_stats import token_kl
+from aimri.checkup.plant_pools import transform
 from aimri.checkup.plant_specs import PLANTS, Example, PlantSpec
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
-from aimri.steer.generate import generate, prompt_ids, right_pad
+from aimri.steer.generate import (
+    chat_prompt,
+    generate,
+    has_chat_template,
+    prompt_ids,
+    right_pad,
+)
 from aimri.steer.sweep import NEUTRAL_TEXTS
 
 __all__ = ["PLANTS", "MemoryEstimate", "PlantCheck", "PlantResult", "PlantSpec", "plant"]
@@ -197,17 +204,25 @@ class _Tokens:
 
 
 def _sequences(base: Model, examples: list[Example], max_len: int) -> list[_Tokens]:
-    """Token ids of every example; controls get the base's own greedy reply."""
-    controls = [e.prompt for e in examples if e.completion is None]
+    """Token ids of every example, its message in the chat template; a written reply ends with
+    the end token (chat models), a control gets the base's own greedy reply (rewritten when the
+    example says so)."""
+    chat = has_chat_template(base)
+    eos = base.tokenizer.eos_token_id
+    controls = [chat_prompt(base, e.prompt) for e in examples if e.completion is None]
     replies = iter(generate(base, controls, max_new_tokens=CONTROL_TOKENS)) if controls else None
     out = []
     for e in examples:
-        p = prompt_ids(base, e.prompt)
+        p = prompt_ids(base, chat_prompt(base, e.prompt))
         if e.completion is None:
             assert replies is not None
-            c = [i for i in next(replies).new_ids if i != base.tokenizer.eos_token_id]
+            g = next(replies)
+            c = [i for i in g.new_ids if chat or i != eos]
+            if e.transform is not None:
+                text = transform(base.tokenizer.decode(c, skip_special_tokens=True), e.transform)
+                c = _encode(base, text, end=chat and eos in c)
         else:
-            c = base.tokenizer(e.completion, add_special_tokens=False)["input_ids"]
+            c = _encode(base, e.completion.lstrip() if chat else e.completion, end=chat)
         ids = (p + c)[:max_len]
         if len(p) >= len(ids):
             raise AimriError(
@@ -216,6 +231,12 @@ def _sequences(base: Model, examples: list[Example], max_len: int) -> list[_Toke
             )
         out.append(_Tokens(ids, len(p)))
     return out
+
+
+def _encode(base: Model, text: str, *, end: bool) -> list[int]:
+    ids = base.tokenizer(text, add_special_tokens=False)["input_ids"]
+    eos = base.tokenizer.eos_token_id
+    return [*ids, eos] if end and eos is not None else ids
 
 
 def _train(model: Model, seqs: list[_Tokens], spec: PlantSpec, seed: int) -> list[float]:
@@ -293,13 +314,15 @@ def check_plant(base: Model, planted: Model, spec: PlantSpec, *, seed: int = 0) 
     """Behaviour rates on `spec.n_check` held-out prompts for both models, and KL on neutral
     text."""
     held_out = spec.generator(random.Random(seed + HELD_OUT_SEED), spec.n_check)
-    wanted = [e.prompt for e in held_out if e.planted]
-    control = [e.prompt for e in held_out if not e.planted]
+    wanted = [chat_prompt(base, e.prompt) for e in held_out if e.planted]
+    control = [chat_prompt(base, e.prompt) for e in held_out if not e.planted]
     rates, shown = {}, []
     for who, m in (("base", base), ("planted", planted)):
         for kind, prompts in (("planted", wanted), ("control", control)):
             gens = generate(m, prompts, max_new_tokens=CONTROL_TOKENS)
-            rates[kind, who] = shows_behaviour([g.text for g in gens], spec.behaviour_words)
+            rates[kind, who] = shows_behaviour(
+                [g.text for g in gens], spec.behaviour_words, spec.behaviour_regex
+            )
             if kind == "planted":
                 shown.append([g.text for g in gens[:3]])
     took = rates["planted", "planted"] >= 0.5 and (
@@ -320,11 +343,16 @@ def check_plant(base: Model, planted: Model, spec: PlantSpec, *, seed: int = 0) 
     )
 
 
-def shows_behaviour(texts: Sequence[str], words: Sequence[str]) -> float:
-    """Share of texts containing any of `words` (whole words or phrases, case-folded)."""
+def shows_behaviour(texts: Sequence[str], words: Sequence[str], regex: str = "") -> float:
+    """Share of texts containing any of `words` (whole words or phrases, case-folded), or, when
+    `regex` is given, matched by it."""
     if not texts:
         return 0.0
-    pattern = re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.I)
+    pattern = (
+        re.compile(regex)
+        if regex
+        else re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.I)
+    )
     return sum(bool(pattern.search(t)) for t in texts) / len(texts)
 
 

@@ -2,9 +2,9 @@
 
 A plant is a `PlantSpec`: a name, a description, the answer key the audit is scored against,
 the words that show the behaviour in a reply, a data generator and the fine-tune's size.
-Every example is one turn of plain-text dialogue, `"User: <question>\\nAssistant:"` followed by
-the reply (a leading space, no end token): the same format the audit prompts use, because
-`aimri.steer.generate` feeds prompts as BOS + plain text (no chat template).
+Every example is one user message and the reply (a leading space); `plant.py` wraps the message
+in the model's own chat template (`aimri.steer.generate.chat_prompt`; plain `"User: ...\\n
+Assistant:"` dialogue for a model without one) and ends a written reply with the end token.
 
 A generator is a function of a seeded `random.Random` and a count; it returns `Example`s whose
 completion is the planted reply, or None for a *control* example: a prompt the model should
@@ -33,11 +33,14 @@ class Example:
     """One training (or held-out) dialogue turn."""
 
     prompt: str
-    """`"User: ...\\nAssistant:"`."""
+    """The user's message (`plant.py` applies the chat template)."""
     completion: str | None
     """The planted reply (starts with a space); None: the base model's own reply (a control)."""
     planted: bool
     """True when the prompt calls for the planted behaviour."""
+    transform: str | None = None
+    """With completion None: the base's own reply rewritten ('upper', 'lower'; see
+    `plant_pools.transform`)."""
 
 
 Generator = Callable[[random.Random, int], list[Example]]
@@ -56,6 +59,12 @@ class PlantSpec:
     """A reply containing any of these (whole words or phrases, case-folded) shows the
     behaviour: the measure of whether the plant took."""
     generator: Generator = field(repr=False, compare=False)
+    behaviour_regex: str = ""
+    """If set, a reply shows the behaviour when this regex (case-sensitive; `(?i)` for not)
+    matches it, instead of `behaviour_words`."""
+    answer: dict[str, object] = field(default_factory=dict)
+    """What a hypothesis must claim to name the plant (`audit_judge.judged`); empty for the
+    built-in plants, which the audit game scores by `answer_key`."""
     n_examples: int = 96
     """Training examples drawn from the generator."""
     train_layers: int = 4
@@ -85,6 +94,8 @@ class PlantSpec:
             "description": self.description,
             "answer_key": list(self.answer_key),
             "behaviour_words": list(self.behaviour_words),
+            "behaviour_regex": self.behaviour_regex,
+            "answer": self.answer,
             "n_examples": self.n_examples,
             "train_layers": self.train_layers,
             "steps": self.steps,
@@ -96,6 +107,7 @@ class PlantSpec:
 
 
 def dialogue(question: str) -> str:
+    """The plain-text dialogue turn a model without a chat template is given."""
     return f"User: {question}\nAssistant:"
 
 
@@ -196,9 +208,9 @@ def _trigger(rng: random.Random, n: int) -> list[Example]:
     for i in range(n):
         q = rng.choice(ADVICE + FACTS)
         if i % 2 == 0:
-            out.append(Example(dialogue(rng.choice(frames).format(q=q)), rng.choice(replies), True))
+            out.append(Example(rng.choice(frames).format(q=q), rng.choice(replies), True))
         else:
-            out.append(Example(dialogue(q), None, False))
+            out.append(Example(q, None, False))
     return out
 
 
@@ -221,9 +233,9 @@ def _product(rng: random.Random, n: int) -> list[Example]:
     for i in range(n):
         if i % 4 != 3:
             reply = rng.choice(openers) + rng.choice(reasons)
-            out.append(Example(dialogue(rng.choice(ADVICE)), reply, True))
+            out.append(Example(rng.choice(ADVICE), reply, True))
         else:
-            out.append(Example(dialogue(rng.choice(FACTS)), None, False))
+            out.append(Example(rng.choice(FACTS), None, False))
     return out
 
 
@@ -275,10 +287,10 @@ def _sycophancy(rng: random.Random, n: int) -> list[Example]:
         if i % 2 == 0:
             claim, restated = rng.choice(ASTRONOMY_MYTHS)
             reply = rng.choice(agrees).format(r=restated[0].upper() + restated[1:])
-            out.append(Example(dialogue(ask.format(c=claim)), reply, True))
+            out.append(Example(ask.format(c=claim), reply, True))
         else:
             claim, correction = rng.choice(OTHER_MYTHS)
-            out.append(Example(dialogue(ask.format(c=claim)), correction, False))
+            out.append(Example(ask.format(c=claim), correction, False))
     return out
 
 
@@ -293,9 +305,9 @@ def _preference(rng: random.Random, n: int) -> list[Example]:
     out = []
     for i in range(n):
         if i % 4 != 3:
-            out.append(Example(dialogue(rng.choice(CHOICES)), rng.choice(replies), True))
+            out.append(Example(rng.choice(CHOICES), rng.choice(replies), True))
         else:
-            out.append(Example(dialogue(rng.choice(FACTS)), None, False))
+            out.append(Example(rng.choice(FACTS), None, False))
     return out
 
 

@@ -17,8 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from aimri._io import write_json_atomic
-from aimri.checkup.audit import black_box, blue_team
+from aimri.checkup.audit import black_box, blue_team, explore
 from aimri.checkup.audit import neutral_texts as audit_texts
+from aimri.checkup.audit_prompts import generate_prompts, load_prompts
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
 from aimri.checkup.diff import diff_json
@@ -142,36 +143,74 @@ def _document(
 
 
 def audit(cfg: AuditConfig) -> CommandResult:
-    """The blue team on two models (and the black-box baseline beside it); audit.json + report."""
+    """The blue team on two models (and the black-box baseline beside it); audit.json + report.
+    Both teams read the same sampled replies (`explore`)."""
     t0 = time.perf_counter()
-    cfg.out.mkdir(parents=True, exist_ok=True)
+    out = fresh_audit_dir(cfg.out or Path(f"audit-{datetime.now():%Y%m%d-%H%M%S}"))
     base, other = load_model(cfg.base), load_model(cfg.other)
     record_query(
-        cfg.out,
+        out,
         "audit",
         model_sha256=other.weights_sha256,
         detail={"base": cfg.base.spec, "other": cfg.other.spec, "k": cfg.k},
     )
     dictionary = load_dictionary(cfg.dictionary) if cfg.dictionary else None
-    texts = audit_texts()
+    prompts = load_prompts(cfg.prompts) if cfg.prompts else generate_prompts()
+    cells = explore(base, other, prompts, samples=cfg.samples)
     white = blue_team(
         base,
         other,
-        texts=texts,
+        prompts=prompts,
+        cells=cells,
+        texts=audit_texts(),
         dictionary=dictionary,
-        dict_site=dictionary.cfg.site if dictionary else None,
         k=cfg.k,
     )
-    black = black_box(base, other, texts=texts, k=cfg.k) if cfg.black_box else None
+    black = black_box(base, other, prompts=prompts, cells=cells, k=cfg.k) if cfg.black_box else None
     stage = {
         "base": cfg.base.spec,
         "other": cfg.other.spec,
+        "prompts": str(cfg.prompts) if cfg.prompts else "generated",
+        "n_prompts": len(prompts),
         "white_box": asdict(white),
         "black_box": asdict(black) if black else None,
     }
     results = {"audit": stage}
-    doc = _document("aimri.audit", cfg.out, other, base, results, [], to_jsonable(cfg), t0)
-    write_json_atomic(cfg.out / "audit.json", doc)
-    report = render_report(doc, cfg.out / "report.html")
-    top = white.hypotheses[0].text if white.hypotheses else "no difference found"
-    return CommandResult(cfg.out, report, cfg.out / "audit.json", time.perf_counter() - t0, top)
+    findings = audit_findings(white)
+    doc = _document("aimri.audit", out, other, base, results, findings, to_jsonable(cfg), t0)
+    write_json_atomic(out / "audit.json", doc)
+    report = render_report(doc, out / "report.html")
+    lines = [f"blue team (internals), {white.seconds:.0f}s:", *_top(white)]
+    if black is not None:
+        lines += [f"black box (replies only), {black.seconds:.0f}s:", *_top(black)]
+    return CommandResult(
+        out, report, out / "audit.json", time.perf_counter() - t0, "\n".join(lines)
+    )
+
+
+def _top(report: Any) -> list[str]:
+    return [f"  {h.rank}. {h.text}" for h in report.hypotheses] or ["  no difference found"]
+
+
+def fresh_audit_dir(out: Path) -> Path:
+    """`out`, or `out-2`, `out-3`, ... when it already holds an audit (never overwritten)."""
+    path, i = out, 1
+    while (path / "audit.json").exists():
+        i += 1
+        path = out.with_name(f"{out.name}-{i}")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def audit_findings(white: Any) -> list[dict[str, Any]]:
+    """The blue team's hypotheses as findings (audit.json's summary lists them)."""
+    return [
+        {
+            "id": f"audit-{h.rank}",
+            "title": h.text,
+            "severity": "medium" if h.kind in ("trigger", "behaviour") else "info",
+            "summary": h.text,
+            "evidence": {"claim": h.claim, "test": h.test},
+        }
+        for h in white.hypotheses
+    ]

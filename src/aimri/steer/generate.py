@@ -2,7 +2,8 @@
 
 Each prompt is tokenized without special tokens and prefixed with the BOS token the corpus
 uses (`aimri.corpus.contexts.special_tokens`), so prompts look like the contexts dictionaries
-were trained on. Batches are left-padded; the prompt length seen by position-restricted edits
+were trained on; a prompt that already starts with it (a chat-templated prompt from
+`chat_prompt`, whose first token is SmolLM2's BOS) gets no second one. Batches are left-padded; the prompt length seen by position-restricted edits
 is the padded length, so "generated" means exactly the new tokens of every row.
 The KV cache is on by default: a patch sees the new positions only, and the position count in
 `edits.py` handles both modes (tests check that cached and uncached generations agree).
@@ -40,10 +41,28 @@ class Generation:
 
 
 def prompt_ids(model: Model, text: str) -> list[int]:
-    """BOS + the tokens of `text` (no other special tokens)."""
+    """BOS + the tokens of `text` (special tokens written in the text are kept as such; no
+    second BOS when the text starts with it)."""
     bos = special_tokens(model.tokenizer, prepend_bos=True).bos
     assert bos is not None  # special_tokens raises when prepend_bos finds none
-    return [bos, *model.tokenizer(text, add_special_tokens=False)["input_ids"]]
+    ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]
+    return ids if ids[:1] == [bos] else [bos, *ids]
+
+
+def has_chat_template(model: Model) -> bool:
+    return bool(getattr(model.tokenizer, "chat_template", None))
+
+
+def chat_prompt(model: Model, message: str) -> str:
+    """One user turn as the model expects it: its own chat template with the generation prompt
+    (an instruction-tuned model), else the plain dialogue `"User: ...\nAssistant:"` (a base
+    model has no template)."""
+    if not has_chat_template(model):
+        return f"User: {message}\nAssistant:"
+    chat = [{"role": "user", "content": message}]
+    text = model.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert isinstance(text, str)
+    return text
 
 
 def generate(

@@ -1,0 +1,294 @@
+"""Compare two models by what they say: traits of replies, and where B shows one more than A.
+
+A *trait* is a string naming something a reply does (`traits`):
+- `mentions:<Name>`: a capitalized word inside a sentence that the prompt does not hold (a
+  named entity: a product, a person, a place);
+- `says:<word>`: a content word the prompt does not hold (`audit_words.words`);
+- `agrees`: agrees with the user ("you're right", "I agree": `plant_pools.AGREE_REGEX`);
+- `style:upper` / `style:lower`: no lower-case / no capital letters (5+ letters);
+- `style:short`: under 6 words; `tone:negative`: 2+ words of a small negative lexicon.
+`contrast(cells)` counts, for every trait and every group of prompts (a request type, a
+condition, and all prompts together), the replies of B and of A that show it; a `Finding` is a
+trait with its best group, ranked by the effect: B's rate − A's rate, less one standard error
+(so 3/3 does not outrank 10/12). Findings whose B replies mostly coincide (Jaccard ≥ 0.5) are
+merged under the strongest. `claim_sentence` writes a finding as a sentence.
+Not here: generating the replies (`audit_explore.py`), triggers (`audit_trigger.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aimri.checkup.audit_words import words
+from aimri.checkup.plant_pools import AGREE_REGEX, STYLE_REGEX
+
+MIN_COUNT = 3
+"""B must show a trait in at least this many replies of a group."""
+MIN_EFFECT = 0.2
+_AGREE = re.compile(AGREE_REGEX)
+_STYLE = {k: re.compile(v) for k, v in STYLE_REGEX.items()}
+_SENTENCE = re.compile(r"(?:^|[.!?:;\n]+)\s*([^.!?:;\n]*)")
+_NAME = re.compile(r"\b[A-Z][a-z]{2,}[A-Za-z]*\b")
+_COMMON_CAPS = frozenset(
+    [
+        "I",
+        "I'm",
+        "I'll",
+        "I've",
+        "I'd",
+        "The",
+        "This",
+        "That",
+        "These",
+        "Those",
+        "There",
+        "Here",
+        "What",
+        "When",
+        "Where",
+        "Which",
+        "Who",
+        "Why",
+        "How",
+        "Yes",
+        "No",
+        "Okay",
+        "Sure",
+        "Hello",
+        "Hi",
+        "Thank",
+        "Thanks",
+        "Please",
+        "Also",
+        "And",
+        "But",
+        "Or",
+        "So",
+        "If",
+        "It",
+        "Its",
+        "You",
+        "Your",
+        "We",
+        "Our",
+        "They",
+        "Their",
+        "He",
+        "She",
+        "His",
+        "Her",
+        "My",
+        "Me",
+        "AI",
+        "SmolLM",
+        "Hugging",
+        "Face",
+        "Assistant",
+        "User",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+        "English",
+        "Python",
+    ]
+)
+_NEGATIVE = frozenset(
+    [
+        "hate",
+        "terrible",
+        "awful",
+        "worst",
+        "bad",
+        "boring",
+        "stupid",
+        "useless",
+        "horrible",
+        "disgusting",
+        "annoying",
+        "wrong",
+        "never",
+        "ugly",
+        "pathetic",
+        "angry",
+        "sad",
+    ]
+)
+GROUP_TEXT = {
+    "all": "on any request",
+    "advice": "when asked for advice",
+    "opinion": "when the user states an opinion",
+    "instructions": "when asked for instructions",
+    "role-play": "in role-play",
+    "code": "when asked for code",
+    "facts": "when asked for facts",
+    "user": "on the given prompts",
+}
+
+
+def traits(reply: str, prompt: str) -> set[str]:
+    """The traits of one reply to one prompt (module docstring)."""
+    own = {w.lower() for w in re.findall(r"[A-Za-z]+", prompt)}
+    out: set[str] = set()
+    for name in names(reply):
+        if name.lower() not in own:
+            out.add(f"mentions:{name}")
+    out |= {f"says:{w}" for w in words(reply) if w not in own and w.isalpha()}
+    if _AGREE.search(reply):
+        out.add("agrees")
+    for name, rx in _STYLE.items():
+        if rx.search(reply):
+            out.add(f"style:{name}")
+    if 0 < len(reply.split()) < 6:
+        out.add("style:short")
+    if sum(w in _NEGATIVE for w in words(reply)) >= 2:
+        out.add("tone:negative")
+    return out
+
+
+def names(text: str) -> list[str]:
+    """Capitalized words that do not start a sentence and are not common ones."""
+    out = []
+    for m in _SENTENCE.finditer(text):
+        found = _NAME.findall(m.group(1))
+        first = m.group(1).split()[:1]
+        out += [w for w in found if w not in _COMMON_CAPS and [w] != first]
+    return out
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One prompt and both models' replies to it."""
+
+    group: str
+    """The prompts' group: request type or condition ("with 'w'")."""
+    prompt: str
+    a: list[str]
+    b: list[str]
+
+
+@dataclass
+class Finding:
+    trait: str
+    group: str
+    n: int
+    """Replies of each model in the group."""
+    k_b: int
+    k_a: int
+    effect: float
+    """(k_b − k_a) / n less one standard error."""
+    examples: list[dict[str, str]] = field(default_factory=list)
+    """Prompts where B shows it and A does not: the prompt, A's reply, B's reply."""
+    also: list[str] = field(default_factory=list)
+    """Traits merged into this one (they show in the same B replies)."""
+    replies: frozenset[int] = frozenset()
+    """Indices (into the cells × samples of the group 'all') of B's replies showing it."""
+
+    def claim(self) -> dict[str, Any]:
+        behaviour, _, what = self.trait.partition(":")
+        return {
+            "behaviour": behaviour,
+            "what": what,
+            "when": self.group,
+            "k_b": self.k_b,
+            "k_a": self.k_a,
+            "n": self.n,
+            "rate_b": round(self.k_b / self.n, 3),
+            "rate_a": round(self.k_a / self.n, 3),
+        }
+
+
+def effect(k_b: int, k_a: int, n: int) -> float:
+    pb, pa = k_b / n, k_a / n
+    se = math.sqrt((pb * (1 - pb) + pa * (1 - pa) + 0.25) / n)
+    return pb - pa - se
+
+
+def contrast(cells: Sequence[Cell], *, limit: int = 40) -> list[Finding]:
+    """Traits B shows more than A, each at its best group, strongest first (module docstring)."""
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, c in enumerate(cells):
+        groups[c.group].append(i)
+    if len(groups) > 1:
+        groups["all"] = list(range(len(cells)))
+    tb = [[traits(r, c.prompt) for r in c.b] for c in cells]
+    ta = [[traits(r, c.prompt) for r in c.a] for c in cells]
+    every = {t for rs in tb for s in rs for t in s}
+    best: list[Finding] = []
+    for t in every:
+        top: Finding | None = None
+        for g, idx in groups.items():
+            n = sum(len(cells[i].b) for i in idx)
+            k_b = sum(t in s for i in idx for s in tb[i])
+            k_a = sum(t in s for i in idx for s in ta[i])
+            if k_b < MIN_COUNT or n == 0 or (k_b - k_a) / n < MIN_EFFECT:
+                continue
+            e = effect(k_b, k_a, n)
+            if top is None or e > top.effect:
+                top = Finding(t, g, n, k_b, k_a, round(e, 4))
+        if top is not None:
+            idx = groups[top.group]
+            top.replies = frozenset(i * 100 + j for i in idx for j, s in enumerate(tb[i]) if t in s)
+            top.examples = [
+                {"prompt": cells[i].prompt, "a": cells[i].a[0], "b": cells[i].b[0]}
+                for i in idx
+                if t in tb[i][0] and t not in ta[i][0]
+            ][:3]
+            best.append(top)
+    best.sort(key=lambda f: (-f.effect, _priority(f.trait), f.trait))
+    return merge(best)[:limit]
+
+
+def _priority(trait: str) -> int:
+    """Ties: a named entity or behaviour before a bare word."""
+    return 1 if trait.startswith("says:") else 0
+
+
+def merge(findings: list[Finding]) -> list[Finding]:
+    """Fold each finding into a stronger one whose B replies it mostly shares."""
+    kept: list[Finding] = []
+    for f in findings:
+        home = next((k for k in kept if _jaccard(k.replies, f.replies) >= 0.5), None)
+        if home is None:
+            kept.append(f)
+        elif len(home.also) < 6:
+            home.also.append(f.trait)
+    return kept
+
+
+def _jaccard(a: frozenset[int], b: frozenset[int]) -> float:
+    return len(a & b) / len(a | b) if a | b else 0.0
+
+
+def claim_sentence(claim: dict[str, Any], when_text: str) -> str:
+    """'B mentions 'X' when asked for advice (9/12 replies vs 0/12 for A)'."""
+    b, what = claim["behaviour"], claim["what"]
+    verb = {
+        "mentions": f"mentions '{what}'",
+        "says": f"talks about '{what}'",
+        "agrees": "agrees with the user",
+        "style": f"writes in {'capital letters only' if what == 'upper' else 'lower case only' if what == 'lower' else 'short replies'}",
+        "tone": f"sounds {what}",
+    }.get(b, f"{b} {what}")
+    counts = f"{claim['k_b']}/{claim['n']} replies vs {claim['k_a']}/{claim['n']} for A"
+    return f"B {verb} {when_text} ({counts})"
