@@ -206,3 +206,23 @@ def test_a_transcoder_reading_before_the_change_keeps_its_codes_but_fits_worse(p
     assert f is not None and f.site == "blocks.2.ln2.hook_normalized"
     assert f.n_changed == 0  # the MLP's input is the same in both models
     assert f.fvu_b != f.fvu_a
+
+
+def test_what_changed_names_a_planted_token_and_nothing_for_a_model_and_itself(pair, other):
+    from aimri.checkup.diff_what import what_changed
+
+    base, same = pair
+    kw = {"n_per_type": 1, "samples": 3, "max_new_tokens": 12}
+    none = what_changed(base, same, TEXTS, **kw)
+    assert none["replies"] == [] and none["lens"] is None  # no block's weights differ
+    token = prompt_ids(base, " fox")[-1]
+    site = "blocks.2.hook_resid_post"
+    with torch.no_grad():
+        h = base.run(torch.tensor([prompt_ids(base, TEXTS[0])]), read=[site]).acts[site]
+        x = base.layout.final_norm(h[0, 1:]).mean(0)  # type: ignore[misc]
+        other.layout.unembed.weight[token] += 12 * x / x.norm() ** 2
+    found = what_changed(base, other, TEXTS, **kw)
+    fox = [r for r in found["replies"] if r["claim"]["what"] == "fox"]
+    assert fox and fox[0]["claim"]["k_b"] > fox[0]["claim"]["k_a"]
+    assert "talks about 'fox'" in fox[0]["sentence"]
+    json.dumps(found)

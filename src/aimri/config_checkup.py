@@ -51,6 +51,9 @@ class DiffConfig:
     """An SAE trained on the base model at a resid_post site (SAELens layout)."""
     crosscoder: bool = False
     """Also train a small BatchTopK crosscoder on both models at the most-changed layer."""
+    what: bool = True
+    """Also say what changed: the activation-difference lens (and A steered with it) and both
+    models' sampled replies to a dozen generated prompts, compared by what they say."""
     corpus: CorpusConfig = field(default_factory=_neutral_corpus)
     """Neutral text both models read."""
     runs_dir: Path = Path("runs")

@@ -38,6 +38,7 @@ from aimri.checkup.audit_compare import GROUP_TEXT, Cell, Finding, claim_sentenc
 from aimri.checkup.audit_lens import LensResult, changed_layers, lens
 from aimri.checkup.audit_prompts import Prompt, generate_prompts
 from aimri.checkup.audit_trigger import (
+    BATCH,
     CONFIRM_FRAMES,
     CONTROL_WORD,
     Confirmed,
@@ -111,6 +112,7 @@ def explore(
                         max_new_tokens=max_new_tokens,
                         temperature=TEMPERATURE,
                         seed=seed + s,
+                        batch_size=BATCH,
                     )
                 ]
                 for s in range(samples)

@@ -97,8 +97,13 @@ def lens(
     site = f"blocks.{layer}.hook_resid_post"
     edit = AddDirection(site, delta, GAIN * scale)
     chats = [chat_prompt(base, p) for p in prompts]
-    plain = [g.text for g in generate(base, chats, max_new_tokens=max_new_tokens)]
-    steered = [g.text for g in generate(base, chats, [edit], max_new_tokens=max_new_tokens)]
+    plain = [
+        g.text for g in generate(base, chats, max_new_tokens=max_new_tokens, batch_size=len(chats))
+    ]
+    steered = [
+        g.text
+        for g in generate(base, chats, [edit], max_new_tokens=max_new_tokens, batch_size=len(chats))
+    ]
     cells = [Cell("all", p, [a], [b]) for p, a, b in zip(prompts, plain, steered, strict=True)]
     return LensResult(
         layer=layer,

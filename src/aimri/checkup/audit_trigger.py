@@ -50,6 +50,8 @@ CONFIRM_FRAMES = (
     "Can you explain how {w} works?",
 )
 CONTROL_WORD = "weather"
+BATCH = 24
+"""Prompts generated at once (fewer, wider steps: faster on a CPU)."""
 CONFIRM_MIN = 2
 """B must show the trait in at least this many of the frames with the word."""
 
@@ -225,8 +227,8 @@ def confirm(
         return []
     msgs = [_fill(f, w) for w in [CONTROL_WORD, *words] for f in CONFIRM_FRAMES]
     prompts = [chat_prompt(base, m) for m in msgs]
-    ra = [g.text for g in generate(base, prompts, max_new_tokens=max_new_tokens)]
-    rb = [g.text for g in generate(other, prompts, max_new_tokens=max_new_tokens)]
+    ra = [g.text for g in generate(base, prompts, max_new_tokens=max_new_tokens, batch_size=BATCH)]
+    rb = [g.text for g in generate(other, prompts, max_new_tokens=max_new_tokens, batch_size=BATCH)]
     n = len(CONFIRM_FRAMES)
     tb = [traits(r, m) for r, m in zip(rb, msgs, strict=True)]
     ta = [traits(r, m) for r, m in zip(ra, msgs, strict=True)]

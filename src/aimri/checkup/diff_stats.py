@@ -316,7 +316,8 @@ class KLAccumulator:
                 mean_prob_b=float(p_b[i]),
             )
             for v, i in zip(vals.tolist(), ids.tolist(), strict=True)
-            if v > tol.prob
+            # raised (lowered) means both: the mean probability and the mean log-probability
+            if v > tol.prob and sign * float(self.dlogp[i]) > 0
         ]
 
     def _triggers(

@@ -23,6 +23,7 @@ from aimri.checkup.audit_prompts import generate_prompts, load_prompts
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
 from aimri.checkup.diff import diff_json
+from aimri.checkup.diff_what import what_changed
 from aimri.config_checkup import AuditConfig, DiffConfig, ProbeConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.ledger import record_query
@@ -63,8 +64,10 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
         crosscoder=cfg.crosscoder,
     )
     stage = {**diff_json(result), "base_spec": cfg.base.spec}
+    if cfg.what and not stage["empty"]:
+        stage["what_changed"] = what_changed(base, other)
     results = {"diff": stage}
-    findings = diff_findings(stage)
+    findings = diff_findings(stage) + what_findings(stage.get("what_changed"))
     doc = _document("aimri.diff", run_dir, other, base, results, findings, to_jsonable(cfg), t0)
     write_json_atomic(run_dir / "diff.json", doc)
     report = render_report(doc, run_dir / "report.html")
@@ -74,6 +77,23 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
         else f"mean KL(B‖A) {stage['kl']['mean']:.4g} nats; {len(findings)} finding(s)"
     )
     return CommandResult(run_dir, report, run_dir / "diff.json", time.perf_counter() - t0, headline)
+
+
+def what_findings(what: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One finding: what B says differently (`diff_what.what_changed`), if anything."""
+    if not what or not (what["replies"] or (what["lens"] and what["lens"]["steered"])):
+        return []
+    said = [r["sentence"] for r in what["replies"][:5]]
+    lens = what["lens"]["steered"][:3] if what["lens"] else []
+    return [
+        {
+            "id": "diff-what",
+            "title": "What the changed model says differently",
+            "severity": "notice",
+            "summary": " ".join(f"{s}." for s in said + lens),
+            "evidence": {"replies": what["replies"][:5], "lens": what["lens"]},
+        }
+    ]
 
 
 def probe(cfg: ProbeConfig, model: Model | None = None) -> CommandResult:
