@@ -3,6 +3,8 @@ print what was written and what was found. Not here: any measurement."""
 
 from __future__ import annotations
 
+import re
+
 from aimri.config_checkup import AuditConfig, DiffConfig, MonitorConfig, PlantConfig, ProbeConfig
 from aimri.errors import AimriError
 
@@ -55,14 +57,18 @@ def dispatch_checkup(cfg: object) -> None:
 
 def _plant(cfg: PlantConfig) -> None:
     from aimri.checkup.plant import plant
+    from aimri.checkup.plant_pools import draw_plant
     from aimri.checkup.plant_specs import PLANTS
     from aimri.model.load import load_model
 
-    if cfg.plant not in PLANTS:
+    pool = re.fullmatch(r"(dev|held-out)-(\d+)", cfg.plant)
+    if cfg.plant not in PLANTS and pool is None:
         raise AimriError(
-            f"plant '{cfg.plant}' is unknown: the built-in plants are {', '.join(PLANTS)}"
+            f"plant '{cfg.plant}' is unknown: the built-in plants are {', '.join(PLANTS)}, "
+            "or draw one from the pools with 'dev-<i>' or 'held-out-<i>'"
         )
-    r = plant(load_model(cfg.model), PLANTS[cfg.plant], cfg.out, seed=cfg.seed)
+    spec = draw_plant(pool[1], int(pool[2])) if pool else PLANTS[cfg.plant]
+    r = plant(load_model(cfg.model), spec, cfg.out, seed=cfg.seed)
     c = r.check
     print(f"planted '{r.plant}' in {r.total_seconds:.0f}s ({r.trainable_params:,} weights trained)")
     print(f"loss {r.losses[0]:.3f} → {r.losses[-1]:.3f} nats per completion token")
