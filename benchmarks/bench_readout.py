@@ -36,10 +36,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    scan = json.loads((args.run / "scan.json").read_text())
-    dict_path = args.run / scan["stages"]["dictionary"]["path"]
+    run = json.loads((args.run / "run.json").read_text())  # written when the scan starts
+    dict_path = next((args.run / "dicts").glob("*/cfg.json")).parent
     d_sae = load_dictionary(dict_path).cfg.d_sae
-    model = load_model(ModelConfig(spec=scan["config"]["model"]["spec"], device="cpu"))
+    model = load_model(ModelConfig(spec=run["config"]["model"]["spec"], device="cpu"))
     sample = torch.randperm(d_sae, generator=torch.Generator().manual_seed(0))[: args.features]
     rows = []
     for split, seed in SPLITS.items():
