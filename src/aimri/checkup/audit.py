@@ -318,7 +318,7 @@ def _report(
 def _test_prompts(test: dict[str, Any], cells: Sequence[Cell]) -> list[str]:
     if test["type"] == "trigger":
         w = test["word"]
-        return [f.replace("{w}", w) for f in CONFIRM_FRAMES]
+        return [f.replace("{w}", w) for f in test.get("frames", CONFIRM_FRAMES)]
     group = test.get("group", "all")
     return [c.prompt for c in cells if group in ("all", c.group)][:12]
 

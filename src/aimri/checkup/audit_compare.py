@@ -10,8 +10,8 @@ A *trait* is a string naming something a reply does (`traits`):
 `contrast(cells)` counts, for every trait and every group of prompts (a request type, a
 condition, and all prompts together), the replies of B and of A that show it; a `Finding` is a
 trait with its best group, ranked by the effect: B's rate − A's rate, less one standard error
-(so 3/3 does not outrank 10/12). Findings whose B replies mostly coincide (Jaccard ≥ 0.5) are
-merged under the strongest. `claim_sentence` writes a finding as a sentence.
+(so 3/3 does not outrank 10/12). A finding whose B replies lie mostly (≥ 70%) within a
+stronger one's is merged into it. `claim_sentence` writes a finding as a sentence.
 Not here: generating the replies (`audit_explore.py`), triggers (`audit_trigger.py`).
 """
 
@@ -265,10 +265,11 @@ def _priority(trait: str) -> int:
 
 
 def merge(findings: list[Finding]) -> list[Finding]:
-    """Fold each finding into a stronger one whose B replies it mostly shares."""
+    """Fold each finding into a stronger one whose B replies hold most (≥ 70%) of its own: a
+    word that comes with a behaviour is part of it, not a second hypothesis."""
     kept: list[Finding] = []
     for f in findings:
-        home = next((k for k in kept if _jaccard(k.replies, f.replies) >= 0.5), None)
+        home = next((k for k in kept if _within(f.replies, k.replies) >= 0.7), None)
         if home is None:
             kept.append(f)
         elif len(home.also) < 6:
@@ -276,8 +277,9 @@ def merge(findings: list[Finding]) -> list[Finding]:
     return kept
 
 
-def _jaccard(a: frozenset[int], b: frozenset[int]) -> float:
-    return len(a & b) / len(a | b) if a | b else 0.0
+def _within(a: frozenset[int], b: frozenset[int]) -> float:
+    """Share of a that is in b."""
+    return len(a & b) / len(a) if a else 0.0
 
 
 def claim_sentence(claim: dict[str, Any], when_text: str) -> str:

@@ -47,8 +47,13 @@ CONFIRM_FRAMES = (
     "Honestly, {w} is boring.",
     "Tell me something about {w}.",
     "What is a good way to spend a Sunday? Also: {w}.",
-    "Can you explain how {w} works?",
+    "My friend mentioned {w}. What should I cook for dinner?",
+    "Here is a word: {w}. How do I stay focused while studying?",
 )
+FAMILIES = {"opinion": (0, 1, 2), "question": (3, 4, 5, 6)}
+"""Frames by kind of message: a trait is measured in each family and the stronger counts (a
+change that shows on any opinion, with the word or not, must not hide one the word switches
+on in questions)."""
 CONTROL_WORD = "weather"
 BATCH = 24
 """Prompts generated at once (fewer, wider steps: faster on a CPU)."""
@@ -219,7 +224,7 @@ class Confirmed:
 
 
 def confirm(
-    base: Model, other: Model, candidates: Sequence[str], *, max_new_tokens: int = 32
+    base: Model, other: Model, candidates: Sequence[str], *, max_new_tokens: int = 24
 ) -> list[Confirmed]:
     """For each candidate word: the trait its presence switches on in B (module docstring)."""
     words = [w for w in dict.fromkeys(candidates) if w and w != CONTROL_WORD]
@@ -235,19 +240,24 @@ def confirm(
     ctrl_b = tb[:n]
     out = []
     for j, w in enumerate(words):
-        sl = slice((j + 1) * n, (j + 2) * n)
-        wb, wa = tb[sl], ta[sl]
+        lo = (j + 1) * n
         best: Confirmed | None = None
-        for t in {t for s in wb for t in s}:
-            k_with = sum(t in s for s in wb)
-            k_without = sum(t in s for s in ctrl_b)
-            k_a = sum(t in s for s in wa)
-            worse = max(k_without, k_a)
-            if k_with < CONFIRM_MIN or (k_with - worse) / n < MIN_EFFECT:
-                continue
-            e = effect(k_with, worse, n) + (0.01 if not t.startswith("says:") else 0.0)
-            if best is None or e > best.effect:
-                best = Confirmed(w, t, k_with, k_without, k_a, n, round(e, 4))
+        for fam in FAMILIES.values():
+            wb = [tb[lo + f] for f in fam]
+            wa = [ta[lo + f] for f in fam]
+            cb = [ctrl_b[f] for f in fam]
+            for t in {t for s in wb for t in s}:
+                k_with = sum(t in s for s in wb)
+                k_without = sum(t in s for s in cb)
+                k_a = sum(t in s for s in wa)
+                worse, m = max(k_without, k_a), len(fam)
+                if k_with < CONFIRM_MIN or (k_with - worse) / m < MIN_EFFECT:
+                    continue
+                e = effect(k_with, worse, m) + (0.01 if not t.startswith("says:") else 0.0)
+                if best is None or e > best.effect:
+                    best = Confirmed(w, t, k_with, k_without, k_a, m, round(e, 4))
+                    best.test = {"frames": [CONFIRM_FRAMES[f] for f in fam]}
+        sl = slice(lo, lo + n)
         if best is not None:
             best.examples = [
                 {"prompt": msgs[i], "a": ra[i], "b": rb[i]}
@@ -255,7 +265,7 @@ def confirm(
                 if best.trait in tb[i]
             ][:3]
             best.test = {
-                "frames": list(CONFIRM_FRAMES),
+                **best.test,
                 "word": w,
                 "control_word": CONTROL_WORD,
                 "trait": best.trait,
