@@ -8,6 +8,7 @@ with strength); generation with the KV cache must equal generation without it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import json
@@ -451,9 +452,9 @@ def test_a_planted_concept_direction_beats_random_directions_and_a_random_one_do
     rand = random_directions(32, 40, seed=3)
     norm = 2 * site_norm(m, site, TEXTS)
     dirs = torch.cat([planted[None] / planted.norm(), rand])
-    effect = text_effect(m, site, norm * dirs, TEXTS, concept)
-    base = text_effect(m, site, torch.zeros(1, 32), TEXTS, concept)
-    rise = effect.concept_logprob - base.concept_logprob
+    effect = text_effect(m, site, norm * dirs, TEXTS, [concept])
+    base = text_effect(m, site, torch.zeros(1, 32), TEXTS, [concept])
+    rise = (effect.concept_logprob - base.concept_logprob)[:, 0]
     p95 = float(rise[21:].quantile(0.95))  # 20 random directions as the reference
     assert float(rise[0]) > p95 + 1.0
     held_out = rise[1:21]  # 20 other random directions: about 5% land beyond the reference
@@ -543,6 +544,43 @@ def test_steer_stage_clamps_adds_and_refuses_ambiguous_configs(
         steer(SteerConfig(**common), model=m)
     with pytest.raises(AimriError, match="needs --mode add"):
         steer(SteerConfig(direction=tmp_path / "v.safetensors", site=SITE, **common), model=m)
+
+
+def test_the_scan_stage_reports_a_verdict_or_why_there_is_none(
+    tiny_model, tiny_model_dir, tmp_path, monkeypatch
+):
+    import aimri.scanner.steering as stage
+    import aimri.steer.golden_gate as golden_gate
+    from aimri.config import CorpusConfig, ModelConfig, ScanConfig
+    from aimri.dicts.formats import save_dictionary
+    from aimri.scanner.findings import findings_from
+    from aimri.scanner.summary import summary_from
+
+    m = tiny_model("llama")
+    save_dictionary(sae(), tmp_path / "sae")
+    monkeypatch.setattr(stage, "N_TOKENS", 1024)
+    monkeypatch.setattr(stage, "load_embedder", HashEmbedder)
+    cfg = ScanConfig(
+        model=ModelConfig(spec=str(tiny_model_dir("llama")), device="cpu"),
+        corpus=CorpusConfig(ctx_len=32, max_tokens=1024),
+    )
+    results = {"dictionary": {"path": str(tmp_path / "sae")}}
+    none = stage.steering_stage(cfg, m, tmp_path, results)  # a random model: no concept
+    assert "no concrete-concept feature" in none["skipped"] and none["n_sinks"] >= 32
+    planted = [Candidate(f, ["the", "quick"], 1e-3, 1.0, 1.0, 0.5) for f in range(16)]
+    monkeypatch.setattr(stage, "concept_candidates", lambda *a, **k: planted)
+    monkeypatch.setattr(stage, "choose", functools.partial(stage.choose, n=3))
+    monkeypatch.setattr(golden_gate, "MAX_NEW_TOKENS", 6)
+    monkeypatch.setattr(stage, "demonstrate", functools.partial(stage.demonstrate, n_random=5))
+    r = json.loads(json.dumps(stage.steering_stage(cfg, m, tmp_path, results)))
+    assert r["feature"] in range(16) and [row["strength"] for row in r["rows"]] == [
+        0.25, 0.5, 0.75
+    ]  # fmt: skip
+    assert r["unit"] > 0 and r["verdict"].startswith(("Demonstrated", "No demonstration"))
+    assert all(len(row["generations"]) == 4 for row in r["rows"])
+    found = [f for f in findings_from({"steering": r}) if f["id"] == "steering-demonstration"]
+    assert found and found[0]["summary"] == r["verdict"]
+    assert summary_from({"steering": r}, found)["checked"][0]["stage"] == "steering"
 
 
 # --- end to end on the real model ---------------------------------------------------------

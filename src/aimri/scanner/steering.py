@@ -14,6 +14,8 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from aimri.store.manifest import read_manifest
 from aimri.store.reader import ActivationStore, forward_batches
 from aimri.store.sinks import find_sinks, model_special_ids
 
+log = logging.getLogger(__name__)
 N_TOKENS = 32_768
 """Tokens of the cheap pass over every feature."""
 N_PROBE = 48
@@ -57,12 +60,15 @@ def steering_stage(
     if dictionary.cfg.transcoder:
         return {"skipped": "the scan's dictionary is a transcoder; steering needs an SAE"}
     site = dictionary.cfg.site
+    t = time.perf_counter()
     xs, ids, n_sinks = _ordinary_tokens(cfg, model, run_dir, site)
     unit = float(xs.norm(dim=-1).median())
     tops = top_tokens(dictionary, _chunks(ids, xs))
     embedder = load_embedder()
     candidates = concept_candidates(tops, model.tokenizer.decode, embedder)
+    t = _lap(t, f"{len(candidates)} concept candidates among {dictionary.cfg.d_sae} features")
     probed = probe(model, site, dictionary, candidates[:N_PROBE], unit, seed=cfg.corpus.seed)
+    t = _lap(t, f"{len(probed)} of {min(len(candidates), N_PROBE)} probed candidates kept")
     scanned = {
         "site": site,
         "n_tokens": len(ids),
@@ -167,37 +173,38 @@ def _best(ms: list[Measures]) -> Measures:
 def _ordinary_tokens(
     cfg: ScanConfig, model: Model, run_dir: Path, site: str
 ) -> tuple[Tensor, Tensor, int]:
-    """([n, d] activations, [n] token ids, sinks left out) of up to N_TOKENS ordinary tokens:
-    the dictionary's training store when the scan made one, else the corpus on the fly."""
+    """([n, d] activations, [n] token ids, sinks left out) of the ordinary tokens of about
+    N_TOKENS tokens' worth of whole contexts: a seeded sample of the dictionary's training store
+    when the scan made one, else the corpus on the fly."""
     store = _dict_store(run_dir, site)
-    chunks: Iterator[tuple[Tensor, Tensor, Tensor]]
     if store is not None:
         special = store.special_ids
-        chunks = (
+        parts = [
             (store.load("tokens", i).long(), store.load("positions", i), store.load(site, i))
             for i in range(store.n_shards)
-        )
+        ]
     else:
         special = model_special_ids(model.tokenizer, cfg.corpus.prepend_bos)
         corpus = dataclasses.replace(cfg.corpus, max_tokens=N_TOKENS)
-        chunks = (
+        parts = [
             (b.tokens.long(), torch.arange(len(b.tokens)) % corpus.ctx_len, b.acts[site].cpu())
             for b in forward_batches(model, corpus, [site], batch_size=cfg.batch_size)
-        )
-    xs: list[Tensor] = []
-    ids: list[Tensor] = []
-    n, n_sinks = 0, 0
-    for tokens, positions, x in chunks:
-        keep = min(len(tokens), N_TOKENS - n)
-        tokens, positions, x = tokens[:keep], positions[:keep], x[:keep].float()
-        sink = find_sinks(tokens, positions, [x], special).sink
-        xs.append(x[~sink])
-        ids.append(tokens[~sink])
-        n += keep
-        n_sinks += int(sink.sum())
-        if n >= N_TOKENS:
-            break
-    return torch.cat(xs), torch.cat(ids), n_sinks
+        ]
+    tokens, positions, x = (torch.cat(p) for p in zip(*parts, strict=True))
+    context = torch.cumsum(positions == 0, 0) - 1  # [N] which context each token is in
+    n_ctx = int(context.max()) + 1
+    g = torch.Generator().manual_seed(cfg.corpus.seed)
+    take = torch.randperm(n_ctx, generator=g)[: max(1, N_TOKENS * n_ctx // len(tokens))]
+    keep = torch.isin(context, take)
+    tokens, positions, x = tokens[keep], positions[keep], x[keep].float()
+    sink = find_sinks(tokens, positions, [x], special).sink
+    return x[~sink], tokens[~sink], int(sink.sum())
+
+
+def _lap(t: float, what: str) -> float:
+    now = time.perf_counter()
+    log.info("steering: %s (%.1fs)", what, now - t)
+    return now
 
 
 def _dict_store(run_dir: Path, site: str) -> ActivationStore | None:

@@ -5,9 +5,10 @@ of the same norm does. This module adds one vector per batch row (`AddRows`), so
 decoder direction, random unit directions and residual-stream neurons (one-hot directions), all
 scaled to the same norm, run in one batched forward pass or one batched generation. For each
 direction it measures:
-- `concept_logprob`: log of the mean probability (over the texts' positions, BOS excluded) that
-  the model's next token is one of the concept's tokens, teacher-forced on fixed texts, with
-  the vector added at every position: the model's own probability of saying the concept;
+- `text_effect`: teacher-forced on fixed texts, with the vector added at every position, the
+  log of the mean probability (over the texts' positions, BOS excluded) that the next token is
+  one of a concept's tokens (the model's own probability of saying the concept), and the NLL
+  of the texts' own next tokens (what the vector costs);
 - from generations (greedy, the vector added at every position): the text of each
   continuation and its share of distinct tokens (`distinct_share`).
 Not here: choosing the feature and the verdict (`golden_gate.py`), single edits (`edits.py`).
@@ -67,17 +68,22 @@ def aligned_neurons(direction: Tensor, n: int) -> Tensor:
 
 class TextEffect(NamedTuple):
     concept_logprob: Tensor
-    """[R] log of the mean probability that the next token is one of the concept's tokens."""
+    """[R, K] log of the mean probability that the next token is one of concept k's tokens."""
     nll: Tensor
     """[R] mean negative log-likelihood of the texts' own next tokens (the damage)."""
 
 
 @torch.no_grad()
 def text_effect(
-    model: Model, site: str, deltas: Tensor, texts: Sequence[str], concept_ids: Sequence[int]
+    model: Model,
+    site: str,
+    deltas: Tensor,
+    texts: Sequence[str],
+    concepts: Sequence[Sequence[int]],
 ) -> TextEffect:
     """For each added vector in `deltas` [R, d_model], teacher-forced on `texts` (means over
-    their real positions but BOS): the concept's log-probability and the texts' NLL."""
+    their real positions but BOS): each concept's log-probability (`concepts`: K lists of
+    token ids) and the texts' NLL."""
     padded = right_pad([prompt_ids(model, t) for t in texts])
     ids, real = padded.ids, padded.mask.bool()
     real[:, 0] = False
@@ -87,19 +93,18 @@ def text_effect(
     scored[:, -1] = False
     scored[:, :-1] &= real[:, 1:]  # a position is scored when its next token is real
     per_chunk = max(1, CHUNK_TOKENS // (n * T))
-    cids = torch.tensor(list(concept_ids), dtype=torch.long)
-    lp: list[float] = []
+    lp: list[list[float]] = []
     nll: list[float] = []
     for i in range(0, len(deltas), per_chunk):
         rows = deltas[i : i + per_chunk].repeat_interleave(n, 0)  # [r * n, d]
         logits = _run(model, ids.repeat(len(rows) // n, 1), AddRows(site, rows))
-        logp = logits.float().log_softmax(-1).cpu()  # [r * n, T, V]
-        concept = logp[..., cids].logsumexp(-1).exp().view(-1, n, T)
-        own = logp.gather(-1, target.repeat(len(rows) // n, 1)[..., None])[..., 0].view(-1, n, T)
-        for c, o in zip(concept, own, strict=True):
-            lp.append(math.log(max(float(c[real].mean()), 1e-30)))
-            nll.append(-float(o[scored].mean()))
-    return TextEffect(torch.tensor(lp), torch.tensor(nll))
+        logp = logits.float().log_softmax(-1).cpu().view(-1, n, T, logits.shape[-1])
+        own = logp.gather(-1, target.expand(len(logp), n, T)[..., None])[..., 0]  # [r, n, T]
+        nll += [-float(o[scored].mean()) for o in own]
+        for lp_j in logp:
+            p = [lp_j[..., list(c)].logsumexp(-1).exp()[real].mean() for c in concepts]
+            lp.append([math.log(max(float(v), 1e-30)) for v in p])
+    return TextEffect(torch.tensor(lp).view(len(deltas), len(concepts)), torch.tensor(nll))
 
 
 def _run(model: Model, ids: Tensor, edit: AddRows) -> Tensor:

@@ -7,8 +7,8 @@ Steps (each a function, the scan's steering stage runs them in order):
    median norm of ordinary tokens at the site, sinks left out) on fixed neutral texts; the rise
    of the model's log-probability of the candidate's own concept tokens ranks them, and
    candidates that damage the text (NLL) more than the median random direction at the same norm
-   are dropped. `choose` then generates from `SELECT_PROMPTS` with the best few and keeps the
-   one whose generations mention its concept most at a fluent strength (prompts that are not
+   are dropped. `choose` then generates from `SELECT_PROMPTS` with the best 8 and keeps the
+   one whose generations mention its concept most where they stay varied (prompts that are not
    the ones the demonstration is judged on, so the choice does not flatter the verdict).
 3. `demonstrate`: the chosen direction, `N_RANDOM` random unit directions and the `N_NEURONS`
    residual-stream neurons most aligned with it, every one added at the same norm (strength ×
@@ -51,14 +51,16 @@ UNRELATED_PROMPTS = (
 """Where the demonstration is judged: everyday openings unrelated to any feature."""
 SELECT_PROMPTS = ("The weather was mild, and", "She opened the window and")
 """Where the candidate is chosen (not the prompts it is judged on)."""
-STRENGTHS = (0.25, 0.5, 1.0, 2.0)
-"""Norm of the added vector in units of the site's median ordinary-token norm."""
+STRENGTHS = (0.25, 0.5, 0.75)
+"""Norm of the added vector in units of the site's median ordinary-token norm (on SmolLM2 at
+layer 15, random directions at 1 × already turn greedy text into repetition)."""
 PROBE_STRENGTH = 0.5
+CHOOSE_STRENGTHS = (0.5, 0.75)
 N_RANDOM = 19
 N_NEURONS = 4
 FLUENT_DISTINCT = 0.75
 FLUENT_PPL = 3.0
-MAX_NEW_TOKENS = 20
+MAX_NEW_TOKENS = 16
 
 
 @dataclass(frozen=True)
@@ -141,23 +143,25 @@ def probe(
 ) -> list[Probed]:
     """Candidates whose direction raises their own concept tokens on `texts` without more
     damage than the median random direction at the same norm, largest rise first."""
+    if not candidates:
+        return []
     W = dictionary.W_dec.detach().float().cpu()
     dirs = torch.stack([W[c.index] / W[c.index].norm() for c in candidates])
     rand = random_directions(W.shape[1], n_random, seed)
     scale = PROBE_STRENGTH * unit
     zero = torch.zeros(1, W.shape[1])
-    damage = text_effect(model, site, torch.cat([zero, scale * dirs, scale * rand]), texts, [0])
-    base_nll = float(damage.nll[0])
-    limit = float(damage.nll[1 + len(dirs) :].median()) - base_nll
+    ids = [concept_token_ids(model.tokenizer, c.words[:6]) for c in candidates]
+    concepts = [i or [0] for i in ids]
+    clean = text_effect(model, site, zero, texts, concepts)
+    edited = text_effect(model, site, torch.cat([scale * rand, scale * dirs]), texts, concepts)
+    hurt = edited.nll - clean.nll[0]  # [n_random + n_candidates]
+    limit = float(hurt[: len(rand)].median())
     out = []
     for j, c in enumerate(candidates):
-        hurt = float(damage.nll[1 + j]) - base_nll
-        ids = concept_token_ids(model.tokenizer, c.words[:6])
-        if hurt > limit or not ids:
-            continue
-        lp = text_effect(model, site, torch.stack([zero[0], scale * dirs[j]]), texts, ids)
-        rise = float(lp.concept_logprob[1] - lp.concept_logprob[0])
-        out.append(Probed(c, ids, rise, hurt))
+        rise = float(edited.concept_logprob[len(rand) + j, j] - clean.concept_logprob[0, j])
+        damage = float(hurt[len(rand) + j])
+        if ids[j] and damage <= limit:
+            out.append(Probed(c, ids[j], rise, damage))
     return sorted(out, key=lambda p: (-p.rise, p.candidate.index))
 
 
@@ -168,16 +172,16 @@ def choose(
     probed: Sequence[Probed],
     unit: float,
     *,
-    n: int = 4,
+    n: int = 8,
     prompts: Sequence[str] = SELECT_PROMPTS,
 ) -> Probed:
     """Of the `n` best probed, the one whose generations on `prompts` say its concept most
-    at `PROBE_STRENGTH` and 2 × it (ties: the larger probe rise)."""
+    at `CHOOSE_STRENGTHS` where they stay varied (ties: the larger probe rise)."""
     W = dictionary.W_dec.detach().float().cpu()
     best = probed[:n]
     dirs = torch.stack([W[p.candidate.index] / W[p.candidate.index].norm() for p in best])
     said = torch.zeros(len(best))
-    for s in (PROBE_STRENGTH, 2 * PROBE_STRENGTH):
+    for s in CHOOSE_STRENGTHS:
         gens = generate_rows(model, site, s * unit * dirs, prompts, MAX_NEW_TOKENS)
         for j, (p, g) in enumerate(zip(best, gens, strict=True)):
             if distinct_share(g) >= 0.5:
@@ -215,7 +219,8 @@ def demonstrate(
     concept_vec = embedder.embed([concept])[0].float()
     words = c.words[:6]
     zero = torch.zeros(1, len(direction))
-    base_lp = float(text_effect(model, site, zero, prompts, chosen.concept_ids).concept_logprob[0])
+    concepts = [chosen.concept_ids]
+    base_lp = float(text_effect(model, site, zero, prompts, concepts).concept_logprob[0, 0])
     base_gens = generate_rows(model, site, zero, prompts, MAX_NEW_TOKENS)[0]
     base_sim = _similarity(embedder, base_gens, concept_vec)
     base_ppl = continuation_perplexity(model, base_gens)
@@ -223,7 +228,7 @@ def demonstrate(
     rows = []
     for s in strengths:
         deltas = s * unit * dirs
-        lp = text_effect(model, site, deltas, prompts, chosen.concept_ids).concept_logprob - base_lp
+        lp = text_effect(model, site, deltas, prompts, concepts).concept_logprob[:, 0] - base_lp
         gens = generate_rows(model, site, deltas, prompts, MAX_NEW_TOKENS)
         m = [
             Measures(
