@@ -111,18 +111,24 @@ def verdict(demo: Demonstration) -> str:
             f"Demonstrated: at {at:g} × the unit, feature #{demo.feature}'s generations turn to "
             f"“{demo.concept}” beyond 95% of random directions of the same norm, and stay fluent."
         )
+    head = f"No demonstration with feature #{demo.feature} (“{demo.concept}”)"
+    visible = [r for r in demo.rows if r.beyond_random and r.feature.mentions >= 0.5]
+    if visible:
+        r = visible[0]
+        return (
+            f"{head}: its generations turn to the concept beyond random directions only at "
+            f"{r.strength:g} × the unit, where the text is no longer fluent (distinct tokens "
+            f"{r.feature.distinct:.2f} against {demo.baseline.distinct:.2f} unsteered, "
+            f"perplexity {r.perplexity:.1f} against {demo.baseline_perplexity:.1f})."
+        )
     fluent = [r for r in demo.rows if r.fluent]
-    beyond = [r for r in fluent if r.beyond_random]
     if not fluent:
         why = "at every strength tried the text stopped being fluent"
-    elif not beyond:
-        why = "where the text stays fluent, the concept did not rise beyond random directions"
+    elif not any(r.beyond_random for r in fluent):
+        why = "where the text stays fluent, the concept does not rise beyond random directions"
     else:
-        why = (
-            "where the text stays fluent and the concept's probability rises beyond random, "
-            "fewer than half the generations say the concept"
-        )
-    return f"No demonstration: {why} (feature #{demo.feature}, “{demo.concept}”)."
+        why = "fewer than half the generations say the concept wherever it rises beyond random"
+    return f"{head}: {why}."
 
 
 def _demonstration_json(demo: Demonstration) -> dict[str, Any]:
