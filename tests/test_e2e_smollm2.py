@@ -95,7 +95,11 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
     assert feats["sampled"] == 48 and len(feats["features"]) == 48
     assert (r.run_dir / feats["catalog"]).is_file()
     scored = {(row["explainer"], row["scorer"]) for row in feats["summary"]}
-    assert {("tokens", "rule"), ("tokens", "embedding"), ("logits", "embedding")} <= scored
+    assert {("tokens", "simulation"), ("tokens", "rule"), ("logits", "simulation")} <= scored
+    headline = [
+        r for r in feats["summary"] if (r["explainer"], r["scorer"]) == ("tokens", "simulation")
+    ]
+    assert len(headline) == 3 and all(r["n"] > 0 for r in headline)  # sae, neurons, random
     for row in feats["summary"]:
         assert 0 <= row["frac_above"] <= 1 and row["n"] > 0
     steering = doc["stages"]["steering"]

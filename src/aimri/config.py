@@ -136,8 +136,9 @@ class ScanConfig:
     n_features: int = 256
     """Dictionary features to describe (a seeded random sample), label and score."""
     labeler: Literal["offline", "llm"] = "offline"
-    """`offline`: token and logit explainers scored by sentence embeddings; `llm`: also an LLM
-    explainer and detection scoring through --llm.* (an OpenAI-compatible or Anthropic API)."""
+    """`offline`: token and logit explainers scored by simulation (and the token rule); `llm`:
+    also an LLM explainer, simulated and judged (detection) through --llm.* (an
+    OpenAI-compatible or Anthropic API)."""
     steer: bool = True
     """Demonstrate steering: clamp a concrete-concept feature and measure the drift."""
     llm: LLMConfig = field(default_factory=lambda: LLMConfig())

@@ -26,6 +26,10 @@ from aimri.store.manifest import read_manifest
 from aimri.store.reader import ActivationStore
 
 CATALOG = Path("features") / "catalog.sqlite"
+SCAN_SCORERS = ("simulation", "rule")
+"""Simulation is the headline; `rule` is the cheap token check beside it. The `embedding`
+scorer (`aimri features describe --scorers embedding`) is left out of the scan for time: it
+embeds every example window and was the stage's largest cost."""
 
 
 def features_stage(
@@ -42,9 +46,7 @@ def features_stage(
         out=run_dir / CATALOG,
         model=cfg.model,
         explainers=("tokens", "logits", "llm") if llm else ("tokens", "logits"),
-        scorers=("simulation", "rule", "embedding", "detection")
-        if llm
-        else ("simulation", "rule", "embedding"),
+        scorers=(*SCAN_SCORERS, "detection") if llm else SCAN_SCORERS,
         n_baseline=min(64, cfg.n_features),
         llm=cfg.llm,
         seed=cfg.corpus.seed,
