@@ -210,13 +210,16 @@ _METHODS: dict[str, Any] = {
     ),
     "dictionary": lambda r, c: (
         "sparse dictionary",
-        "TopK SAE; FVU, L0, CE loss spliced in, against PCA and random",
+        "TopK SAE; FVU, L0, CE loss spliced in, against PCA and random; attention sinks and "
+        "massive activations left out (their FVU shown apart)",
         f"site {r['site']}, {c.get('dict_tokens')} tokens",
     ),
     "features": lambda r, c: (
         "feature labels",
-        "token and logit explainers, scored on held-out text against "
-        "shuffled labels; neurons and random directions as baselines",
+        "token and logit explainers, scored by simulation (pooled Pearson r of predicted vs "
+        "real per-token activations on held-out top, decile and random windows) and a token "
+        "rule, against shuffled labels; neurons and random directions as baselines; sinks "
+        "left out",
         f"{r['sampled']} sampled features, labeler {c.get('labeler')}",
     ),
     "steering": lambda r, c: (
