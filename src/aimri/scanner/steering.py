@@ -185,10 +185,14 @@ def _ordinary_tokens(
     store = _dict_store(run_dir, site)
     if store is not None:
         special = store.special_ids
-        parts = [
-            (store.load("tokens", i).long(), store.load("positions", i), store.load(site, i))
-            for i in range(store.n_shards)
-        ]
+        parts, n = [], 0
+        for i in range(store.n_shards):  # shards in order, until 4 × N_TOKENS to sample from
+            parts.append(
+                (store.load("tokens", i).long(), store.load("positions", i), store.load(site, i))
+            )
+            n += len(parts[-1][0])
+            if n >= 4 * N_TOKENS:
+                break
     else:
         special = model_special_ids(model.tokenizer, cfg.corpus.prepend_bos)
         corpus = dataclasses.replace(cfg.corpus, max_tokens=N_TOKENS)
