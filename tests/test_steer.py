@@ -485,7 +485,10 @@ def generate_stub(text):
     return Generation("p", text, [0], [1])
 
 
-def test_demonstrate_measures_the_feature_neurons_and_random_directions(tiny_model):
+def test_demonstrate_measures_the_feature_neurons_and_random_directions(tiny_model, monkeypatch):
+    import aimri.steer.golden_gate as golden_gate
+
+    monkeypatch.setattr(golden_gate, "MAX_NEW_TOKENS", 6)
     m = tiny_model("llama")
     d = sae()
     words = ["the", "quick"]
@@ -493,11 +496,11 @@ def test_demonstrate_measures_the_feature_neurons_and_random_directions(tiny_mod
     probed = Probed(cand, concept_token_ids(m.tokenizer, words), 1.0, 0.0)
     norm = site_norm(m, SITE, TEXTS)
     demo = demonstrate(
-        m, SITE, d, probed, norm, embedder=HashEmbedder(), strengths=(0.0, 1.0), n_random=5,
+        m, SITE, d, probed, norm, embedder=HashEmbedder(), strengths=(0.0, 1.0), n_random=3,
         n_neurons=2, prompts=TEXTS[:2],
     )  # fmt: skip
     zero, one = demo.rows
-    assert [len(r.random) for r in demo.rows] == [5, 5] and len(one.neurons) == 2
+    assert [len(r.random) for r in demo.rows] == [3, 3] and len(one.neurons) == 2
     assert zero.feature.logprob_rise == pytest.approx(0.0, abs=1e-6)
     assert zero.feature.similarity_rise == pytest.approx(0.0, abs=1e-6)
     assert [g.text for g in zero.generations] == [g.text for g in demo.baseline_generations]
@@ -560,20 +563,21 @@ def test_the_scan_stage_reports_a_verdict_or_why_there_is_none(
     save_dictionary(sae(), tmp_path / "sae")
     monkeypatch.setattr(stage, "N_TOKENS", 1024)
     monkeypatch.setattr(stage, "load_embedder", HashEmbedder)
+    (tmp_path / "corpus.txt").write_text("\n\n".join(TEXTS * 40))
     cfg = ScanConfig(
         model=ModelConfig(spec=str(tiny_model_dir("llama")), device="cpu"),
-        corpus=CorpusConfig(ctx_len=32, max_tokens=1024),
+        corpus=CorpusConfig(source=str(tmp_path / "corpus.txt"), ctx_len=32, max_tokens=1024),
     )
     results = {"dictionary": {"path": str(tmp_path / "sae")}}
     none = stage.steering_stage(cfg, m, tmp_path, results)  # a random model: no concept
     assert "no concrete-concept feature" in none["skipped"] and none["n_sinks"] >= 32
-    planted = [Candidate(f, ["the", "quick"], 1e-3, 1.0, 1.0, 0.5) for f in range(16)]
+    planted = [Candidate(f, ["the", "quick"], 1e-3, 1.0, 1.0, 0.5) for f in range(12)]
     monkeypatch.setattr(stage, "concept_candidates", lambda *a, **k: planted)
-    monkeypatch.setattr(stage, "choose", functools.partial(stage.choose, n=3))
-    monkeypatch.setattr(golden_gate, "MAX_NEW_TOKENS", 6)
-    monkeypatch.setattr(stage, "demonstrate", functools.partial(stage.demonstrate, n_random=5))
+    monkeypatch.setattr(stage, "choose", functools.partial(stage.choose, n=2))
+    monkeypatch.setattr(golden_gate, "MAX_NEW_TOKENS", 4)
+    monkeypatch.setattr(stage, "demonstrate", functools.partial(stage.demonstrate, n_random=3))
     r = json.loads(json.dumps(stage.steering_stage(cfg, m, tmp_path, results)))
-    assert r["feature"] in range(16) and [row["strength"] for row in r["rows"]] == [
+    assert r["feature"] in range(12) and [row["strength"] for row in r["rows"]] == [
         0.25, 0.5, 0.75
     ]  # fmt: skip
     assert r["unit"] > 0 and r["verdict"].startswith(("Demonstrated", "No demonstration"))
