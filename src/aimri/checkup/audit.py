@@ -40,7 +40,6 @@ from aimri.checkup.audit_prompts import Prompt, generate_prompts
 from aimri.checkup.audit_trigger import (
     BATCH,
     CONFIRM_FRAMES,
-    CONTROL_WORD,
     Confirmed,
     confirm,
     screen,
@@ -245,7 +244,7 @@ def _trigger_candidates(confirmed: list[Confirmed]) -> list[dict[str, Any]]:
         verb = claim_sentence(claim, "").split(" (")[0].removeprefix("B ").strip()
         text = (
             f"When the user's message contains '{c.word}', B {verb} ({c.k_with}/{c.n} "
-            f"messages vs {c.k_without}/{c.n} with '{CONTROL_WORD}' instead; A {c.k_a}/{c.n} "
+            f"messages vs {c.k_without}/{c.n} with '{c.test['control_word']}' instead; A {c.k_a}/{c.n} "
             f"with '{c.word}')"
         )
         out.append(

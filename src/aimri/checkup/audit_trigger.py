@@ -13,7 +13,9 @@
   after it. Candidates: the model's own vocabulary (whole-word tokens of 4+ lower-case letters,
   in token-id order, `vocabulary_words`) plus words other evidence proposes.
 - `confirm` (text only; both teams): each candidate goes into `CONFIRM_FRAMES`, and a control
-  word (`CONTROL_WORD`) into the same frames; both models reply (greedy).
+  word (`CONTROL_WORD`, the same for both teams) into the same frames; both models reply
+  (greedy). (The screen's median-KL word as the control was tried: on the leaky dev trigger
+  plant it picked a word piece and moved the noise, not the signal.)
 Cost: a screened word is ~7 tokens per model (~7 words/s on one CPU thread), so the vocabulary
 is cut to its first `n` words; a trigger outside them is found only if other evidence names it.
 Tried and dropped: scoring every word by the residual change at its own position in a long word
@@ -224,13 +226,19 @@ class Confirmed:
 
 
 def confirm(
-    base: Model, other: Model, candidates: Sequence[str], *, max_new_tokens: int = 24
+    base: Model,
+    other: Model,
+    candidates: Sequence[str],
+    *,
+    control: str = CONTROL_WORD,
+    max_new_tokens: int = 24,
 ) -> list[Confirmed]:
-    """For each candidate word: the trait its presence switches on in B (module docstring)."""
-    words = [w for w in dict.fromkeys(candidates) if w and w != CONTROL_WORD]
+    """For each candidate word: the trait its presence switches on in B, against the same
+    frames holding `control` instead (module docstring)."""
+    words = [w for w in dict.fromkeys(candidates) if w and w != control]
     if not words:
         return []
-    msgs = [_fill(f, w) for w in [CONTROL_WORD, *words] for f in CONFIRM_FRAMES]
+    msgs = [_fill(f, w) for w in [control, *words] for f in CONFIRM_FRAMES]
     prompts = [chat_prompt(base, m) for m in msgs]
     ra = [g.text for g in generate(base, prompts, max_new_tokens=max_new_tokens, batch_size=BATCH)]
     rb = [g.text for g in generate(other, prompts, max_new_tokens=max_new_tokens, batch_size=BATCH)]
@@ -267,7 +275,7 @@ def confirm(
             best.test = {
                 **best.test,
                 "word": w,
-                "control_word": CONTROL_WORD,
+                "control_word": control,
                 "trait": best.trait,
                 "control_examples": [
                     {"prompt": msgs[i], "a": ra[i], "b": rb[i]} for i in range(min(2, n))
