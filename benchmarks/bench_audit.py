@@ -124,6 +124,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "audit game").splitlines()[0])
     p.add_argument("--split", choices=("dev", "held-out"), default="dev")
     p.add_argument("--n", type=int, default=4, help="plants of the split (kinds cycle)")
+    p.add_argument("--first", type=int, default=0, help="index of the first plant")
     p.add_argument("--plants-dir", type=Path, default=Path("/tmp/aimri-plants"))
     p.add_argument("--wait", action="store_true", help="wait for plants another run is making")
     p.add_argument("--samples", type=int, default=2, help="sampled replies per prompt and model")
@@ -137,7 +138,7 @@ def main() -> None:
     t0 = time.perf_counter()
     base = load_model("smollm2-135m", device="cpu")
     rows = []
-    for i in range(args.n):
+    for i in range(args.first, args.first + args.n):
         rows.append(run_one(base, args.split, i, args))
         print(table(rows[-1:], args.split, not args.quiet), flush=True)
     total = round(time.perf_counter() - t0, 1)
