@@ -140,7 +140,8 @@ class ScanConfig:
     also an LLM explainer, simulated and judged (detection) through --llm.* (an
     OpenAI-compatible or Anthropic API)."""
     steer: bool = True
-    """Demonstrate steering: clamp a concrete-concept feature and measure the drift."""
+    """Demonstrate steering: add a concrete-concept feature's direction, beside random directions
+    and neurons at the same norm, and say whether the text turns to the concept while fluent."""
     llm: LLMConfig = field(default_factory=lambda: LLMConfig())
     """The LLM used when --labeler llm."""
     circuits: bool = True
@@ -158,7 +159,7 @@ class ScanConfig:
     framings, false facts) at every layer, with a causal check (`aimri probe` alone)."""
     concept_files: tuple[Path, ...] = ()
     """Contrast-set JSON files of your own, probed beside the built-in ones."""
-    concept_random: int = 4
+    concept_random: int = 3
     """Random directions (and random features) each causal check of a concept is set against;
     each costs two passes over the behaviour prompts per concept."""
     compare: str | None = None

@@ -28,7 +28,9 @@ from aimri.model.adapter import Model
 from aimri.store.collect import collect
 from aimri.store.manifest import read_manifest
 
-PASSES = 4
+PASSES = 3
+"""Passes over the collected tokens: 3 keeps the default scan within 600 s on 2 cores (4 passes
+cost ~35 s more for a slightly lower FVU)."""
 BATCH = 1024
 EVAL_TOKENS = 4096
 
