@@ -189,7 +189,11 @@ def _data(name: str, r: dict[str, Any], text: str) -> str:
         )
     if name == "audit":
         w = r["white_box"]["inputs"]
-        return f"{w.get('prompts')} shipped generic prompts and {w.get('texts')} built-in texts"
+        source = "your" if r.get("prompts") not in (None, "generated") else "generated"
+        return (
+            f"{w.get('prompts')} {source} chat prompts (topics × request types × framings), "
+            f"{w.get('replies_per_prompt')} sampled replies each from both models"
+        )
     if name == "diff":
         return (
             f"neutral text ({r.get('settings', {}).get('n_texts', '?')} texts) read by both models"
@@ -244,9 +248,11 @@ _METHODS: dict[str, Any] = {
     ),
     "audit": lambda r, c: (
         "audit",
-        "blue team: diff of internals, trigger and word candidates, steering with the "
-        "largest layer difference; black box: sampled replies compared word by word",
-        f"k {c.get('k')}, at most 8 keywords per hypothesis",
+        "blue team: activation-difference lens and A steered with it, replies compared by "
+        "entities, words, agreement and style, trigger search with with/without tests; black "
+        "box: the same prompts and replies, without internals; hypotheses are sentences judged "
+        "on their measured gap",
+        f"k {c.get('k')}",
     ),
     "diff": lambda r, c: (
         "model diff",
