@@ -48,7 +48,9 @@ def activations(store_dir: Path | None, site: str, n_batches: int) -> list[torch
     store = aimri.ActivationStore(store_dir)
     batches = [
         b.float()
-        for _, b in zip(range(n_batches), store.batches(site, BATCH, exclude_sinks=True), strict=False)
+        for _, b in zip(
+            range(n_batches), store.batches(site, BATCH, exclude_sinks=True), strict=False
+        )
     ]
     if len(batches) < n_batches:
         raise SystemExit(
