@@ -72,7 +72,8 @@ def check_outputs(cfg: object) -> None:
     elif isinstance(cfg, ProbeConfig):
         check_output(cfg.out, flag="--out", kind="probe results", same_kind=("probe results",))
     elif isinstance(cfg, AuditConfig):
-        check_output(cfg.out, flag="--out", kind="audit results", same_kind=("audit results",))
+        if cfg.out is not None:  # None: the audit picks a new folder, never an earlier one
+            check_output(cfg.out, flag="--out", kind="audit results", same_kind=("audit results",))
     elif isinstance(cfg, PlantConfig):
         check_output(cfg.out, flag="--out", kind="model", overwrite=cfg.overwrite)
     elif isinstance(cfg, CircuitConfig):

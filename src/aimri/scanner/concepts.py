@@ -81,7 +81,6 @@ def diff_stage(
         detail={"base": cfg.compare},
         dictionary=_scan_dictionary(run_dir, results),
         feature_labels=feature_labels(results.get("features")),
-        causal=dataclasses.replace(DEFAULT_CAUSAL, n_random=cfg.concept_random),
     )
     return {**diff_json(d), "base_spec": cfg.compare}
 
