@@ -1,0 +1,21 @@
+"""The scan's diff stage (`--compare`) runs end to end on a tiny model: a model compared with
+itself gives an empty diff through the stage's own wiring (ledger, texts, settings)."""
+
+from __future__ import annotations
+
+from aimri.config import CorpusConfig, ModelConfig, ScanConfig
+from aimri.scanner.concepts import diff_stage
+
+
+def test_the_scan_diff_stage_of_a_model_with_itself(tiny_model, tiny_model_dir, tmp_path):
+    spec = str(tiny_model_dir("llama"))
+    cfg = ScanConfig(
+        model=ModelConfig(spec=spec, device="cpu"),
+        corpus=CorpusConfig(max_tokens=256, ctx_len=32),
+        compare=spec,
+        runs_dir=tmp_path,
+    )
+    out = diff_stage(cfg, tiny_model("llama"), tmp_path, {})
+    assert out["base_spec"] == spec
+    assert (tmp_path / "ledger.jsonl").is_file()
+    assert "skipped" not in out
