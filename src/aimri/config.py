@@ -129,7 +129,7 @@ class ScanConfig:
     """Replace a stored activation set made with another configuration."""
     dict_site: str = ""
     """Site to train (or load) a dictionary for; default: the middle layer's resid_post."""
-    dict_tokens: int = 98_304
+    dict_tokens: int = 81_920
     """Tokens collected for the dictionary (it trains on several passes over them)."""
     dictionary: Path | None = None
     """Load this dictionary (SAELens layout) instead of training one."""
