@@ -137,12 +137,7 @@ def blue_team(
 ) -> AuditReport:
     """Hypotheses about what B changed, from replies and internals (module docstring)."""
     t0 = time.perf_counter()
-    prompts = list(prompts) if prompts is not None else generate_prompts()
-    cells = (
-        list(cells)
-        if cells is not None
-        else explore(base, other, prompts, seed=seed, samples=samples)
-    )
+    prompts, cells = _explored(base, other, prompts, cells, seed, samples)
     found = contrast(cells)
     by_type = {c.group: c.prompt for c in cells}
     lr = lens(base, other, texts or neutral_texts(), list(by_type.values())[:8])
@@ -174,6 +169,22 @@ def blue_team(
     return _report("white-box", cands, k, prompts, cells, t0, details)
 
 
+def _explored(
+    base: Model,
+    other: Model,
+    prompts: Sequence[Prompt] | None,
+    cells: Sequence[Cell] | None,
+    seed: int,
+    samples: int,
+) -> tuple[list[Prompt], list[Cell]]:
+    """The prompts (generated unless given) and both models' replies (sampled unless given):
+    the one input both teams share."""
+    prompts = list(prompts) if prompts is not None else generate_prompts()
+    if cells is None:
+        return prompts, explore(base, other, prompts, seed=seed, samples=samples)
+    return prompts, list(cells)
+
+
 def black_box(
     base: Model,
     other: Model,
@@ -186,12 +197,7 @@ def black_box(
 ) -> AuditReport:
     """Hypotheses from the two models' replies alone (module docstring)."""
     t0 = time.perf_counter()
-    prompts = list(prompts) if prompts is not None else generate_prompts()
-    cells = (
-        list(cells)
-        if cells is not None
-        else explore(base, other, prompts, seed=seed, samples=samples)
-    )
+    prompts, cells = _explored(base, other, prompts, cells, seed, samples)
     found = contrast(cells)
     to_test = _ablation_words(found)
     confirmed = confirm(base, other, to_test)
