@@ -26,8 +26,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, ClassVar, final
@@ -446,6 +446,11 @@ def make_client(cfg: LLMConfig) -> ChatClient:
     return factory(cfg)
 
 
+def _any_succeeded(futures: Iterable[Future]) -> bool:
+    """Whether any call that has finished so far returned a reply."""
+    return any(f.done() and not f.cancelled() and f.exception() is None for f in futures)
+
+
 def complete_many(
     client: ChatClient,
     requests: Sequence[ChatRequest],
@@ -470,7 +475,7 @@ def complete_many(
     results: list[ChatReply | AimriError | None] = [None] * len(requests)
     pool = ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="aimri-llm")
     give_up_after = min(len(requests), max(1, concurrency))
-    failed, succeeded = 0, 0
+    failed = 0
     try:
         futures = {pool.submit(one, r): i for i, r in enumerate(requests)}
         with tqdm(total=len(requests), desc=desc, unit="call", leave=False) as bar:
@@ -478,12 +483,13 @@ def complete_many(
                 i = futures[fut]
                 try:
                     results[i] = fut.result()
-                    succeeded += 1
                 except AimriError as e:
                     log.warning("%s: request %d failed: %s", client.name, i, e)
                     results[i] = e
                     failed += 1
-                    if not succeeded and failed >= give_up_after:
+                    # as_completed hands out calls that finished together in no set order, so
+                    # one that succeeded may not have been counted yet: ask every finished call.
+                    if failed >= give_up_after and not _any_succeeded(futures):
                         rest = len(requests) - failed
                         which = f"the first {failed}" if rest else f"all {failed}"
                         skipped = f", so the other {rest} were not sent" if rest else ""
