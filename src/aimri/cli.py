@@ -161,6 +161,8 @@ def _dispatch(cfg: object) -> None:
     elif isinstance(cfg, TrainConfig):
         from aimri.dicts.train import train_many
 
+        if cfg.cross_layer:
+            from aimri.dicts.clt_train import train_clt as train_many
         _on_all_ranks(
             _locked(cfg.out, "dictionary", lambda: train_many(cfg)),
             lambda results: "\n".join(map(_describe_training, results)),

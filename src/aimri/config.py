@@ -290,6 +290,11 @@ class TrainConfig:
     device: str = "auto"
     overwrite: bool = False
     """Replace a finished dictionary (or anything else) already at --out instead of refusing."""
+    cross_layer: bool = False
+    """Train one cross-layer transcoder (CLT) instead of a transcoder per layer (site globs as
+    for a set): the latents of each layer read its MLP input and write the MLP outputs of it and
+    of all later layers (topk, batchtopk across layers, or jumprelu); saved in circuit-tracer's
+    CLT layout."""
 
     def __post_init__(self) -> None:
         at_least_one(self, "expansion", "k", "checkpoint_every")
