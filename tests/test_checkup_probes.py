@@ -9,7 +9,13 @@ import math
 import pytest
 import torch
 
-from aimri.checkup.causal import CausalSettings, behaviour_batch, behaviour_metric, causal_check
+from aimri.checkup.causal import (
+    BehaviourRunner,
+    CausalSettings,
+    behaviour_batch,
+    behaviour_metric,
+    causal_check,
+)
 from aimri.checkup.concepts import (
     BUILTIN_CONCEPTS,
     CONCEPTS_VERSION,
@@ -339,3 +345,26 @@ def test_smollm2_separates_harmful_from_harmless_requests(smollm2):
     assert det.auroc > 0.85
     row = next(r for r in result.concepts[0].layers if r.layer == det.layer)
     assert det.auroc > row.random_auroc_p95
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma2"])
+def test_replaying_the_blocks_before_an_edit_gives_the_metric_of_the_whole_pass(tiny_model, family):
+    """BehaviourRunner recomputes only from the first edited block on; every edit, at every
+    layer and kind of site, must give what the full two passes give."""
+    model = tiny_model(family)
+    items = [
+        BehaviourItem("User: the quick\nAssistant:", " brown fox", " lazy dog jumps"),
+        BehaviourItem("User: def add(a, b):\n    return", " a + b", " x"),
+        BehaviourItem("Hi", " there", " you all"),
+    ]
+    batch = behaviour_batch(model, items)
+    runner = BehaviourRunner(model, batch)
+    g = torch.Generator().manual_seed(0)
+    assert runner.metric({}) == pytest.approx(behaviour_metric(model, batch, {}), abs=1e-6)
+    for layer in range(model.info.n_layers):
+        for kind in ("hook_resid_post", "hook_resid_pre", "hook_mlp_out"):
+            u = torch.randn(model.info.d_model, generator=g)
+            patches = AddDirection(f"blocks.{layer}.{kind}", u, 3.0).patches(model)
+            full = behaviour_metric(model, batch, patches)
+            assert runner.metric(patches) == pytest.approx(full, abs=1e-5)
+            assert full != pytest.approx(runner.metric({}), abs=1e-4)  # the edit did something
