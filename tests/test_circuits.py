@@ -78,7 +78,7 @@ def _target_value(rep: Replacement, target: tuple) -> float:
 
     rep.forward(edit_resid=capture)
     x = rep.ln2[layer](seen[layer])[pos]
-    return float(rep.transcoders[layer].W_enc.detach()[latent] @ x)
+    return float(rep.transcoders.encoder(layer).detach()[latent] @ x)
 
 
 def _without(rep: Replacement, kind: str, where: tuple) -> Replacement:
@@ -103,7 +103,7 @@ def test_every_edge_equals_the_intervention_in_the_replacement_model(tiny_model,
     index = NodeIndex(rep, 1)
     K = rep.feat_val.shape[-1]
     g = torch.Generator().manual_seed(0)
-    targets = [("logit", int(rep.logits[-1].argmax()))]
+    targets: list[tuple] = [("logit", int(rep.logits[-1].argmax()))]
     for i in torch.randint(index.n_features, (6,), generator=g).tolist():
         layer, pos, slot = index.features_lps[i].tolist()
         if layer > 0:
@@ -113,7 +113,7 @@ def test_every_edge_equals_the_intervention_in_the_replacement_model(tiny_model,
             t = logit_vectors(rep, torch.tensor([target[1]]))
         else:
             _, layer, pos, latent = target
-            vec = rep.transcoders[layer].W_enc.detach()[latent][None]
+            vec = rep.transcoders.encoder(layer).detach()[latent][None]
             t = Targets(layer, torch.tensor([pos]), vec)
         edges, tok = sweep(rep, t)
         base = _target_value(rep, target)
@@ -147,7 +147,7 @@ def _dense_adjacency(rep: Replacement, index: NodeIndex, logit_ids) -> torch.Ten
 
     put(logit_vectors(rep, logit_ids), index.logit_start + torch.arange(len(logit_ids)))
     for i, (layer, pos, slot) in enumerate(index.features_lps.tolist()):
-        vec = rep.transcoders[layer].W_enc.detach()[rep.feat_idx[layer, pos, slot]][None]
+        vec = rep.transcoders.encoder(layer).detach()[rep.feat_idx[layer, pos, slot]][None]
         put(Targets(layer, torch.tensor([pos]), vec), torch.tensor([i]))
     return A
 

@@ -18,15 +18,21 @@ import torch
 
 from aimri.circuits.graph import Graph
 from aimri.circuits.replacement import norm_gain
+from aimri.dicts.clt import TranscoderStack
 from aimri.dicts.dictionary import Transcoder
+from aimri.dicts.transcoder_set import as_stack
 from aimri.model.adapter import Model
 
 
 @torch.no_grad()
 def logit_labels(
-    model: Model, transcoders: Sequence[Transcoder], graph: Graph, k: int = 3
+    model: Model,
+    transcoders: Sequence[Transcoder] | TranscoderStack,
+    graph: Graph,
+    k: int = 3,
 ) -> dict[tuple[int, int], str]:
     """{(layer, latent): '→ " Paris", " France"'} for every kept feature of the graph."""
+    st = as_stack(transcoders)
     W_U = model.layout.unembed.weight.detach().float()  # type: ignore[union-attr]
     norm = model.layout.final_norm
     D = model.info.d_model
@@ -37,7 +43,10 @@ def logit_labels(
     for layer, _, latent in graph.features[keep].tolist():
         if (layer, latent) in out:
             continue
-        row = transcoders[layer].W_dec.detach()[latent].float()
+        # Everything the feature writes, into its own layer and (CLTs) every later one.
+        row = torch.stack(
+            [st.decoder(layer, j).detach()[latent].float() for j in st.reach(layer)]
+        ).sum(0)
         effect = W_U @ (row * gain)
         tokens = [decode([int(i)]) for i in effect.topk(k).indices]
         out[(layer, latent)] = "→ " + ", ".join(f'"{t}"' for t in tokens)

@@ -15,6 +15,10 @@ is fast and bounded in memory:
 - Pruning keeps the nodes holding `node_threshold` of the influence; only their rows are swept
   again (a second, small pass) into a dense matrix among kept nodes, where edges are pruned.
 
+Cross-layer transcoders: a feature of layer l writes every layer j ≥ l, so its edge into a
+target is the sum over those j (below the target) of the gradient at j's MLP output · its
+decoder row into j, times its activation; one sweep collects all of them on the way down.
+
 The graph equals circuit-tracer's for the same transcoders and thresholds (benchmarks/).
 Not here: the frozen model (`replacement.py`), node numbering and JSON (`graph.py`).
 """
@@ -32,6 +36,7 @@ from tqdm.auto import tqdm
 
 from aimri.circuits.graph import Graph, GraphScores, find_threshold, prune_edges
 from aimri.circuits.replacement import Replacement, build_replacement
+from aimri.dicts.clt import TranscoderStack
 from aimri.dicts.dictionary import Transcoder
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
@@ -96,7 +101,7 @@ def tokenize(model: Model, prompt: str) -> Tensor:
 @torch.no_grad()
 def attribute(
     model: Model,
-    transcoders: Sequence[Transcoder],
+    transcoders: Sequence[Transcoder] | TranscoderStack,
     prompt: str,
     settings: AttributionSettings | None = None,
 ) -> Graph:
@@ -211,29 +216,35 @@ def sweep(
         if on_attention is not None:
             on_attention(top, g)
         g = g + rep.ln1[top].vjp(rep.attn[top].vjp(g))
-    edges = g.new_empty(B, top, P1, rep.feat_val.shape[-1] + 1)
+    # edges[:, l, :, :K]: d target / d activation of each feature of layer l (through all the
+    # layers it writes), scaled by the activation at the end; edges[:, l, :, K]: error nodes.
+    edges = g.new_zeros(B, top, P1, rep.feat_val.shape[-1] + 1)
     for j in reversed(range(top)):
-        edges[:, j] = torch.einsum("bpd,pkd->bpk", g, rep.source_vectors(j)[:P1])
-        g = g + _mlp_vjp(rep, j, g, through_features)
+        edges[:, j] += torch.einsum("bpd,pkd->bpk", g, rep.own_rows(j)[:P1])
+        for s in rep.writers(j)[:-1]:  # earlier layers' features writing into j (CLTs)
+            edges[:, s, :, :-1] += torch.einsum("bpd,pkd->bpk", g, rep.rows(s, j)[:P1])
+        g = g + _mlp_vjp(rep, j, g, edges[:, j, :, :-1] if through_features else None)
         if on_attention is not None:
             on_attention(j, g)
         g = g + rep.ln1[j].vjp(rep.attn[j].vjp(g))
+    edges[..., :-1] *= rep.feat_val[:top, :P1]
     return edges, torch.einsum("bpd,pd->bp", g, rep.embed[:P1])
 
 
-def _mlp_vjp(rep: Replacement, layer: int, g: Tensor, through_features: bool) -> Tensor | int:
-    """What reaches the MLP's input from its output: the skip path, and with
-    `through_features` the active features (decoder row → encoder row)."""
-    tc = rep.transcoders[layer]
+def _mlp_vjp(rep: Replacement, layer: int, g: Tensor, coef: Tensor | None) -> Tensor | int:
+    """What reaches the MLP's input from its output: the skip path, and given `coef` [B, P',
+    K] (the gradient w.r.t. each feature's activation, through every layer it writes) the
+    active features (→ encoder row)."""
+    skip = rep.transcoders.skip(layer)
     g_in = None
-    if tc.W_skip is not None:
-        g_in = g @ tc.W_skip.detach().T
-    if through_features:
+    if skip is not None:
+        g_in = g @ skip.detach().float().T
+    if coef is not None:
         P1 = g.shape[1]
         idx = rep.feat_idx[layer, :P1]
         active = (rep.feat_val[layer, :P1] > 0).to(g.dtype)
-        coef = torch.einsum("bpd,pkd->bpk", g, tc.W_dec.detach()[idx]) * active
-        via = torch.einsum("bpk,pkd->bpd", coef, tc.W_enc.detach()[idx])
+        W_enc = rep.transcoders.encoder(layer).detach().float()
+        via = torch.einsum("bpk,pkd->bpd", coef * active, W_enc[idx])
         g_in = via if g_in is None else g_in + via
     return 0 if g_in is None else rep.ln2[layer].vjp(g_in)
 
@@ -308,7 +319,7 @@ def _feature_batches(rep: Replacement, lps: Tensor, batch_size: int):
         chunk = lps[i : i + batch_size]
         layer = int(chunk[0, 0])
         latents = rep.feat_idx[layer, chunk[:, 1], chunk[:, 2]]
-        vecs = rep.transcoders[layer].W_enc.detach()[latents].float()
+        vecs = rep.transcoders.encoder(layer).detach()[latents].float()
         yield Targets(layer, chunk[:, 1], vecs), torch.arange(i, i + len(chunk))
 
 

@@ -143,7 +143,7 @@ def _parts(
         attn_out = rep.attn[j](rep.ln1[j](rep.resid_pre[j, : pos + 1]))[pos]
         vecs.append(attn_out)
         names.append((f"attention L{j}", ""))
-        src = rep.source_vectors(j)[pos]  # [K+1, D]
+        src = rep.stream_writes(j, layer)[pos]  # [K+1, D]
         for s in range(K):
             g_idx = int(index.of_slot[j, pos, s])
             if g_idx >= 0:

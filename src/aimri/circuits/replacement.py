@@ -2,7 +2,10 @@
 
 On a fixed prompt, attention patterns and normalisation scales are frozen at the values the
 model computed, each MLP is replaced by its transcoder plus an error term (what the transcoder
-misses, a constant), and each active feature is a node whose activation is held. What is left
+misses, a constant), and each active feature is a node whose activation is held. The
+transcoders are a `TranscoderStack`: one per layer, or a cross-layer transcoder whose features
+write every later layer's MLP output too (then layer j's replacement output sums the writes of
+the features of all layers ≤ j, and its error is what they all miss together). What is left
 is linear in the residual stream, so the direct effect of any node on any other is a product
 of the weights between them. This module builds that model and its two linear maps:
 
@@ -27,7 +30,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from aimri.dicts.clt import TranscoderStack
 from aimri.dicts.dictionary import Transcoder
+from aimri.dicts.transcoder_set import as_stack
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 
@@ -149,7 +154,7 @@ class Replacement:
     W_U: Tensor
     """[V, D] unembedding."""
     b_U: Tensor | None
-    transcoders: Sequence[Transcoder]
+    transcoders: TranscoderStack
     feat_idx: Tensor
     """[L, P, K] latent index of each active feature (0 in padding slots)."""
     feat_val: Tensor
@@ -157,7 +162,7 @@ class Replacement:
     mlp_in: Tensor
     """[L, P, D] what each transcoder reads."""
     error: Tensor
-    """[L, P, D] the MLP's true output minus the transcoder's."""
+    """[L, P, D] the MLP's true output minus the transcoders' reconstruction of it."""
     frozen_out: Tensor
     """[L, P, D] MLP output held constant and not a node: everything the MLP writes at frozen
     positions (the BOS token's, whose features and error circuit-tracer also leaves out)."""
@@ -176,27 +181,53 @@ class Replacement:
     def n_pos(self) -> int:
         return len(self.input_ids)
 
-    def source_vectors(self, layer: int) -> Tensor:
-        """[P, K+1, D]: what each active feature (activation × decoder row) and, last, the error
-        node write into the residual stream at this layer's MLP output."""
-        return self._sources[layer]
+    def writers(self, target: int) -> list[int]:
+        """The layers whose features write into `target`'s MLP output, `target` itself last."""
+        st = self.transcoders
+        return [s for s in range(target) if target in st.reach(s)] + [target]
+
+    def rows(self, source: int, target: int) -> Tensor:
+        """[P, K, D] decoder rows (not scaled by activation) of each active slot of `source`
+        into `target`'s MLP output."""
+        return self.transcoders.decoder(source, target).detach()[self.feat_idx[source]].float()
+
+    def own_rows(self, layer: int) -> Tensor:
+        """[P, K+1, D]: `rows(layer, layer)` and, last, the error node's write."""
+        return self._own_rows[layer]
 
     @cached_property
-    def _sources(self) -> list[Tensor]:
-        out = []
-        for layer, tc in enumerate(self.transcoders):
-            dec = tc.W_dec.detach()[self.feat_idx[layer]] * self.feat_val[layer, ..., None]
-            out.append(torch.cat([dec.float(), self.error[layer, :, None]], dim=1))
+    def _own_rows(self) -> list[Tensor]:
+        return [
+            torch.cat([self.rows(j, j), self.error[j, :, None]], dim=1)
+            for j in range(self.n_layers)
+        ]
+
+    def stream_writes(self, source: int, before: int) -> Tensor:
+        """[P, K+1, D]: what each active feature of `source` (activation × decoder rows) and,
+        last, its error node write into the residual stream below layer `before`."""
+        out = (
+            self.own_rows(source)
+            * torch.cat(
+                [self.feat_val[source], torch.ones_like(self.feat_val[source, :, :1])], dim=1
+            )[..., None]
+        )
+        for target in self.transcoders.reach(source):
+            if source < target < before:
+                out[:, :-1] += self.rows(source, target) * self.feat_val[source, ..., None]
         return out
 
-    def mlp_out(self, layer: int, x: Tensor, features: Tensor | None = None) -> Tensor:
-        """The replacement MLP at `layer`: active features' writes + b_dec (+ skip) + error.
-        `features` [P, K] overrides the frozen activations (for interventions)."""
-        tc = self.transcoders[layer]
-        vals = self.feat_val[layer] if features is None else features
-        out = torch.einsum("pk,pkd->pd", vals, tc.W_dec.detach()[self.feat_idx[layer]])
-        skip = tc.skip_out(x)
-        out = out + tc.b_dec.detach() + (0 if skip is None else skip.detach())
+    def mlp_out(self, layer: int, x: Tensor, features: dict[int, Tensor] | None = None) -> Tensor:
+        """The replacement MLP at `layer`: the writes of the active features of every layer
+        that reaches it, + b_dec (+ skip) + error. `features` {layer: [P, K]} overrides the
+        frozen activations (for interventions)."""
+        features = features or {}
+        out = self.transcoders.bias(layer).detach().float().expand_as(x).clone()
+        for s in self.writers(layer):
+            vals = features.get(s, self.feat_val[s])
+            out = out + torch.einsum("pk,pkd->pd", vals, self.rows(s, layer))
+        skip = self.transcoders.skip(layer)
+        if skip is not None:
+            out = out + x @ skip.detach().float()
         return out + self.error[layer] + self.frozen_out[layer]
 
     def forward(
@@ -213,19 +244,24 @@ class Replacement:
             if edit_resid is not None:
                 resid = edit_resid(layer, resid)
             x = self.ln2[layer](resid)
-            resid = resid + self.mlp_out(layer, x, features.get(layer))
+            resid = resid + self.mlp_out(layer, x, features)
         out = self.final_norm(resid) @ self.W_U.T
         return out if self.b_U is None else out + self.b_U
 
 
 @torch.no_grad()
 def build_replacement(
-    model: Model, transcoders: Sequence[Transcoder], input_ids: Tensor, *, freeze_bos: bool = False
+    model: Model,
+    transcoders: Sequence[Transcoder] | TranscoderStack,
+    input_ids: Tensor,
+    *,
+    freeze_bos: bool = False,
 ) -> Replacement:
     """Run the model once on `input_ids` [P] and freeze it around that prompt. With
     `freeze_bos` and a special token first (BOS), position 0's features and error are held as
     a constant instead of being nodes (as circuit-tracer does: the BOS position's huge residual
     stream is an attention sink, not part of the prompt's meaning)."""
+    transcoders = as_stack(transcoders)
     check_transcoders(model, transcoders)
     family = model.info.family
     if family in _UNSUPPORTED:
@@ -271,10 +307,12 @@ def build_replacement(
     frozen_out = torch.zeros_like(error)
     special = set(getattr(model.tokenizer, "all_special_ids", []) or [])
     if freeze_bos and int(input_ids.reshape(-1)[0]) in special:
-        writes = torch.stack(
-            [_writes(tc, feat_idx[i, 0], feat_val[i, 0]) for i, tc in enumerate(transcoders)]
-        )
-        frozen_out[:, 0] = writes + error[:, 0]
+        # Everything position 0's MLPs write but their bias and skip: features and error.
+        for j in range(L):
+            skip = transcoders.skip(j)
+            frozen_out[j, 0] = a(j, "hook_mlp_out")[0] - transcoders.bias(j).detach().float()
+            if skip is not None:
+                frozen_out[j, 0] -= mlp_in[j, 0] @ skip.detach().float()
         feat_val[:, 0] = 0
         error[:, 0] = 0
     unembed = model.layout.unembed
@@ -300,49 +338,49 @@ def build_replacement(
     )
 
 
-def _writes(tc: Transcoder, idx: Tensor, vals: Tensor) -> Tensor:
-    """[D] what features `idx` [K] at activations `vals` [K] write (without b_dec)."""
-    return vals @ tc.W_dec.detach()[idx].float()
-
-
-def check_transcoders(model: Model, transcoders: Sequence[Transcoder]) -> None:
-    """One transcoder per layer, reading the MLP input and writing the MLP output."""
+def check_transcoders(model: Model, transcoders: TranscoderStack) -> None:
+    """One transcoder (or CLT layer) per layer, reading the MLP input and writing the output."""
     L, D = model.info.n_layers, model.info.d_model
-    if len(transcoders) != L:
+    if transcoders.n_layers != L:
         raise AimriError(
             f"attribution needs one transcoder per layer: this model has {L} layers and "
-            f"{len(transcoders)} transcoders were given; train the missing layers "
+            f"{transcoders.n_layers} transcoders were given; train the missing layers "
             "(aimri train --transcoder for each layer)"
         )
-    for layer, tc in enumerate(transcoders):
-        cfg = tc.cfg
-        if not isinstance(tc, Transcoder) or cfg.d_in != D or cfg.out_width != D:
+    for layer in range(L):
+        enc = transcoders.encoder(layer)
+        out = transcoders.decoder(layer, layer)
+        if enc.shape[1] != D or out.shape[1] != D:
             raise AimriError(
-                f"transcoder {layer} maps {cfg.d_in} → {cfg.out_width} "
-                f"({type(tc).__name__}); attribution needs transcoders {D} → {D} "
-                "(this model's d_model), reading the MLP input and predicting the MLP output"
+                f"transcoder {layer} maps {enc.shape[1]} → {out.shape[1]}; attribution needs "
+                f"transcoders {D} → {D} (this model's d_model), reading the MLP input and "
+                "predicting the MLP output"
             )
         want = (f"blocks.{layer}.ln2.hook_normalized", f"blocks.{layer}.hook_mlp_out")
-        if (cfg.site, cfg.site_out) != want and cfg.site:
+        site, site_out = transcoders.sites(layer)
+        if (site, site_out) != want and site:
             raise AimriError(
-                f"transcoder {layer} reads '{cfg.site}' → '{cfg.site_out}', but attribution "
-                f"needs '{want[0]}' → '{want[1]}': pass the transcoders in layer order"
+                f"transcoder {layer} reads '{site}' → '{site_out}', but attribution "
+                f"needs '{want[0]}' → '{want[1]}': pass the transcoders in layer order "
+                "(a cross-layer transcoder must read blocks.*.ln2.hook_normalized)"
             )
 
 
 def _features_and_errors(
-    transcoders: Sequence[Transcoder], mlp_in: Tensor, act: dict[str, Tensor]
+    transcoders: TranscoderStack, mlp_in: Tensor, act: dict[str, Tensor]
 ) -> tuple[Tensor, Tensor, Tensor]:
-    dense_all, err_all = [], []
-    for layer, tc in enumerate(transcoders):
-        x = mlp_in[layer].to(tc.W_enc.dtype)
-        codes = tc.encode(x)
-        dense_all.append(codes.to_dense(tc.cfg.d_sae).float().relu())
-        recon = tc.decode(codes, x).float()
-        err_all.append(act[f"blocks.{layer}.hook_mlp_out"] - recon)
+    codes = []
+    for layer in range(transcoders.n_layers):
+        x = mlp_in[layer].to(transcoders.encoder(layer).dtype)
+        codes.append(transcoders.encode(layer, x))
+    recon = transcoders.reconstruct(mlp_in, codes)
+    error = torch.stack([act[f"blocks.{j}.hook_mlp_out"] for j in range(len(codes))]) - recon
+    dense_all = [
+        c.to_dense(transcoders.encoder(i).shape[0]).float().relu() for i, c in enumerate(codes)
+    ]
     K = max(1, max(int((d > 0).sum(-1).max()) for d in dense_all))
     feat_val, feat_idx = zip(*(d.topk(K, dim=-1) for d in dense_all), strict=True)
-    return torch.stack(feat_idx), torch.stack(feat_val), torch.stack(err_all)
+    return torch.stack(feat_idx), torch.stack(feat_val), error
 
 
 def _first_norm(children: dict[str, nn.Module], *, exclude: str, family: str) -> nn.Module:

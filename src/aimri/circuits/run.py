@@ -21,8 +21,9 @@ from aimri.circuits.qk import qk_attribution
 from aimri.circuits.replacement import build_replacement
 from aimri.circuits.validate import Validation, validate
 from aimri.config import CircuitConfig
+from aimri.dicts.clt import TranscoderStack
 from aimri.dicts.dictionary import Transcoder
-from aimri.dicts.transcoder_set import load_transcoder_set
+from aimri.dicts.transcoder_set import as_stack, load_transcoders
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 
@@ -41,7 +42,7 @@ class TraceResult:
 
 def trace(cfg: CircuitConfig, model: Model | None = None) -> TraceResult:
     model = model or load_model(cfg.model)
-    transcoders = load_transcoder_set(cfg.transcoders, n_layers=model.info.n_layers)
+    transcoders = load_transcoders(cfg.transcoders, n_layers=model.info.n_layers)
     settings = AttributionSettings(
         max_n_logits=cfg.max_n_logits,
         desired_logit_prob=cfg.desired_logit_prob,
@@ -58,7 +59,7 @@ def trace(cfg: CircuitConfig, model: Model | None = None) -> TraceResult:
 
 def trace_prompt(
     model: Model,
-    transcoders: Sequence[Transcoder],
+    transcoders: Sequence[Transcoder] | TranscoderStack,
     out: Path,
     slug: str,
     title: str,
@@ -68,6 +69,7 @@ def trace_prompt(
     check: bool = True,
 ) -> TraceResult:
     settings = settings or AttributionSettings(progress=False)
+    transcoders = as_stack(transcoders)
     graph = attribute(model, transcoders, prompt, settings)
     rep = build_replacement(model, transcoders, graph.input_ids, freeze_bos=graph.bos_frozen)
     validation = validate(model, rep, graph) if check else None

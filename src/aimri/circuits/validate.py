@@ -18,6 +18,7 @@ are poor is shown as such. Not here: computing the graph (`attribute.py`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -129,7 +130,7 @@ def _as_node(rep: Replacement, graph: Graph, i: int) -> _Node:
 def _target_of(rep: Replacement, graph: Graph, t: int) -> Targets:
     if t < graph.n_features:
         layer, pos, latent = graph.features[t].tolist()
-        vec = rep.transcoders[layer].W_enc.detach()[latent].float()[None]
+        vec = rep.transcoders.encoder(layer).detach()[latent].float()[None]
         return Targets(layer, torch.tensor([pos]), vec)
     j = t - (graph.n_nodes - len(graph.logit_ids))
     return logit_vectors(rep, graph.logit_ids[j : j + 1])
@@ -141,25 +142,34 @@ def _total_effect(rep: Replacement, graph: Graph, t: int, source: _Node) -> floa
 
 
 def _measured(model: Model, rep: Replacement, graph: Graph, source: _Node, t: int) -> float:
-    """Target value after ablating `source` in the real model, minus its value before."""
-    write = rep.transcoders[source.layer].W_dec.detach()[source.latent] * source.activation
+    """Target value after ablating `source` in the real model (its writes removed from every
+    MLP output it reaches), minus its value before."""
+    st = rep.transcoders
 
-    def ablate(x: Tensor) -> Tensor:
-        x = x.clone()
-        x[:, source.pos] -= write.to(x.dtype)
-        return x
+    def ablate(write: Tensor) -> Callable[[Tensor], Tensor]:
+        def edit(x: Tensor) -> Tensor:
+            x = x.clone()
+            x[:, source.pos] -= write.to(x.dtype)
+            return x
 
-    site = f"blocks.{source.layer}.hook_mlp_out"
+        return edit
+
+    patch = {
+        f"blocks.{j}.hook_mlp_out": ablate(
+            st.decoder(source.layer, j).detach()[source.latent].float() * source.activation
+        )
+        for j in st.reach(source.layer)
+    }
     ids = graph.input_ids[None]
     if t < graph.n_features:
         layer, pos, latent = graph.features[t].tolist()
         read = f"blocks.{layer}.ln2.hook_normalized"
-        after = model.run(ids, read=[read], patch={site: ablate}, logits=False).acts[read]
-        w = rep.transcoders[layer].W_enc.detach()[latent].float()
+        after = model.run(ids, read=[read], patch=patch, logits=False).acts[read]
+        w = st.encoder(layer).detach()[latent].float()
         return float(w @ (after[0, pos].float() - rep.mlp_in[layer, pos]))
     j = t - (graph.n_nodes - len(graph.logit_ids))
     token = int(graph.logit_ids[j])
-    logits = model.run(ids, patch={site: ablate}).logits
+    logits = model.run(ids, patch=patch).logits
     assert logits is not None
     new, old = logits[0, -1].float(), rep.logits[-1]
     return float((new[token] - new.mean()) - (old[token] - old.mean()))

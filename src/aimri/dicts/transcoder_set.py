@@ -8,6 +8,8 @@
 globs into one (input, output) pair per layer, and `load_transcoder_set` reads a set back,
 ordered by layer, after checking that no layer is missing and that all widths agree.
 `set_recipe` gives the settings: one that fits the scan's CPU budget, a larger one for a GPU.
+`PerLayerTranscoders` shows a set to attribution as a `TranscoderStack` (as a cross-layer
+transcoder is one), and `load_transcoders` opens either kind of folder.
 Not here: the training loop (`train.py`), a single dictionary's files (`formats.py`).
 """
 
@@ -15,10 +17,16 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, final
+
+from torch import Tensor
 
 from aimri.config import CorpusConfig, OptimConfig, TrainConfig
+from aimri.dicts.clt import TranscoderStack
+from aimri.dicts.clt_formats import is_clt_dir, load_clt
+from aimri.dicts.codes import Codes
 from aimri.dicts.dictionary import Transcoder
 from aimri.dicts.formats import load_dictionary
 from aimri.errors import AimriError
@@ -192,3 +200,74 @@ def _ranges(layers: list[int]) -> str:
         else:
             parts.append(str(layer))
     return ", ".join(parts)
+
+
+@final
+class PerLayerTranscoders(TranscoderStack):
+    """A transcoder per layer as a `TranscoderStack`: layer L's latents write layer L only."""
+
+    def __init__(self, transcoders: Sequence[Transcoder]) -> None:
+        self.members = list(transcoders)
+        self.n_layers = len(self.members)
+        for layer, tc in enumerate(self.members):
+            if not isinstance(tc, Transcoder):
+                raise AimriError(
+                    f"item {layer} of the transcoders is a {type(tc).__name__}, not a "
+                    "transcoder: attribution needs transcoders reading the MLP input and "
+                    f"predicting the MLP output; train a set with `{TRAIN_HINT}`"
+                )
+
+    def __getitem__(self, layer: int) -> Transcoder:
+        return self.members[layer]
+
+    def __len__(self) -> int:
+        return self.n_layers
+
+    def encode(self, layer: int, x: Tensor) -> Codes:
+        return self.members[layer].encode(x)
+
+    def encoder(self, layer: int) -> Tensor:
+        return self.members[layer].W_enc
+
+    def decoder(self, source: int, target: int) -> Tensor:
+        assert source == target, "a per-layer transcoder writes its own layer only"
+        return self.members[source].W_dec
+
+    def reach(self, source: int) -> range:
+        return range(source, source + 1)
+
+    def bias(self, layer: int) -> Tensor:
+        return self.members[layer].b_dec
+
+    def skip(self, layer: int) -> Tensor | None:
+        return self.members[layer].W_skip
+
+    def sites(self, layer: int) -> tuple[str, str]:
+        cfg = self.members[layer].cfg
+        return cfg.site, cfg.site_out
+
+
+def as_stack(transcoders: Sequence[Transcoder] | TranscoderStack) -> TranscoderStack:
+    """Per-layer transcoders (a list, as `load_transcoder_set` returns) or a CLT, as a stack."""
+    if isinstance(transcoders, TranscoderStack):
+        return transcoders
+    return PerLayerTranscoders(transcoders)
+
+
+def load_transcoders(
+    path: str | Path, *, n_layers: int | None = None, sparse_kernels: bool = True
+) -> TranscoderStack:
+    """A transcoder set (`layer_<L>/` folders) or a cross-layer transcoder (circuit-tracer's
+    CLT layout) from `path`, for attribution."""
+    if is_clt_dir(path):
+        clt = load_clt(path, sparse_kernels=sparse_kernels)
+        if n_layers is not None and clt.n_layers != n_layers:
+            raise AimriError(
+                f"cross-layer transcoder '{path}' covers {clt.n_layers} layers, but the model "
+                f"has {n_layers}: train it on this model's activations (aimri train "
+                "--cross-layer)"
+            )
+        return clt
+    return PerLayerTranscoders(
+        load_transcoder_set(path, n_layers=n_layers, sparse_kernels=sparse_kernels)
+    )
