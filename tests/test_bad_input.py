@@ -167,10 +167,10 @@ def _bad_manifest_store(w: World) -> Path:
 
 
 def _broken_checkpoint(w: World, damage: str) -> Path:
-    """A finished training run (rerunning it resumes) with its checkpoint damaged."""
+    """A finished training run whose checkpoint was kept (rerunning it resumes), damaged."""
     path = w.root / "checkpoints" / damage
     if not path.exists():
-        assert main(w.train(path)) == 0
+        assert main(w.train(path, "--keep-checkpoint")) == 0
         ckpt = path / "checkpoint"
         if damage == "truncated":
             (ckpt / "state.safetensors").write_bytes((ckpt / "state.safetensors").read_bytes()[:99])

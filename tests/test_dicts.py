@@ -4,6 +4,7 @@ planted features, resumes exactly, and refuses bad input."""
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -160,6 +161,22 @@ def test_topk_training_recovers_planted_features(toy, tmp_path):
         json.loads(line) for line in (tmp_path / "sae" / "metrics.jsonl").read_text().splitlines()
     ]
     assert rows[-1]["step"] == r.steps and rows[0]["fvu"] > rows[-1]["fvu"]
+
+
+def test_a_completed_run_drops_its_checkpoint_and_a_rerun_trains_nothing(toy, tmp_path):
+    tokens = OptimConfig(batch_size=1024, tokens=45 * 1024)
+    cfg = toy_config(toy, tmp_path / "sae", optim=tokens)
+    first = train(cfg)
+    assert not (tmp_path / "sae" / "checkpoint").exists(), "removed once training completed"
+    weights = (tmp_path / "sae" / "sae_weights.safetensors").read_bytes()
+    again = train(cfg)
+    assert again.resumed_from_step == again.steps == first.steps and math.isnan(again.fvu)
+    assert (tmp_path / "sae" / "sae_weights.safetensors").read_bytes() == weights
+    with pytest.raises(AimriError, match="finished dictionary trained with another configuration"):
+        train(toy_config(toy, tmp_path / "sae", optim=tokens, k=4))
+    kept = train(toy_config(toy, tmp_path / "kept", optim=tokens, keep_checkpoint=True))
+    state = json.loads((tmp_path / "kept" / "checkpoint" / "state.json").read_text())
+    assert state["step"] == kept.steps
 
 
 def test_resumed_training_equals_uninterrupted(toy, tmp_path, monkeypatch):

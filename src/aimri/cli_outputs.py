@@ -10,6 +10,7 @@ Not here: the rules themselves (`outputs.py`), or anything heavy (`aimri --help`
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 from aimri.config import (
@@ -90,11 +91,10 @@ def _check_train(cfg: TrainConfig) -> None:
             f"--out '{cfg.out}' is the activation store being read (--store): nothing was "
             "changed; give the dictionary its own folder, e.g. --out dicts/<site>"
         )
-    # A run with a checkpoint resumes (the trainer checks it is the same run); a dictionary
-    # without one is finished work that training again would replace.
-    resumable = (cfg.out / CHECKPOINT_STATE).is_file() or (
-        cfg.out.is_dir() and any((p / CHECKPOINT_STATE).is_file() for p in cfg.out.iterdir())
-    )
+    # A run with a checkpoint resumes, and one aimri trained to the end is found done (the
+    # trainer checks either is the same run); any other dictionary is work training would replace.
+    folders = [cfg.out, *(cfg.out.iterdir() if cfg.out.is_dir() else ())]
+    resumable = any(_ours_to_resume(p) for p in folders)
     check_output(
         cfg.out,
         flag="--out",
@@ -102,6 +102,17 @@ def _check_train(cfg: TrainConfig) -> None:
         same_kind=("dictionary", "dictionary set") if resumable else (),
         overwrite=cfg.overwrite,
     )
+
+
+def _ours_to_resume(folder: Path) -> bool:
+    """A checkpoint, or a dictionary whose aimri.json records how aimri trained it."""
+    if (folder / CHECKPOINT_STATE).is_file():
+        return True
+    record = folder / "aimri.json"
+    try:
+        return record.is_file() and bool(json.loads(record.read_text()).get("training"))
+    except (OSError, ValueError, AttributeError):
+        return False  # a damaged record is not ours to resume; check_output says what is there
 
 
 def absolute_inputs(cfg: object) -> object:

@@ -275,6 +275,9 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 200
     """Steps between checkpoints (the unit of exact resumption)."""
+    keep_checkpoint: bool = False
+    """Keep the checkpoint (parameters and Adam moments, about 3× the dictionary's size) once
+    training completes, to train further from it later; by default it is removed then."""
     exclude_sinks: bool = True
     """Leave out attention sinks and massive activations (position 0, special tokens such as BOS
     and the document separator, tokens whose norm dwarfs the median), which would dominate the

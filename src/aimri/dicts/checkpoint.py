@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,8 +47,8 @@ class TrainState:
 
 def identity(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, Any]:
     cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    cfg_json.pop("checkpoint_every", None)
-    cfg_json.pop("device", None)
+    for setting in ("checkpoint_every", "keep_checkpoint", "device", "overwrite"):  # same result
+        cfg_json.pop(setting, None)
     return {"train": cfg_json, "dict": dataclasses.asdict(dict_cfg)}
 
 
@@ -128,3 +129,27 @@ def device_of(cfg: TrainConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device(f"cuda:{w.local_rank}" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
+
+
+def remove_checkpoint(cfg: TrainConfig) -> None:
+    """Delete a completed run's checkpoint (the dictionary itself stays); rank 0 only."""
+    if world().rank == 0:
+        shutil.rmtree(cfg.out / CHECKPOINT, ignore_errors=True)
+
+
+def finished_steps(cfg: TrainConfig, dict_cfg: DictConfig) -> int | None:
+    """The steps of the finished dictionary at `cfg.out` trained with this very configuration
+    (its aimri.json says so), or None (none there, or --overwrite): what lets a rerun find the
+    work done once the checkpoint is gone. A finished one of another configuration is refused."""
+    record = cfg.out / "aimri.json"
+    if not record.is_file() or (cfg.out / CHECKPOINT).exists():
+        return None
+    training = read_json(record, what="dictionary record").get("training") or {}
+    if not training or cfg.overwrite:
+        return None
+    if training.get("config") != identity(cfg, dict_cfg)["train"]:
+        raise AimriError(
+            f"'{cfg.out}' holds a finished dictionary trained with another configuration: use "
+            "another --out, or pass --overwrite to replace it"
+        )
+    return int(training.get("steps", 0)) or None

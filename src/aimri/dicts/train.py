@@ -31,8 +31,10 @@ from aimri.dicts.checkpoint import (
     CHECKPOINT,
     TrainState,
     device_of,
+    finished_steps,
     identity,
     load_checkpoint,
+    remove_checkpoint,
     save_checkpoint,
     truncate_metrics,
 )
@@ -106,6 +108,8 @@ def _train(cfgs: list[TrainConfig], source: BatchSource | None) -> list[TrainRes
     w = world()
     dict_cfgs = [dictionary_config(c, store) for c in cfgs]
     steps = max(_checked_steps(c, d, store) for c, d in zip(cfgs, dict_cfgs, strict=True))
+    if all(finished_steps(c, d) == steps for c, d in zip(cfgs, dict_cfgs, strict=True)):
+        return [_already_trained(c, steps, time.perf_counter() - t0) for c in cfgs]
     batches = _batches(cfgs, store)
     first = next(batches)
     runs = [_start(c, d, pair, steps) for c, d, pair in zip(cfgs, dict_cfgs, first, strict=True)]
@@ -132,6 +136,8 @@ def _train(cfgs: list[TrainConfig], source: BatchSource | None) -> list[TrainRes
         if w.rank == 0:
             summary = {"training": _training_summary(run.cfg, run.state, steps)}
             save_dictionary(_final_dictionary(run.state), run.cfg.out, extra=summary)
+        if not run.cfg.keep_checkpoint:
+            remove_checkpoint(run.cfg)
     return [
         _result(r.cfg, r.state, r.history, r.resumed, seconds, time.perf_counter() - t0)
         for r in runs
@@ -204,6 +210,14 @@ def _result(
         l0=sum(r["l0"] for r in tail) / len(tail),
         dead_fraction=tail[-1]["dead_frac"],
         resumed_from_step=resumed,
+    )
+
+
+def _already_trained(cfg: TrainConfig, steps: int, seconds: float) -> TrainResult:
+    """The result of a rerun that found this dictionary finished: nothing trained."""
+    nan = math.nan
+    return TrainResult(
+        cfg.out, steps, steps * cfg.optim.batch_size, seconds, 0.0, nan, nan, nan, steps
     )
 
 
