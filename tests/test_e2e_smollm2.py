@@ -61,9 +61,13 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         concept_random=2,  # the cheapest random baseline that still has a spread
     )
     r = scan(cfg, model=smollm2)
-    for name in ("run.json", "scan.json", "report.html", "activations/manifest.json"):
+    for name in ("run.json", "scan.json", "report.html"):
         assert (r.run_dir / name).is_file(), name
     doc = json.loads(r.scan_json.read_text())
+    removed = {x["path"] for x in doc["storage"]["removed"]}
+    assert removed == {"activations", "activations-dict", "activations-transcoders"}
+    assert not any((r.run_dir / name).exists() for name in removed), "caches are removed"
+    assert not list(r.run_dir.rglob("checkpoint")), "finished training keeps no checkpoint"
     assert doc["schema_version"] == 2 and doc["model"]["weights_sha256"] == smollm2.weights_sha256
     assert doc["stages"]["activations"]["n_tokens"] == 1024
     stats = {s["site"]: s for s in doc["stages"]["statistics"]["sites"]}

@@ -127,6 +127,9 @@ class ScanConfig:
     """Contexts per forward pass."""
     overwrite: bool = False
     """Replace a stored activation set made with another configuration."""
+    keep_activations: bool = False
+    """Keep the activation caches the stages trained on (about 1.7 GB at the defaults) in the
+    run folder; by default they are removed once the report is written (the report says so)."""
     dict_site: str = ""
     """Site to train (or load) a dictionary for; default: the middle layer's resid_post."""
     dict_tokens: int = 81_920

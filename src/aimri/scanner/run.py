@@ -2,7 +2,8 @@
 
 ```
 runs/<name>/run.json      config, model identity (weights hash), versions, timings
-runs/<name>/activations/  the activation store (see aimri.store)
+runs/<name>/activations/  the activation store (see aimri.store); it and the other stages'
+                          caches are removed at the end unless --keep-activations
 runs/<name>/scan.json     machine-readable results, schema_version
 runs/<name>/report.html   one self-contained page
 ```
@@ -22,6 +23,7 @@ import logging
 import math
 import platform
 import re
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -101,6 +103,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
             results[name] = stage(cfg, model, run_dir, results)
         log.info("scan: %s done in %.1fs", name, timings[name])
 
+    storage = tidy_run_folder(run_dir, keep_activations=cfg.keep_activations)
     findings = findings_from(results)
     scan_doc = {
         "schema_version": SCAN_SCHEMA,
@@ -115,6 +118,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         "transparency": transparency_from(run_info["config"], results),
         "ledger": ledger_section(run_dir, weights_sha),
         "timings_s": timings,
+        "storage": storage,
         "versions": run_info["versions"],
     }
     scan_doc = finite(scan_doc)
@@ -124,6 +128,36 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
     run_info.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"))
     write_json_atomic(run_dir / "run.json", run_info)
     return ScanResult(run_dir, report, run_dir / "scan.json", time.perf_counter() - t0)
+
+
+ACTIVATION_CACHES = ("activations", "activations-dict", "activations-transcoders")
+"""The run folder's activation stores: what the stages trained and measured on."""
+
+
+def tidy_run_folder(run_dir: Path, *, keep_activations: bool) -> dict[str, Any]:
+    """Remove the activation caches unless asked to keep them; say what was removed and what
+    the folder holds after (the report shows it)."""
+    removed = []
+    for name in ACTIVATION_CACHES if not keep_activations else ():
+        path = run_dir / name
+        if path.is_dir():
+            removed.append({"path": name, "mb": round(_folder_bytes(path) / 2**20, 1)})
+            shutil.rmtree(path)
+    return {
+        "activations_kept": keep_activations,
+        "removed": removed,
+        "run_folder_mb": round(_folder_bytes(run_dir) / 2**20, 1),
+        "note": "the run folder before report.html was written; "
+        + (
+            "activation caches kept (--keep-activations)"
+            if keep_activations
+            else "activation caches removed after the last stage (--keep-activations keeps them)"
+        ),
+    }
+
+
+def _folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 Stage = Callable[[ScanConfig, Model, Path, dict[str, Any]], dict[str, Any]]
