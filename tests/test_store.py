@@ -207,3 +207,24 @@ def test_on_the_fly_batches_are_shuffled_and_complete(tiny_model, tiny_model_dir
     )
     assert len(got) == len(stored) == 1280 and not torch.equal(got, stored)
     torch.testing.assert_close(got.sum(0), stored.sum(0), atol=1e-3, rtol=1e-4)
+
+
+def test_written_files_get_the_users_umask_not_0600(tmp_path):
+    """A weight file written through atomic_path (safetensors replaces the temporary file with
+    its own) is readable by whoever the user's umask lets read it."""
+    import os
+    import stat
+
+    from safetensors.torch import save_file
+
+    from aimri._io import atomic_path, write_json_atomic
+
+    old = os.umask(0o022)
+    try:
+        with atomic_path(tmp_path / "w.safetensors") as tmp:
+            save_file({"x": torch.zeros(2)}, str(tmp))
+        write_json_atomic(tmp_path / "a.json", {"a": 1})
+    finally:
+        os.umask(old)
+    for name in ("w.safetensors", "a.json"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o644, name

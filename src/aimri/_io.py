@@ -39,10 +39,12 @@ def atomic_path(path: Path) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    os.chmod(tmp_name, _FILE_MODE)  # mkstemp makes 0600; give the usual permissions
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp makes 0600, and some writers (safetensors) replace the file with their own:
+        # give what was written the user's usual permissions
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
