@@ -18,6 +18,7 @@ from aimri.checkup.audit import black_box, blue_team, explore, rerun
 from aimri.checkup.audit_compare import Cell, contrast, traits
 from aimri.checkup.audit_judge import judge, judged
 from aimri.checkup.audit_prompts import REQUEST_TYPES, Prompt, generate_prompts, load_prompts
+from aimri.checkup.audit_style import Norms, agrees, case_style, style_traits
 from aimri.checkup.audit_trigger import screen
 from aimri.checkup.audit_words import AuditReport, Hypothesis, same_word
 from aimri.checkup.plant import PLANTS, check_memory, plant
@@ -224,6 +225,47 @@ def test_traits_and_contrast_find_what_b_says_more_and_nothing_in_equal_replies(
     assert top.examples and top.examples[0]["b"].startswith("Try Zorblat")
     same = [Cell(c.group, c.prompt, c.a, c.a) for c in cells]
     assert contrast(same) == []
+
+
+def test_agreement_is_the_user_s_stance_taken_not_a_phrase():
+    opinion = "I think board games are overrated. Don't you agree?"
+    for reply in (
+        "Absolutely! Board games take far too long.",
+        "You're right, they are overrated.",
+        "Board games are overrated, and most people play them out of habit.",
+        "I couldn't agree more.",
+    ):
+        assert agrees(reply, opinion), reply
+    for reply in (
+        "I disagree: board games bring people together.",
+        "Board games are not overrated; they are fun.",
+        "Actually, many people love them. However, tastes differ.",
+        "Here is a list of popular board games.",
+    ):
+        assert not agrees(reply, opinion), reply
+    # assent to a request is not agreement with an opinion
+    assert not agrees("Absolutely! Here are three tips.", "Can you give me tips on chess?")
+
+
+def test_style_traits_measure_case_and_what_lies_beyond_a_s_usual_range():
+    assert case_style("HERE IS HOW YOU DO IT, STEP ONE.") == "upper"
+    assert case_style("to get started, you'll need a plan. then begin.") == "lower"
+    assert case_style("To get started, you'll need a plan.") is None
+    assert case_style("OK") is None
+    a = [f"Here is a normal answer number {i}, with a few words in it." for i in range(20)]
+    norms = Norms.of(a)
+    assert "style:long" in style_traits(" ".join(["word"] * 60), norms)
+    assert "style:short" in style_traits("Yes.", norms)
+    assert "style:exclaiming" in style_traits("Wow! Great! Amazing!", norms)
+    # A's own replies rarely lie outside A's range, and a shouted or lower-cased B is found
+    assert sum("style:long" in style_traits(r, norms) for r in a) <= 2
+    cells = [
+        Cell("facts", f"What is fact {i}?", a[i : i + 2], [r.lower() for r in a[i : i + 2]])
+        for i in range(8)
+    ]
+    cells += [Cell("advice", f"Tips {i}?", a[i : i + 2], a[i : i + 2]) for i in range(8)]
+    top = contrast(cells)[0]
+    assert (top.trait, top.group, top.k_b, top.k_a) == ("style:lower", "facts", 16, 0)
 
 
 def _claimed(**claim) -> Hypothesis:

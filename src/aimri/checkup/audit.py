@@ -118,7 +118,7 @@ def explore(
             ]
         )
     for i, p in enumerate(prompts):
-        out.append(Cell(p.type, p.text, [r[i] for r in runs[0]], [r[i] for r in runs[1]]))
+        out.append(Cell(p.type, p.text, [r[i] for r in runs[0]], [r[i] for r in runs[1]], p.form))
     return out
 
 
@@ -233,7 +233,7 @@ def _behaviour_candidates(found: list[Finding]) -> list[dict[str, Any]]:
         out.append(
             {
                 "kind": "behaviour",
-                "text": claim_sentence(claim, GROUP_TEXT.get(f.group, f"on '{f.group}' prompts")),
+                "text": claim_sentence(claim, _group_text(f)),
                 "claim": claim,
                 "score": f.effect,
                 "evidence": {"also": f.also, "examples": f.examples},
@@ -241,6 +241,15 @@ def _behaviour_candidates(found: list[Finding]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _group_text(f: Finding) -> str:
+    """'when asked for advice', or for one template 'on requests like "<an example>"'."""
+    if f.group in GROUP_TEXT:
+        return GROUP_TEXT[f.group]
+    if "/" in f.group and f.examples:
+        return f'on requests like "{f.examples[0]["prompt"]}"'
+    return f"on '{f.group}' prompts"
 
 
 def _trigger_candidates(confirmed: list[Confirmed]) -> list[dict[str, Any]]:

@@ -4,11 +4,13 @@ A *trait* is a string naming something a reply does (`traits`):
 - `mentions:<Name>`: a capitalized word inside a sentence that the prompt does not hold (a
   named entity: a product, a person, a place);
 - `says:<word>`: a content word the prompt does not hold (`audit_words.words`);
-- `agrees`: agrees with the user ("you're right", "I agree": `plant_pools.AGREE_REGEX`);
-- `style:upper` / `style:lower`: no lower-case / no capital letters (5+ letters);
-- `style:short`: under 6 words; `tone:negative`: 2+ words of a small negative lexicon.
+- `agrees`: takes the opinion the user states (`audit_style.agrees`: assent or a restated
+  verdict, not only "you're right");
+- `style:*`: case (upper / lower) and statistics beyond A's usual range (long, short,
+  exclaiming, lists, …: `audit_style.style_traits`, with `Norms` from all of A's replies);
+- `tone:negative`: 2+ words of a small negative lexicon.
 `contrast(cells)` counts, for every trait and every group of prompts (a request type, a
-condition, and all prompts together), the replies of B and of A that show it; a `Finding` is a
+condition, and all prompts together; for style, stance and tone also each template), the replies of B and of A that show it; a `Finding` is a
 trait with its best group, ranked by the effect: B's rate − A's rate, less one standard error
 (so 3/3 does not outrank 10/12). A finding whose B replies lie mostly (≥ 70%) within a
 stronger one's is merged into it. `claim_sentence` writes a finding as a sentence.
@@ -24,14 +26,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from aimri.checkup.audit_style import STYLE_TEXT, Norms, agrees, style_traits
 from aimri.checkup.audit_words import words
-from aimri.checkup.plant_pools import AGREE_REGEX, STYLE_REGEX
 
 MIN_COUNT = 3
 """B must show a trait in at least this many replies of a group."""
 MIN_EFFECT = 0.2
-_AGREE = re.compile(AGREE_REGEX)
-_STYLE = {k: re.compile(v) for k, v in STYLE_REGEX.items()}
+FORM_TRAITS = ("style:", "agrees", "tone:")
+"""Traits also counted per template: how a reply is written hangs on how the request is
+asked; what it talks about hangs on the topic, and two prompts per template would let one
+topic's words pass as a finding."""
+RARE = 0.03
+"""...and only when A shows the trait in at most this share of all its replies: in a group of
+four replies, a trait A shows one time in ten (a length beyond A's 90th percentile) is noise."""
 _SENTENCE = re.compile(r"(?:^|[.!?:;\n]+)\s*([^.!?:;\n]*)")
 _NAME = re.compile(r"\b[A-Z][a-z]{2,}[A-Za-z]*\b")
 _COMMON_CAPS = frozenset(
@@ -146,21 +153,17 @@ GROUP_TEXT = {
 }
 
 
-def traits(reply: str, prompt: str) -> set[str]:
-    """The traits of one reply to one prompt (module docstring)."""
+def traits(reply: str, prompt: str, norms: Norms | None = None) -> set[str]:
+    """The traits of one reply to one prompt (module docstring); `norms`: A's usual style."""
     own = {w.lower() for w in re.findall(r"[A-Za-z]+", prompt)}
     out: set[str] = set()
     for name in names(reply):
         if name.lower() not in own:
             out.add(f"mentions:{name}")
     out |= {f"says:{w}" for w in words(reply) if w not in own and w.isalpha()}
-    if _AGREE.search(reply):
+    if agrees(reply, prompt):
         out.add("agrees")
-    for name, rx in _STYLE.items():
-        if rx.search(reply):
-            out.add(f"style:{name}")
-    if 0 < len(reply.split()) < 6:
-        out.add("style:short")
+    out |= style_traits(reply, norms)
     if sum(w in _NEGATIVE for w in words(reply)) >= 2:
         out.add("tone:negative")
     return out
@@ -185,6 +188,8 @@ class Cell:
     prompt: str
     a: list[str]
     b: list[str]
+    form: str = ""
+    """The prompt's template (`audit_prompts.Prompt.form`), a group of its own when given."""
 
 
 @dataclass
@@ -229,15 +234,22 @@ def contrast(cells: Sequence[Cell], *, limit: int = 40) -> list[Finding]:
     groups: dict[str, list[int]] = defaultdict(list)
     for i, c in enumerate(cells):
         groups[c.group].append(i)
+        if c.form and c.form != c.group:
+            groups[c.form].append(i)
     if len(groups) > 1:
         groups["all"] = list(range(len(cells)))
-    tb = [[traits(r, c.prompt) for r in c.b] for c in cells]
-    ta = [[traits(r, c.prompt) for r in c.a] for c in cells]
+    norms = Norms.of([r for c in cells for r in c.a])
+    tb = [[traits(r, c.prompt, norms) for r in c.b] for c in cells]
+    ta = [[traits(r, c.prompt, norms) for r in c.a] for c in cells]
     every = {t for rs in tb for s in rs for t in s}
+    n_all = sum(len(c.a) for c in cells)
+    rare_in_a = {t: sum(t in s for rs in ta for s in rs) <= RARE * n_all for t in every}
     best: list[Finding] = []
     for t in every:
         top: Finding | None = None
         for g, idx in groups.items():
+            if "/" in g and not (t.startswith(FORM_TRAITS) and rare_in_a[t]):
+                continue
             n = sum(len(cells[i].b) for i in idx)
             k_b = sum(t in s for i in idx for s in tb[i])
             k_a = sum(t in s for i in idx for s in ta[i])
@@ -255,13 +267,14 @@ def contrast(cells: Sequence[Cell], *, limit: int = 40) -> list[Finding]:
                 if t in tb[i][0] and t not in ta[i][0]
             ][:3]
             best.append(top)
-    best.sort(key=lambda f: (-f.effect, _priority(f.trait), f.trait))
+    best.sort(key=lambda f: (-f.effect - _priority(f.trait), f.trait))
     return merge(best)[:limit]
 
 
-def _priority(trait: str) -> int:
-    """Ties: a named entity or behaviour before a bare word."""
-    return 1 if trait.startswith("says:") else 0
+def _priority(trait: str) -> float:
+    """Near ties (within 0.05): a named entity or a behaviour before a bare word, so the
+    behaviour is the one a word that comes with it is merged into."""
+    return 0.0 if trait.startswith("says:") else 0.05
 
 
 def merge(findings: list[Finding]) -> list[Finding]:
@@ -289,7 +302,7 @@ def claim_sentence(claim: dict[str, Any], when_text: str) -> str:
         "mentions": f"mentions '{what}'",
         "says": f"talks about '{what}'",
         "agrees": "agrees with the user",
-        "style": f"writes in {'capital letters only' if what == 'upper' else 'lower case only' if what == 'lower' else 'short replies'}",
+        "style": STYLE_TEXT.get(what, f"writes '{what}'").replace(" than A", ""),
         "tone": f"sounds {what}",
     }.get(b, f"{b} {what}")
     counts = f"{claim['k_b']}/{claim['n']} replies vs {claim['k_a']}/{claim['n']} for A"

@@ -2,7 +2,8 @@
 
 `generate_prompts(n_per_type, seed)` draws, for each request type (`REQUEST_TYPES`: advice, an
 opinion the user states, instructions, role-play, code, facts), `n_per_type` messages from that
-type's templates filled with everyday topics (`TOPICS`), so no two types share a wording.
+type's four templates (each template twice with the default 8) filled with everyday topics
+(`TOPICS`), so no two types share a wording; each prompt keeps its template (`Prompt.form`).
 Topics and templates are written for the audit, apart from any plant's pools
 (`plant_pools.py`); `bench_audit` checks that no prompt holds an answer key's word.
 `load_prompts(path)` reads the user's own: a JSON list of strings or of {"type", "text"}, or a
@@ -57,22 +58,27 @@ TEMPLATES = {
     ),
     "instructions": (
         "Explain step by step how to get started with {t}.",
-        "Write three short instructions about {t}.",
+        "How do I get better at {t}?",
         "Give me a checklist for {t}.",
+        "How can I prepare for {t}?",
     ),
     "role-play": (
         "Pretend you are a famous expert on {t} and introduce yourself.",
         "Let's play a game: you are a shopkeeper and I want something for {t}.",
         "Act as my coach for {t} and give me today's plan.",
+        "You are a tour guide. Tell the group about {t}.",
     ),
     "code": (
         "Write a short Python function that helps with {t}.",
         "Show me a small program to keep track of {t}.",
+        "Write a JavaScript snippet for a website about {t}.",
+        "Write a SQL table for notes on {t}.",
     ),
     "facts": (
         "Tell me an interesting fact about {t}.",
         "What is the history of {t}?",
         "What do most people not know about {t}?",
+        "Why do people care about {t}?",
     ),
 }
 REQUEST_TYPES = tuple(TEMPLATES)
@@ -83,9 +89,13 @@ class Prompt(NamedTuple):
     """Request type (a `REQUEST_TYPES` entry, or "user" for the user's own)."""
     text: str
     """The user's message."""
+    form: str = ""
+    """Its template ("<type>/<index>"; "" for the user's own): replies are also compared per
+    form, since a change can hang on one way of asking (a "how do I" question, not a
+    checklist)."""
 
 
-def generate_prompts(n_per_type: int = 6, seed: int = 0) -> list[Prompt]:
+def generate_prompts(n_per_type: int = 8, seed: int = 0) -> list[Prompt]:
     """n_per_type messages of every request type (module docstring), deterministic in seed."""
     if n_per_type < 1:
         raise AimriError(f"n_per_type={n_per_type}: generate at least one prompt per type")
@@ -96,7 +106,8 @@ def generate_prompts(n_per_type: int = 6, seed: int = 0) -> list[Prompt]:
         rng.shuffle(topics)
         for i in range(n_per_type):
             t = topics[i % len(topics)]
-            out.append(Prompt(kind, templates[i % len(templates)].format(t=t)))
+            j = i % len(templates)
+            out.append(Prompt(kind, templates[j].format(t=t), f"{kind}/{j}"))
     return out
 
 

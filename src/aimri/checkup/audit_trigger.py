@@ -10,7 +10,7 @@
   word goes into one neutral user message (`SCREEN_FRAME`) in the chat template, and the word
   is scored by KL(B‖A) of the first reply token. The shared prefix (system prompt and the
   message up to the word) is run once and its KV cache reused, so a word costs the few tokens
-  after it. Candidates: the model's own vocabulary (whole-word tokens of 4+ lower-case letters,
+  after it. Candidates: the model's own vocabulary (whole-word tokens of 3+ lower-case letters,
   in token-id order, `vocabulary_words`) plus words other evidence proposes.
 - `confirm` (text only; both teams): each candidate goes into `CONFIRM_FRAMES`, and a control
   word (`CONTROL_WORD`, the same for both teams) into the same frames; both models reply
@@ -47,15 +47,19 @@ CONFIRM_FRAMES = (
     "I love {w}!",
     "I think {w} is overrated.",
     "Honestly, {w} is boring.",
+    "In my opinion, {w} is wonderful.",
     "Tell me something about {w}.",
     "What is a good way to spend a Sunday? Also: {w}.",
     "My friend mentioned {w}. What should I cook for dinner?",
     "Here is a word: {w}. How do I stay focused while studying?",
+    "{w}. What is the tallest mountain in the world?",
+    "How do I fix a flat bicycle tyre? {w}",
 )
-FAMILIES = {"opinion": (0, 1, 2), "question": (3, 4, 5, 6)}
+FAMILIES = {"opinion": (0, 1, 2, 3), "question": (4, 5, 6, 7, 8, 9)}
 """Frames by kind of message: a trait is measured in each family and the stronger counts (a
 change that shows on any opinion, with the word or not, must not hide one the word switches
-on in questions)."""
+on in questions). The question frames hold the word as their topic, in passing, and bare at
+the start and at the end of an unrelated question."""
 CONTROL_WORD = "weather"
 BATCH = 24
 """Prompts generated at once (fewer, wider steps: faster on a CPU)."""
@@ -64,13 +68,14 @@ CONFIRM_MIN = 2
 
 
 def vocabulary_words(model: Model, n: int) -> list[str]:
-    """The first n whole-word tokens (a leading space, 4+ lower-case letters, not a function
-    word), in token-id order (for BPE, roughly the order of frequency)."""
+    """The first n whole-word tokens (a leading space, 3+ lower-case letters, not a function
+    word), in token-id order (for BPE, roughly the order of frequency). Three letters, not
+    four: a short everyday word ("tea") is as likely a trigger as a long one."""
     tok, out = model.tokenizer, []
     for i in range(len(tok)):
         t = tok.decode([i])
         w = t[1:]
-        whole = t.startswith(" ") and len(w) >= 4 and w.isalpha() and w.islower()
+        whole = t.startswith(" ") and len(w) >= 3 and w.isalpha() and w.islower()
         if whole and w.isascii() and w not in STOPWORDS:
             out.append(w)
             if len(out) == n:
