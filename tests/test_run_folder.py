@@ -4,12 +4,16 @@ says what was removed."""
 from __future__ import annotations
 
 from aimri.report.render import render_report
-from aimri.scanner.run import ACTIVATION_CACHES, tidy_run_folder
+from aimri.scanner.layout import RunLayout
+from aimri.scanner.run import tidy_run_folder
 from tests.test_report import base_scan
+
+CACHES = ("activations", "activations-dict", "activations-transcoders")
 
 
 def _run_folder(tmp_path):
-    for name in ACTIVATION_CACHES:
+    assert [p.name for p in RunLayout(tmp_path).caches] == list(CACHES)
+    for name in CACHES:
         (tmp_path / name).mkdir()
         (tmp_path / name / "shard-00000.safetensors").write_bytes(b"x" * 2**20)
     (tmp_path / "dicts").mkdir()
@@ -19,10 +23,10 @@ def _run_folder(tmp_path):
 
 def test_caches_are_removed_and_the_rest_is_kept(tmp_path):
     run = _run_folder(tmp_path)
-    storage = tidy_run_folder(run, keep_activations=False)
-    assert [r["path"] for r in storage["removed"]] == list(ACTIVATION_CACHES)
+    storage = tidy_run_folder(RunLayout(run), keep_activations=False)
+    assert [r["path"] for r in storage["removed"]] == list(CACHES)
     assert all(r["mb"] == 1.0 for r in storage["removed"])
-    assert not any((run / name).exists() for name in ACTIVATION_CACHES)
+    assert not any((run / name).exists() for name in CACHES)
     assert (run / "dicts" / "sae_weights.safetensors").is_file()
     assert storage["run_folder_mb"] == 0.5 and not storage["activations_kept"]
     doc = base_scan() | {"storage": storage}
@@ -32,7 +36,7 @@ def test_caches_are_removed_and_the_rest_is_kept(tmp_path):
 
 def test_keep_activations_keeps_every_cache(tmp_path):
     run = _run_folder(tmp_path)
-    storage = tidy_run_folder(run, keep_activations=True)
+    storage = tidy_run_folder(RunLayout(run), keep_activations=True)
     assert storage["removed"] == [] and storage["activations_kept"]
-    assert all((run / name).is_dir() for name in ACTIVATION_CACHES)
+    assert all((run / name).is_dir() for name in CACHES)
     assert storage["run_folder_mb"] == 3.5

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from aimri.config import CorpusConfig, ModelConfig, ScanConfig
 from aimri.scanner.concepts import diff_stage
+from aimri.scanner.layout import RunLayout, ScanRun
 
 
 def test_the_scan_diff_stage_of_a_model_with_itself(tiny_model, tiny_model_dir, tmp_path):
@@ -15,7 +16,7 @@ def test_the_scan_diff_stage_of_a_model_with_itself(tiny_model, tiny_model_dir, 
         compare=spec,
         runs_dir=tmp_path,
     )
-    out = diff_stage(cfg, tiny_model("llama"), tmp_path, {})
+    out = diff_stage(ScanRun(cfg, tiny_model("llama"), RunLayout(tmp_path)))
     assert out["base_spec"] == spec
     assert (tmp_path / "ledger.jsonl").is_file()
     assert "skipped" not in out

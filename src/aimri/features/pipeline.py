@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from aimri.config import FeaturesConfig
+from aimri.dicts.dictionary import Dictionary
 from aimri.dicts.formats import load_dictionary
 from aimri.errors import AimriError
 from aimri.features.basis import DictionaryBasis, FeatureBasis, NeuronBasis, RandomBasis
@@ -61,10 +62,12 @@ def describe(
     source: ContextSource | None = None,
     features: list[int] | None = None,
     spec: ExampleSpec | None = None,
+    loaded: Dictionary | None = None,
 ) -> DescribeResult:
-    """Describe `cfg.dictionary`'s features (or `features`, a chosen subset) into `cfg.out`."""
+    """Describe `cfg.dictionary`'s features (or `features`, a chosen subset) into `cfg.out`;
+    `loaded` is that dictionary already in memory (else it is read from `cfg.dictionary`)."""
     model = model or load_model(cfg.model)
-    basis = DictionaryBasis(load_dictionary(cfg.dictionary))
+    basis = DictionaryBasis(loaded if loaded is not None else load_dictionary(cfg.dictionary))
     basis.check_fits(model)
     source = source or _source(cfg, model, basis.site)
     chosen = features if features is not None else _first(basis.n_features, cfg.n_features)

@@ -23,6 +23,7 @@ from aimri.config import CollectConfig, ScanConfig
 from aimri.dicts.train import train_many
 from aimri.dicts.transcoder_set import load_transcoder_set, set_recipe
 from aimri.model.adapter import Model
+from aimri.scanner.layout import ScanRun
 from aimri.scanner.lens import lens_table
 from aimri.store.collect import collect
 from aimri.store.reader import ActivationStore
@@ -34,29 +35,28 @@ DEMOS = (
 )
 
 
-def circuits_stage(
-    cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]
-) -> dict[str, Any]:
+def circuits_stage(run: ScanRun) -> dict[str, Any]:
+    cfg, model, layout = run.cfg, run.model, run.layout
     if not cfg.circuits:
         return {"skipped": "turned off with --no-circuits"}
     if cfg.transcoders is not None:
         path, training = cfg.transcoders, None
     else:
-        path = run_dir / "transcoders"
-        training = _train(cfg, model, run_dir, path)
+        path = layout.transcoders
+        training = _train(cfg, model, layout.transcoder_activations, path)
     transcoders = load_transcoder_set(path, n_layers=model.info.n_layers)
     demos = [
         *DEMOS,
         *((f"prompt-{i}", "Your prompt", p) for i, p in enumerate(cfg.circuit_prompts)),
     ]
-    graphs = [trace_prompt(model, transcoders, run_dir / "graphs", *d).record for d in demos]
+    graphs = [trace_prompt(model, transcoders, layout.graphs, *d).record for d in demos]
     for g in graphs:
-        g["file"] = f"graphs/{g['file']}"
-    heads = score_heads(model, _text_ids(cfg, run_dir))
+        g["file"] = layout.relative(layout.graphs / g["file"])
+    heads = score_heads(model, _text_ids(cfg, layout.activations))
     first = transcoders[0].cfg
     return {
         "transcoders": {
-            "path": str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path),
+            "path": layout.relative(path),
             "n_layers": len(transcoders),
             "d_sae": first.d_sae,
             "k": first.k,
@@ -75,15 +75,14 @@ def circuits_stage(
     }
 
 
-def _text_ids(cfg: ScanConfig, run_dir: Path) -> torch.Tensor:
+def _text_ids(cfg: ScanConfig, store: Path) -> torch.Tensor:
     """Up to 8 contexts of the scan's corpus, as token ids [n, ctx_len]."""
-    tokens = ActivationStore(run_dir / "activations").load("tokens", 0)
+    tokens = ActivationStore(store).load("tokens", 0)
     ctx = cfg.corpus.ctx_len
     return torch.as_tensor(tokens[: 8 * ctx]).long().view(-1, ctx)
 
 
-def _train(cfg: ScanConfig, model: Model, run_dir: Path, out: Path) -> dict[str, Any]:
-    store = run_dir / "activations-transcoders"
+def _train(cfg: ScanConfig, model: Model, store: Path, out: Path) -> dict[str, Any]:
     corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.tc_tokens, seed=cfg.corpus.seed + 2)
     collect(
         CollectConfig(

@@ -27,10 +27,10 @@ from aimri.checkup.probes import ProbeResult, probe_concepts, save_probe_directi
 from aimri.config import CorpusConfig, ScanConfig
 from aimri.corpus.contexts import take_contexts
 from aimri.dicts.dictionary import Dictionary
-from aimri.dicts.formats import load_dictionary
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
+from aimri.scanner.layout import ScanRun
 
 DEFAULT_CAUSAL = CausalSettings()
 NEUTRAL_CONTEXTS = 160
@@ -38,9 +38,8 @@ NEUTRAL_LEN = 33
 DIFF_TEXTS = 48
 
 
-def concepts_stage(
-    cfg: ScanConfig, model: Model, run_dir: Path, results: dict[str, Any]
-) -> dict[str, Any]:
+def concepts_stage(run: ScanRun) -> dict[str, Any]:
+    cfg, model = run.cfg, run.model
     if not cfg.concepts:
         return {"skipped": "turned off with --no-concepts"}
     concepts = builtin_concepts() + load_concepts(cfg.concept_files)
@@ -50,26 +49,25 @@ def concepts_stage(
         model,
         concepts,
         neutral,
-        ledger_dir=run_dir,
-        directions_dir=run_dir / "probes",
-        dictionary=_scan_dictionary(run_dir, results),
-        feature_labels=feature_labels(results.get("features")),
+        ledger_dir=run.layout.root,
+        directions_dir=run.layout.probes,
+        dictionary=run.dictionary(),
+        feature_labels=feature_labels(run.results.get("features")),
         causal=dataclasses.replace(DEFAULT_CAUSAL, n_random=cfg.concept_random),
     )
     return {
         **result.to_json(),
-        "directions": "probes",
+        "directions": run.layout.relative(run.layout.probes),
         "neutral": f"{len(shipped)} shipped neutral dialogue texts and "
         f"{NEUTRAL_CONTEXTS} contexts of {NEUTRAL_LEN - 1} tokens of {cfg.corpus.source} text "
         f"(seed {cfg.corpus.seed + 1}, not the activation stage's)",
     }
 
 
-def diff_stage(
-    cfg: ScanConfig, model: Model, run_dir: Path, results: dict[str, Any]
-) -> dict[str, Any]:
+def diff_stage(run: ScanRun) -> dict[str, Any]:
     """The scanned model against `--compare` (its earlier version), the scan's dictionary
     ranking features by change."""
+    cfg, model = run.cfg, run.model
     if not cfg.compare:
         return {"skipped": "no --compare model given"}
     base = load_model(dataclasses.replace(cfg.model, spec=cfg.compare))
@@ -77,10 +75,10 @@ def diff_stage(
         base,
         model,
         corpus_texts(base, _neutral_corpus(cfg), DIFF_TEXTS),
-        ledger_dir=run_dir,
+        ledger_dir=run.layout.root,
         detail={"base": cfg.compare},
-        dictionary=_scan_dictionary(run_dir, results),
-        feature_labels=feature_labels(results.get("features")),
+        dictionary=run.dictionary(),
+        feature_labels=feature_labels(run.results.get("features")),
     )
     return {**diff_json(d), "base_spec": cfg.compare}
 
@@ -172,11 +170,3 @@ def _neutral_corpus(cfg: ScanConfig) -> CorpusConfig:
         max_tokens=NEUTRAL_LEN * NEUTRAL_CONTEXTS,
         seed=cfg.corpus.seed + 1,
     )
-
-
-def _scan_dictionary(run_dir: Path, results: dict[str, Any]) -> Dictionary | None:
-    stage = results.get("dictionary")
-    if not stage or not stage.get("path"):
-        return None
-    path = Path(stage["path"])
-    return load_dictionary(path if path.is_absolute() else run_dir / path)

@@ -25,6 +25,7 @@ from aimri.dicts.formats import load_dictionary
 from aimri.dicts.train import train
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
+from aimri.scanner.layout import ScanRun
 from aimri.store.collect import collect
 from aimri.store.manifest import read_manifest
 
@@ -35,9 +36,8 @@ BATCH = 1024
 EVAL_TOKENS = 4096
 
 
-def dictionary_stage(
-    cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]
-) -> dict[str, Any]:
+def dictionary_stage(run: ScanRun) -> dict[str, Any]:
+    cfg, model, layout = run.cfg, run.model, run.layout
     site = cfg.dict_site or f"blocks.{model.info.n_layers // 2}.hook_resid_post"
     model.expand_sites([site])  # a clear error for a site this model lacks
     training: dict[str, Any] | None = None
@@ -50,19 +50,19 @@ def dictionary_stage(
             )
         site = loaded.cfg.site or site
     else:
-        path = run_dir / "dicts" / site
-        training = _train(cfg, model, run_dir, site, path)
+        path = layout.dictionary(site)
+        training = _train(cfg, model, layout.dict_activations, site, path)
     corpus = dataclasses.replace(cfg.corpus, max_tokens=EVAL_TOKENS, seed=cfg.corpus.seed + 1)
     result = evaluate(EvalConfig(dictionary=path, model=cfg.model, corpus=corpus), model=model)
     return {
         "site": site,
-        "path": str(path.relative_to(run_dir)) if path.is_relative_to(run_dir) else str(path),
+        "path": layout.relative(path),
         "trained_here": training is not None,
         "training": training,
         "eval": result.metrics,
         "baselines": result.baselines,
         "eval_tokens": EVAL_TOKENS,
-        "sinks": _sinks(run_dir / "activations-dict", site, model) if training else None,
+        "sinks": _sinks(layout.dict_activations, site, model) if training else None,
     }
 
 
@@ -85,8 +85,7 @@ def _sinks(store: Path, site: str, model: Model) -> dict[str, Any] | None:
     }
 
 
-def _train(cfg: ScanConfig, model: Model, run_dir: Path, site: str, out: Path) -> dict[str, Any]:
-    store = run_dir / "activations-dict"
+def _train(cfg: ScanConfig, model: Model, store: Path, site: str, out: Path) -> dict[str, Any]:
     corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.dict_tokens)
     collect(
         CollectConfig(

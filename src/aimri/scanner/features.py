@@ -17,11 +17,11 @@ from typing import Any
 import torch
 
 from aimri.config import FeaturesConfig, ScanConfig
-from aimri.dicts.formats import load_dictionary
 from aimri.features.pipeline import BasisResult, describe
 from aimri.features.sources import ContextSource, ModelContexts, StoreContexts
 from aimri.features.stats import ExampleSpec
 from aimri.model.adapter import Model
+from aimri.scanner.layout import ScanRun
 from aimri.store.manifest import read_manifest
 from aimri.store.reader import ActivationStore
 
@@ -32,18 +32,17 @@ scorer (`aimri features describe --scorers embedding`) is left out of the scan f
 embeds every example window and was the stage's largest cost."""
 
 
-def features_stage(
-    cfg: ScanConfig, model: Model, run_dir: Path, results: dict[str, Any]
-) -> dict[str, Any]:
-    dict_stage = results["dictionary"]
-    path = Path(dict_stage["path"])
-    dictionary = path if path.is_absolute() else run_dir / path
+def features_stage(run: ScanRun) -> dict[str, Any]:
+    cfg, model, layout = run.cfg, run.model, run.layout
+    dict_stage = run.results["dictionary"]
+    dictionary = run.dictionary()
+    assert dictionary is not None, "the dictionary stage ran"
     site = dict_stage["site"]
-    source = _source(cfg, model, run_dir, site)
+    source = _source(cfg, model, layout.dict_activations, site)
     llm = cfg.labeler == "llm"
     fcfg = FeaturesConfig(
-        dictionary=dictionary,
-        out=run_dir / CATALOG,
+        dictionary=layout.resolve(dict_stage["path"]),
+        out=layout.catalog,
         model=cfg.model,
         explainers=("tokens", "logits", "llm") if llm else ("tokens", "logits"),
         scorers=(*SCAN_SCORERS, "detection") if llm else SCAN_SCORERS,
@@ -51,13 +50,15 @@ def features_stage(
         llm=cfg.llm,
         seed=cfg.corpus.seed,
     )
-    d_sae = load_dictionary(dictionary).cfg.d_sae
+    d_sae = dictionary.cfg.d_sae
     g = torch.Generator().manual_seed(cfg.corpus.seed)
     sample = torch.randperm(d_sae, generator=g)[: cfg.n_features].sort().values.tolist()
-    r = describe(fcfg, model=model, source=source, features=sample, spec=ExampleSpec())
+    r = describe(
+        fcfg, model=model, source=source, features=sample, spec=ExampleSpec(), loaded=dictionary
+    )
     return {
         "site": site,
-        "catalog": str(CATALOG),
+        "catalog": layout.relative(layout.catalog),
         "n_tokens": r.dictionary.features.n_tokens,
         "n_features_total": d_sae,
         "sampled": len(sample),
@@ -67,9 +68,8 @@ def features_stage(
     }
 
 
-def _source(cfg: ScanConfig, model: Model, run_dir: Path, site: str) -> ContextSource:
+def _source(cfg: ScanConfig, model: Model, store: Path, site: str) -> ContextSource:
     """The dictionary's own training activations when the scan collected them."""
-    store = run_dir / "activations-dict"
     if (store / "manifest.json").is_file() and read_manifest(store).get("complete"):
         s = ActivationStore(store)
         if site in s.sites:

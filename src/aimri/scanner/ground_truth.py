@@ -8,24 +8,21 @@ Not here: the toy itself (`aimri.dicts.toy`), training (`aimri.dicts.train`).
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 from typing import Any
 
 import torch
 
-from aimri.config import OptimConfig, ScanConfig, TrainConfig
+from aimri.config import OptimConfig, TrainConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.dicts.toy import SITE, make_toy_store, recovery
 from aimri.dicts.train import train
-from aimri.model.adapter import Model
+from aimri.scanner.layout import ScanRun
 
 N_FEATURES, D, K = 256, 64, 8
 
 
-def ground_truth_stage(
-    cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]
-) -> dict[str, Any]:
-    root = run_dir / "toy"
+def ground_truth_stage(run: ScanRun) -> dict[str, Any]:
+    root, cfg = run.layout.toy, run.cfg
     shutil.rmtree(root, ignore_errors=True)  # seconds to redo; never a stale result
     toy = make_toy_store(
         root / "store", n_features=N_FEATURES, d=D, n_tokens=2**17, seed=cfg.corpus.seed

@@ -47,6 +47,7 @@ from aimri.scanner.dictionary import dictionary_stage
 from aimri.scanner.features import features_stage
 from aimri.scanner.findings import findings_from
 from aimri.scanner.ground_truth import ground_truth_stage
+from aimri.scanner.layout import RunLayout, ScanRun
 from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
 from aimri.scanner.stats import site_statistics
 from aimri.scanner.steering import steering_stage
@@ -74,7 +75,8 @@ class ScanResult:
 
 def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
     t0 = time.perf_counter()
-    run_dir = cfg.runs_dir / (cfg.name or _default_name(cfg.model.spec))
+    layout = RunLayout(cfg.runs_dir / (cfg.name or _default_name(cfg.model.spec)))
+    run_dir = layout.root
     run_dir.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     run_info: dict[str, Any] = {
@@ -85,7 +87,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         "versions": run_versions(),
         "timings_s": timings,
     }
-    write_json_atomic(run_dir / "run.json", run_info)
+    write_json_atomic(layout.run_json, run_info)
 
     with _timed(timings, "load_model"):
         model = model or load_model(cfg.model)
@@ -97,13 +99,14 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         model_sha256=weights_sha,
         detail={"run": run_dir.name, "stages": [name for name, _ in _stages()]},
     )
-    results: dict[str, Any] = {}
+    run = ScanRun(cfg, model, layout)
+    results = run.results
     for name, stage in _stages():
         with _timed(timings, name):
-            results[name] = stage(cfg, model, run_dir, results)
+            results[name] = stage(run)
         log.info("scan: %s done in %.1fs", name, timings[name])
 
-    storage = tidy_run_folder(run_dir, keep_activations=cfg.keep_activations)
+    storage = tidy_run_folder(layout, keep_activations=cfg.keep_activations)
     findings = findings_from(results)
     scan_doc = {
         "schema_version": SCAN_SCHEMA,
@@ -122,31 +125,27 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         "versions": run_info["versions"],
     }
     scan_doc = finite(scan_doc)
-    write_json_atomic(run_dir / "scan.json", scan_doc)
+    write_json_atomic(layout.scan_json, scan_doc)
     with _timed(timings, "report"):
-        report = render_report(scan_doc, run_dir / "report.html")
+        report = render_report(scan_doc, layout.report)
     run_info.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"))
-    write_json_atomic(run_dir / "run.json", run_info)
-    return ScanResult(run_dir, report, run_dir / "scan.json", time.perf_counter() - t0)
+    write_json_atomic(layout.run_json, run_info)
+    return ScanResult(run_dir, report, layout.scan_json, time.perf_counter() - t0)
 
 
-ACTIVATION_CACHES = ("activations", "activations-dict", "activations-transcoders")
-"""The run folder's activation stores: what the stages trained and measured on."""
-
-
-def tidy_run_folder(run_dir: Path, *, keep_activations: bool) -> dict[str, Any]:
+def tidy_run_folder(layout: RunLayout, *, keep_activations: bool) -> dict[str, Any]:
     """Remove the activation caches unless asked to keep them; say what was removed and what
     the folder holds after (the report shows it)."""
     removed = []
-    for name in ACTIVATION_CACHES if not keep_activations else ():
-        path = run_dir / name
+    for path in layout.caches if not keep_activations else ():
         if path.is_dir():
-            removed.append({"path": name, "mb": round(_folder_bytes(path) / 2**20, 1)})
+            mb = round(_folder_bytes(path) / 2**20, 1)
+            removed.append({"path": layout.relative(path), "mb": mb})
             shutil.rmtree(path)
     return {
         "activations_kept": keep_activations,
         "removed": removed,
-        "run_folder_mb": round(_folder_bytes(run_dir) / 2**20, 1),
+        "run_folder_mb": round(_folder_bytes(layout.root) / 2**20, 1),
         "note": "the run folder before report.html was written; "
         + (
             "activation caches kept (--keep-activations)"
@@ -160,7 +159,7 @@ def _folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-Stage = Callable[[ScanConfig, Model, Path, dict[str, Any]], dict[str, Any]]
+Stage = Callable[[ScanRun], dict[str, Any]]
 
 
 def _stages() -> list[tuple[str, Stage]]:
@@ -178,9 +177,10 @@ def _stages() -> list[tuple[str, Stage]]:
     ]
 
 
-def _activations(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]) -> dict[str, Any]:
+def _activations(run: ScanRun) -> dict[str, Any]:
+    cfg, model = run.cfg, run.model
     collect_cfg = CollectConfig(
-        out=run_dir / "activations",
+        out=run.layout.activations,
         model=cfg.model,
         corpus=cfg.corpus,
         sites=cfg.sites,
@@ -194,7 +194,7 @@ def _activations(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]
     ctx_len = cfg.corpus.ctx_len
     samples = [model.tokenizer.decode(tokens[i * ctx_len : (i + 1) * ctx_len]) for i in range(3)]
     return {
-        "path": "activations",
+        "path": run.layout.relative(run.layout.activations),
         "corpus": to_jsonable(cfg.corpus),
         "sites": store.identity["sites"],
         "dtype": cfg.store_dtype,
@@ -206,13 +206,14 @@ def _activations(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]
     }
 
 
-def _statistics(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]) -> dict[str, Any]:
-    store = ActivationStore(run_dir / "activations")
+def _statistics(run: ScanRun) -> dict[str, Any]:
+    store = ActivationStore(run.layout.activations)
     return {"sites": [dataclasses.asdict(s) for s in site_statistics(store)]}
 
 
-def _logit_lens(cfg: ScanConfig, model: Model, run_dir: Path, _: dict[str, Any]) -> dict[str, Any]:
-    store = ActivationStore(run_dir / "activations")
+def _logit_lens(run: ScanRun) -> dict[str, Any]:
+    model = run.model
+    store = ActivationStore(run.layout.activations)
     sites = residual_sites(store.sites)
     layers = lens_over_store(model, store)
     tables = [lens_table(model, p, sites, k=3) for p in LENS_PROMPTS] if sites else []

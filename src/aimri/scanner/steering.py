@@ -24,9 +24,9 @@ import torch
 from torch import Tensor
 
 from aimri.config import ScanConfig
-from aimri.dicts.formats import load_dictionary
 from aimri.features.embed import load_embedder
 from aimri.model.adapter import Model
+from aimri.scanner.layout import ScanRun
 from aimri.steer.candidates import concept_candidates, top_tokens
 from aimri.steer.golden_gate import (
     FLUENT_DISTINCT,
@@ -50,18 +50,17 @@ N_PROBE = 48
 """Candidates probed causally (teacher-forced on two short texts)."""
 
 
-def steering_stage(
-    cfg: ScanConfig, model: Model, run_dir: Path, results: dict[str, Any]
-) -> dict[str, Any]:
+def steering_stage(run: ScanRun) -> dict[str, Any]:
+    cfg, model = run.cfg, run.model
     if not cfg.steer:
         return {"skipped": "turned off with --no-steer"}
-    dict_path = Path(results["dictionary"]["path"])
-    dictionary = load_dictionary(dict_path if dict_path.is_absolute() else run_dir / dict_path)
+    dictionary = run.dictionary()
+    assert dictionary is not None, "the dictionary stage ran"
     if dictionary.cfg.transcoder:
         return {"skipped": "the scan's dictionary is a transcoder; steering needs an SAE"}
     site = dictionary.cfg.site
     t = time.perf_counter()
-    xs, ids, n_sinks = _ordinary_tokens(cfg, model, run_dir, site)
+    xs, ids, n_sinks = _ordinary_tokens(cfg, model, run.layout.dict_activations, site)
     unit = float(xs.norm(dim=-1).median())
     tops = top_tokens(dictionary, _chunks(ids, xs))
     embedder = load_embedder()
@@ -177,12 +176,12 @@ def _best(ms: list[Measures]) -> Measures:
 
 
 def _ordinary_tokens(
-    cfg: ScanConfig, model: Model, run_dir: Path, site: str
+    cfg: ScanConfig, model: Model, dict_store: Path, site: str
 ) -> tuple[Tensor, Tensor, int]:
     """([n, d] activations, [n] token ids, sinks left out) of the ordinary tokens of about
     N_TOKENS tokens' worth of whole contexts: a seeded sample of the dictionary's training store
     when the scan made one, else the corpus on the fly."""
-    store = _dict_store(run_dir, site)
+    store = _dict_store(dict_store, site)
     if store is not None:
         special = store.special_ids
         parts, n = [], 0
@@ -217,9 +216,8 @@ def _lap(t: float, what: str) -> float:
     return now
 
 
-def _dict_store(run_dir: Path, site: str) -> ActivationStore | None:
+def _dict_store(path: Path, site: str) -> ActivationStore | None:
     """The dictionary's training activations, when the scan collected them for this site."""
-    path = run_dir / "activations-dict"
     if not (path / "manifest.json").is_file() or not read_manifest(path).get("complete"):
         return None
     store = ActivationStore(path)

@@ -1,0 +1,120 @@
+"""One scan's run folder, and what the stages share while they run.
+
+```
+<run>/run.json                    config, model identity, versions, timings (written first)
+<run>/ledger.jsonl                every query on this model (aimri.ledger)
+<run>/activations/                the scan's activation store (statistics, lens, heads)
+<run>/activations-dict/           the dictionary's training tokens
+<run>/activations-transcoders/    the transcoders' training tokens
+<run>/dicts/<site>/               the scan's SAE
+<run>/transcoders/layer_<L>/      a transcoder per layer
+<run>/features/catalog.sqlite     labelled features
+<run>/graphs/<slug>.json          attribution graphs
+<run>/probes/                     concept probe directions
+<run>/toy/                        the ground-truth check's toy data and SAE
+<run>/scan.json, report.html      the results and their page
+```
+`RunLayout` owns every one of these paths; `ScanRun` carries the configuration, the model, the
+layout and the stages' results so far, and loads the scan's dictionary once for every stage
+that needs it. Not here: the stages themselves, or what goes in the files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aimri.config import ScanConfig
+from aimri.dicts.dictionary import Dictionary
+from aimri.dicts.formats import load_dictionary
+from aimri.model.adapter import Model
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    root: Path
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def scan_json(self) -> Path:
+        return self.root / "scan.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def activations(self) -> Path:
+        return self.root / "activations"
+
+    @property
+    def dict_activations(self) -> Path:
+        return self.root / "activations-dict"
+
+    @property
+    def transcoder_activations(self) -> Path:
+        return self.root / "activations-transcoders"
+
+    @property
+    def caches(self) -> tuple[Path, ...]:
+        """The activation stores, removed at the end unless --keep-activations."""
+        return (self.activations, self.dict_activations, self.transcoder_activations)
+
+    def dictionary(self, site: str) -> Path:
+        return self.root / "dicts" / site
+
+    @property
+    def toy(self) -> Path:
+        """The ground-truth check's toy store and SAE (redone every scan)."""
+        return self.root / "toy"
+
+    @property
+    def transcoders(self) -> Path:
+        return self.root / "transcoders"
+
+    @property
+    def catalog(self) -> Path:
+        return self.root / "features" / "catalog.sqlite"
+
+    @property
+    def graphs(self) -> Path:
+        return self.root / "graphs"
+
+    @property
+    def probes(self) -> Path:
+        return self.root / "probes"
+
+    def relative(self, path: Path) -> str:
+        """`path` as scan.json records it: relative to the run folder when inside it."""
+        return str(path.relative_to(self.root)) if path.is_relative_to(self.root) else str(path)
+
+    def resolve(self, recorded: str | Path) -> Path:
+        """A path scan.json recorded, back to one that opens."""
+        path = Path(recorded)
+        return path if path.is_absolute() else self.root / path
+
+
+@dataclass
+class ScanRun:
+    """What every stage gets: the scan's configuration, the model, the run folder, and the
+    results of the stages before it (by stage name)."""
+
+    cfg: ScanConfig
+    model: Model
+    layout: RunLayout
+    results: dict[str, Any] = field(default_factory=dict)
+    _dictionary: Dictionary | None = field(default=None, repr=False)
+
+    def dictionary(self) -> Dictionary | None:
+        """The dictionary the dictionary stage trained or loaded (None if it did not run),
+        loaded from disk once per scan."""
+        stage = self.results.get("dictionary") or {}
+        if not stage.get("path"):
+            return None
+        if self._dictionary is None:
+            self._dictionary = load_dictionary(self.layout.resolve(stage["path"]))
+        return self._dictionary
