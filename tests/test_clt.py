@@ -97,7 +97,7 @@ def test_sparse_and_dense_code_paths_agree_with_gradients(store):
         clt = CrossLayerTranscoder(cfg, sparse_kernels=sparse, seed=3)
         out = clt(x, y)
         (out.mse.sum()).backward()
-        grads.append((out.recon.detach(), clt.W_enc.grad, [w.grad for w in clt.W_dec]))
+        grads.append((out.recon.detach(), clt.W_enc[1].grad, [w.grad for w in clt.W_dec]))
     (ra, ea, da), (rb, eb, db) = grads
     torch.testing.assert_close(ra, rb, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(ea, eb, atol=1e-4, rtol=1e-3)

@@ -34,7 +34,8 @@ def random_clt(model, arch: Any = "topk", seed=0, d_sae=64, k=4) -> CrossLayerTr
     clt = CrossLayerTranscoder(cfg, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        clt.b_enc.copy_(torch.randn(clt.b_enc.shape, generator=g) * 0.1)
+        for b in clt.b_enc:
+            b.copy_(torch.randn(b.shape, generator=g) * 0.1)
         clt.b_dec.copy_(torch.randn(clt.b_dec.shape, generator=g) * 0.1)
         if arch == "jumprelu":
             for i in range(cfg.n_layers):

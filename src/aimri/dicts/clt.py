@@ -2,7 +2,7 @@
 outputs of that layer and every later one.
 
 Shapes (L layers, F = d_sae latents per layer, D = d_model), circuit-tracer's layout:
-  W_enc [L, F, D]  b_enc [L, F]   pre_l = x_l @ W_enc[l]ᵀ + b_enc[l]   (x_l: layer l's MLP input)
+  W_enc[l] [F, D]  b_enc[l] [F]   pre_l = x_l @ W_enc[l]ᵀ + b_enc[l]   (x_l: layer l's MLP input)
   W_dec[l] [F, L-l, D]            what latent f of layer l writes into layers l, l+1, ..., L-1
   b_dec [L, D]                    recon_j = Σ_{l ≤ j} codes_l @ W_dec[l][:, j-l] + b_dec[j]
 Activations: `topk` (k per layer and token), `batchtopk` (k·L per token on average, chosen
@@ -157,8 +157,12 @@ class CrossLayerTranscoder(nn.Module, TranscoderStack):
         self.sparse_kernels = sparse_kernels
         L, F, D = cfg.n_layers, cfg.d_sae, cfg.d_model
         g = torch.Generator().manual_seed(seed)
-        self.W_enc = nn.Parameter(torch.randn(L, F, D, generator=g) / D**0.5)
-        self.b_enc = nn.Parameter(torch.zeros(L, F))
+        # One tensor per layer (not [L, F, D]): a slice of one parameter would make autograd
+        # zero-fill a gradient of the whole [L, F, D] for every layer.
+        self.W_enc = nn.ParameterList(
+            [nn.Parameter(torch.randn(F, D, generator=g) / D**0.5) for _ in range(L)]
+        )
+        self.b_enc = nn.ParameterList([nn.Parameter(torch.zeros(F)) for _ in range(L)])
         self.W_dec = nn.ParameterList(
             [nn.Parameter(torch.randn(F, L - s, D, generator=g)) for s in range(L)]
         )
@@ -312,14 +316,16 @@ class CrossLayerTranscoder(nn.Module, TranscoderStack):
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         for W in self.W_dec:
-            if W.grad is not None:
+            if W.grad is not None:  # in place: a decoder block can be gigabytes
                 g, w = W.grad.flatten(1), W.flatten(1)
-                g -= (g * w).sum(-1, keepdim=True) * w
+                along = torch.einsum("fi,fi->f", g, w)
+                g.addcmul_(along[:, None].expand_as(w), w, value=-1)
 
     @torch.no_grad()
     def fold_scale(self, scale_in: Tensor, scale_out: Tensor) -> None:
         """Training saw x_l·scale_in[l] and target_j·scale_out[j]; fold both into the weights."""
-        self.W_enc *= scale_in[:, None, None].to(self.W_enc)
+        for W, scale in zip(self.W_enc, scale_in.tolist(), strict=True):
+            W *= scale
         for s, W in enumerate(self.W_dec):
             W /= scale_out[s:, None].to(W)
         self.b_dec /= scale_out[:, None].to(self.b_dec)
