@@ -40,3 +40,14 @@ def test_keep_activations_keeps_every_cache(tmp_path):
     assert storage["removed"] == [] and storage["activations_kept"]
     assert all((run / name).is_dir() for name in CACHES)
     assert storage["run_folder_mb"] == 3.5
+
+
+def test_findings_are_typed_and_keep_their_json_shape():
+    from aimri.scanner.findings import findings_from
+
+    stats = {
+        "sites": [{"site": "blocks.0.hook_resid_post", "bos_norm_ratio": 40.0, "top_dims": []}]
+    }
+    (f,) = findings_from({"statistics": stats})
+    assert f.id == "bos-norm-outlier" and f.severity == "info"
+    assert set(f.to_json()) == {"id", "title", "severity", "summary", "evidence"}

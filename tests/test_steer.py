@@ -557,6 +557,7 @@ def test_the_scan_stage_reports_a_verdict_or_why_there_is_none(
     from aimri.config import CorpusConfig, ModelConfig, ScanConfig
     from aimri.dicts.formats import save_dictionary
     from aimri.scanner.findings import findings_from
+    from aimri.scanner.layout import RunLayout, ScanRun
     from aimri.scanner.summary import summary_from
 
     m = tiny_model("llama")
@@ -568,22 +569,22 @@ def test_the_scan_stage_reports_a_verdict_or_why_there_is_none(
         model=ModelConfig(spec=str(tiny_model_dir("llama")), device="cpu"),
         corpus=CorpusConfig(source=str(tmp_path / "corpus.txt"), ctx_len=32, max_tokens=1024),
     )
-    results = {"dictionary": {"path": str(tmp_path / "sae")}}
-    none = stage.steering_stage(cfg, m, tmp_path, results)  # a random model: no concept
+    run = ScanRun(cfg, m, RunLayout(tmp_path), {"dictionary": {"path": str(tmp_path / "sae")}})
+    none = stage.steering_stage(run)  # a random model: no concept
     assert "no concrete-concept feature" in none["skipped"] and none["n_sinks"] >= 32
     planted = [Candidate(f, ["the", "quick"], 1e-3, 1.0, 1.0, 0.5) for f in range(12)]
     monkeypatch.setattr(stage, "concept_candidates", lambda *a, **k: planted)
     monkeypatch.setattr(stage, "choose", functools.partial(stage.choose, n=2))
     monkeypatch.setattr(golden_gate, "MAX_NEW_TOKENS", 4)
     monkeypatch.setattr(stage, "demonstrate", functools.partial(stage.demonstrate, n_random=3))
-    r = json.loads(json.dumps(stage.steering_stage(cfg, m, tmp_path, results)))
+    r = json.loads(json.dumps(stage.steering_stage(run)))
     assert r["feature"] in range(12) and [row["strength"] for row in r["rows"]] == [
         0.25, 0.5, 0.75
     ]  # fmt: skip
     assert r["unit"] > 0 and r["verdict"].startswith(("Demonstrated", "No demonstration"))
     assert all(len(row["generations"]) == 4 for row in r["rows"])
-    found = [f for f in findings_from({"steering": r}) if f["id"] == "steering-demonstration"]
-    assert found and found[0]["summary"] == r["verdict"]
+    found = [f for f in findings_from({"steering": r}) if f.id == "steering-demonstration"]
+    assert found and found[0].summary == r["verdict"]
     assert summary_from({"steering": r}, found)["checked"][0]["stage"] == "steering"
 
 

@@ -31,6 +31,7 @@ from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
 from aimri.scanner.concepts import corpus_texts, diff_and_record, probe_and_save
+from aimri.scanner.finding import Finding, findings_json
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.run import SCAN_SCHEMA, finite, run_versions, to_jsonable
 from aimri.scanner.summary import ledger_section, summary_from, transparency_from
@@ -79,20 +80,20 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
     return CommandResult(run_dir, report, run_dir / "diff.json", time.perf_counter() - t0, headline)
 
 
-def what_findings(what: dict[str, Any] | None) -> list[dict[str, Any]]:
+def what_findings(what: dict[str, Any] | None) -> list[Finding]:
     """One finding: what B says differently (`diff_what.what_changed`), if anything."""
     if not what or not (what["replies"] or (what["lens"] and what["lens"]["steered"])):
         return []
     said = [r["sentence"] for r in what["replies"][:5]]
     lens = what["lens"]["steered"][:3] if what["lens"] else []
     return [
-        {
-            "id": "diff-what",
-            "title": "What the changed model says differently",
-            "severity": "notice",
-            "summary": " ".join(f"{s}." for s in said + lens),
-            "evidence": {"replies": what["replies"][:5], "lens": what["lens"]},
-        }
+        Finding(
+            id="diff-what",
+            title="What the changed model says differently",
+            severity="notice",
+            summary=" ".join(f"{s}." for s in said + lens),
+            evidence={"replies": what["replies"][:5], "lens": what["lens"]},
+        )
     ]
 
 
@@ -137,7 +138,7 @@ def _document(
     model: Model,
     base: Model | None,
     results: dict[str, Any],
-    findings: list[dict[str, Any]],
+    findings: list[Finding],
     config: dict[str, Any],
     t0: float,
 ) -> dict[str, Any]:
@@ -149,7 +150,7 @@ def _document(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {**asdict(model.info), "weights_sha256": model.weights_sha256},
         "summary": summary_from(results, findings),
-        "findings": findings,
+        "findings": findings_json(findings),
         "stages": results,
         "config": config,
         "transparency": transparency_from(config, results),
@@ -222,15 +223,15 @@ def fresh_audit_dir(out: Path) -> Path:
     return path
 
 
-def audit_findings(white: Any) -> list[dict[str, Any]]:
+def audit_findings(white: Any) -> list[Finding]:
     """The blue team's hypotheses as findings (audit.json's summary lists them)."""
     return [
-        {
-            "id": f"audit-{h.rank}",
-            "title": h.text,
-            "severity": "medium" if h.kind in ("trigger", "behaviour") else "info",
-            "summary": h.text,
-            "evidence": {"claim": h.claim, "test": h.test},
-        }
+        Finding(
+            id=f"audit-{h.rank}",
+            title=h.text,
+            severity="notice" if h.kind in ("trigger", "behaviour") else "info",
+            summary=h.text,
+            evidence={"claim": h.claim, "test": h.test},
+        )
         for h in white.hypotheses
     ]

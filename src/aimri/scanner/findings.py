@@ -8,28 +8,29 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from aimri.scanner.finding import Finding
 from aimri.scanner.findings_checkup import concept_findings, diff_findings
 
 SINK_RATIO = 5.0
 MASSIVE_DIM_RATIO = 20.0
 
 
-def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def findings_from(results: dict[str, Any]) -> list[Finding]:
+    out: list[Finding] = []
     stats = results.get("statistics", {}).get("sites", [])
     sinks = [(s["site"], s["bos_norm_ratio"]) for s in stats if s["bos_norm_ratio"] >= SINK_RATIO]
     if sinks:
         worst = max(sinks, key=lambda x: x[1])
         out.append(
-            {
-                "id": "bos-norm-outlier",
-                "title": "The first token's activations dwarf the rest (attention-sink signature)",
-                "severity": "info",
-                "summary": f"At {len(sinks)} of {len(stats)} sites the norm at position 0 is at "
+            Finding(
+                id="bos-norm-outlier",
+                title="The first token's activations dwarf the rest (attention-sink signature)",
+                severity="info",
+                summary=f"At {len(sinks)} of {len(stats)} sites the norm at position 0 is at "
                 f"least {SINK_RATIO:g}x the median norm elsewhere; largest {worst[1]:.1f}x at {worst[0]}. "
                 "Dictionaries trained on these sites should leave position 0 out.",
-                "evidence": {"sites": [{"site": s, "ratio": round(r, 2)} for s, r in sinks]},
-            }
+                evidence={"sites": [{"site": s, "ratio": round(r, 2)} for s, r in sinks]},
+            )
         )
     massive = [
         {"site": s["site"], "dim": d, "ratio": round(r, 1)}
@@ -40,14 +41,14 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
     if massive:
         dims = sorted({m["dim"] for m in massive})
         out.append(
-            {
-                "id": "massive-dimensions",
-                "title": "A few residual dimensions carry outsized activations",
-                "severity": "info",
-                "summary": f"Dimensions {dims[:8]} have a mean |activation| at least "
+            Finding(
+                id="massive-dimensions",
+                title="A few residual dimensions carry outsized activations",
+                severity="info",
+                summary=f"Dimensions {dims[:8]} have a mean |activation| at least "
                 f"{MASSIVE_DIM_RATIO:g}x the median dimension's at {len({m['site'] for m in massive})} sites.",
-                "evidence": {"dimensions": massive[:60]},
-            }
+                evidence={"dimensions": massive[:60]},
+            )
         )
     # The last site's lens is the model's output itself, so it says nothing about formation.
     lens = results.get("logit_lens", {}).get("layers", [])[:-1]
@@ -63,27 +64,27 @@ def findings_from(results: dict[str, Any]) -> list[dict[str, Any]]:
             "the prediction forms late, or in a basis the plain logit lens cannot read."
         )
         out.append(
-            {
-                "id": "prediction-forms",
-                "title": "Where the next-token prediction forms",
-                "severity": "info",
-                "summary": summary,
-                "evidence": {
+            Finding(
+                id="prediction-forms",
+                title="Where the next-token prediction forms",
+                severity="info",
+                summary=summary,
+                evidence={
                     "layers": [{k: x[k] for k in ("site", "agreement_with_model")} for x in lens]
                 },
-            }
+            )
         )
     gt = results.get("ground_truth")
     if gt and gt["recovered_fraction"] < 0.9:
         out.append(
-            {
-                "id": "ground-truth-failed",
-                "title": "Dictionary training did not recover a toy model's known features",
-                "severity": "warning",
-                "summary": f"Only {100 * gt['recovered_fraction']:.0f}% of planted features were "
+            Finding(
+                id="ground-truth-failed",
+                title="Dictionary training did not recover a toy model's known features",
+                severity="warning",
+                summary=f"Only {100 * gt['recovered_fraction']:.0f}% of planted features were "
                 "recovered: treat this run's dictionaries with suspicion.",
-                "evidence": gt,
-            }
+                evidence=gt,
+            )
         )
     out.extend(_dictionary_findings(results.get("dictionary")))
     out.extend(_features_findings(results.get("features")))
@@ -99,7 +100,7 @@ def _ran(stage: dict[str, Any] | None) -> bool:
     return bool(stage) and not stage.get("skipped")
 
 
-def _steering_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _steering_findings(stage: dict[str, Any] | None) -> list[Finding]:
     """The Golden Gate verdict, worded by the steering stage's own rule."""
     if not _ran(stage) or "verdict" not in (stage or {}):
         return []
@@ -107,14 +108,14 @@ def _steering_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
     shown = stage.get("demonstrated_at") is not None
     keys = ("strength", "fluent", "beyond_random", "demonstrates", "perplexity")
     return [
-        {
-            "id": "steering-demonstration",
-            "title": "A feature steers the text to its concept beyond random directions"
+        Finding(
+            id="steering-demonstration",
+            title="A feature steers the text to its concept beyond random directions"
             if shown
             else "No feature was shown to steer the text to its concept beyond random directions",
-            "severity": "info" if shown else "notice",
-            "summary": stage["verdict"],
-            "evidence": {
+            severity="info" if shown else "notice",
+            summary=stage["verdict"],
+            evidence={
                 "feature": stage["feature"],
                 "concept": stage["concept"],
                 "rows": [
@@ -126,7 +127,7 @@ def _steering_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
                     for r in stage["rows"]
                 ],
             },
-        }
+        )
     ]
 
 
@@ -192,7 +193,7 @@ def interpretability_verdict(best: dict[str, Any], by_kind: dict[str, dict[str, 
     return ", ".join(parts) or "no baselines to compare with"
 
 
-def _features_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _features_findings(stage: dict[str, Any] | None) -> list[Finding]:
     """Dictionary features vs neurons vs random directions: the interpretable fraction."""
     labelled = best_label_rows(stage)
     if labelled is None:
@@ -210,22 +211,22 @@ def _features_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
         else f"predicts them ({best['scorer']} score"
     )
     return [
-        {
-            "id": "interpretable-fraction",
-            "title": f"{_pct(best)} of sampled dictionary features have a label that predicts "
+        Finding(
+            id="interpretable-fraction",
+            title=f"{_pct(best)} of sampled dictionary features have a label that predicts "
             f"them: {verdict}",
-            "severity": "info",
-            "summary": f"With the {best['explainer']} explainer's labels, {_pct(best)} of "
+            severity="info",
+            summary=f"With the {best['explainer']} explainer's labels, {_pct(best)} of "
             f"{best['n']} sampled features have a label that {what} ≥ {best['threshold']:g} on "
             f"held-out text; {_ci(best)}, mean score {best['mean'] or 0:.2f}; with shuffled "
             f"labels {_pct(best, 'frac_above_baseline')}). Same site, same pipeline: "
             f"{others or 'no baselines'}. Verdict by the intervals: {verdict}.",
-            "evidence": {"rows": same},
-        }
+            evidence={"rows": same},
+        )
     ]
 
 
-def _dictionary_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
+def _dictionary_findings(stage: dict[str, Any] | None) -> list[Finding]:
     if not stage:
         return []
     m = stage["eval"]
@@ -238,17 +239,17 @@ def _dictionary_findings(stage: dict[str, Any] | None) -> list[dict[str, Any]]:
         else ""
     )
     return [
-        {
-            "id": "dictionary-quality",
-            "title": f"A sparse dictionary for {stage['site']}",
-            "severity": "info",
-            "summary": f"Spliced into the model it recovers {100 * score(m):.0f}% of the loss that "
+        Finding(
+            id="dictionary-quality",
+            title=f"A sparse dictionary for {stage['site']}",
+            severity="info",
+            summary=f"Spliced into the model it recovers {100 * score(m):.0f}% of the loss that "
             f"zero-ablating the site costs, with FVU {fvu(m):.3f} at L0 {m['sparsity']['l0']:.0f}{versus}.",
-            "evidence": {
+            evidence={
                 "dictionary": m["model_performance_preservation"],
                 "baselines": {
                     k: v["model_performance_preservation"] for k, v in stage["baselines"].items()
                 },
             },
-        }
+        )
     ]

@@ -9,24 +9,26 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from aimri.scanner.finding import Finding
+
 TRIGGER_RATIO = 5.0
 """An input token is a trigger candidate when the mean KL after it is this many times the mean."""
 
 
-def diff_findings(stage: dict[str, Any]) -> list[dict[str, Any]]:
+def diff_findings(stage: dict[str, Any]) -> list[Finding]:
     if stage["empty"]:
         return [
-            {
-                "id": "diff-empty",
-                "title": "No difference between the two models on this text",
-                "severity": "info",
-                "summary": f"Over {stage['kl']['n_tokens']:,} tokens, per-token KL(B‖A) and every "
+            Finding(
+                id="diff-empty",
+                title="No difference between the two models on this text",
+                severity="info",
+                summary=f"Over {stage['kl']['n_tokens']:,} tokens, per-token KL(B‖A) and every "
                 "layer's activation change stay below the stated tolerances.",
-                "evidence": {
+                evidence={
                     "kl": _kl_numbers(stage["kl"]),
                     "tolerances": stage["settings"]["tolerances"],
                 },
-            }
+            )
         ]
     out = [_layers_finding(stage), _outputs_finding(stage)]
     out += _trigger_finding(stage)
@@ -38,7 +40,7 @@ def _kl_numbers(kl: dict[str, Any]) -> dict[str, Any]:
     return {k: kl[k] for k in ("n_tokens", "mean", "p50", "p95", "max")}
 
 
-def _layers_finding(stage: dict[str, Any]) -> dict[str, Any] | None:
+def _layers_finding(stage: dict[str, Any]) -> Finding | None:
     changed = [ly for ly in stage["layers"] if ly["changed"]]
     if not changed:
         return None
@@ -55,40 +57,40 @@ def _layers_finding(stage: dict[str, Any]) -> dict[str, Any] | None:
         else ""
     )
     promoted = ", ".join(repr(t["token"]) for t in top["promoted"][:5])
-    return {
-        "id": "diff-layers",
-        "title": f"Activations change from layer {changed[0]['layer']} on; most at layer {top['layer']}",
-        "severity": "notice",
-        "summary": f"{len(changed)} of {len(stage['layers'])} layers differ beyond tolerance; at layer "
+    return Finding(
+        id="diff-layers",
+        title=f"Activations change from layer {changed[0]['layer']} on; most at layer {top['layer']}",
+        severity="notice",
+        summary=f"{len(changed)} of {len(stage['layers'])} layers differ beyond tolerance; at layer "
         f"{top['layer']} the residual stream moves by {100 * top['rel_change']:.1f}% of its norm "
         f"on average, and the mean difference, read through the unembedding, promotes {promoted}."
         + steer,
-        "evidence": {
+        evidence={
             "layers": [
                 {k: ly[k] for k in ("layer", "rel_change", "mean_diff_rel", "steer_recovery")}
                 for ly in changed
             ]
         },
-    }
+    )
 
 
-def _outputs_finding(stage: dict[str, Any]) -> dict[str, Any]:
+def _outputs_finding(stage: dict[str, Any]) -> Finding:
     kl = stage["kl"]
     promoted = ", ".join(
         f"{t['token']!r} ({t['mean_logprob_change']:+.2f})" for t in kl["promoted"][:6]
     )
-    return {
-        "id": "diff-outputs",
-        "title": "The changed model predicts differently on ordinary text",
-        "severity": "notice",
-        "summary": f"Mean per-token KL(B‖A) {kl['mean']:.3g} nats (median {kl['p50']:.3g}, 95th "
+    return Finding(
+        id="diff-outputs",
+        title="The changed model predicts differently on ordinary text",
+        severity="notice",
+        summary=f"Mean per-token KL(B‖A) {kl['mean']:.3g} nats (median {kl['p50']:.3g}, 95th "
         f"percentile {kl['p95']:.3g}, max {kl['max']:.3g}) over {kl['n_tokens']:,} tokens. "
         f"Tokens B raises most on average (mean log-prob change): {promoted or 'none'}.",
-        "evidence": {"kl": _kl_numbers(kl), "promoted": kl["promoted"][:10]},
-    }
+        evidence={"kl": _kl_numbers(kl), "promoted": kl["promoted"][:10]},
+    )
 
 
-def _trigger_finding(stage: dict[str, Any]) -> list[dict[str, Any]]:
+def _trigger_finding(stage: dict[str, Any]) -> list[Finding]:
     kl = stage["kl"]
     hot = [
         t for t in kl["triggers"] if kl["mean"] > 0 and t["mean_kl"] >= TRIGGER_RATIO * kl["mean"]
@@ -97,18 +99,18 @@ def _trigger_finding(stage: dict[str, Any]) -> list[dict[str, Any]]:
         return []
     names = ", ".join(f"{t['token']!r} ({t['mean_kl'] / kl['mean']:.0f}×)" for t in hot[:6])
     return [
-        {
-            "id": "diff-triggers",
-            "title": "After some input tokens the two models diverge far more than elsewhere",
-            "severity": "warning",
-            "summary": f"Mean KL after these tokens is at least {TRIGGER_RATIO:g}× the overall mean: "
+        Finding(
+            id="diff-triggers",
+            title="After some input tokens the two models diverge far more than elsewhere",
+            severity="warning",
+            summary=f"Mean KL after these tokens is at least {TRIGGER_RATIO:g}× the overall mean: "
             f"{names}. A behaviour tied to a trigger word shows this way; look at the contexts.",
-            "evidence": {"triggers": hot[:10], "mean_kl": kl["mean"]},
-        }
+            evidence={"triggers": hot[:10], "mean_kl": kl["mean"]},
+        )
     ]
 
 
-def _features_finding(stage: dict[str, Any]) -> list[dict[str, Any]]:
+def _features_finding(stage: dict[str, Any]) -> list[Finding]:
     f = stage.get("features")
     if not f or not f["n_changed"]:
         return []
@@ -119,16 +121,16 @@ def _features_finding(stage: dict[str, Any]) -> list[dict[str, Any]]:
         for c in f["changed"][:5]
     )
     return [
-        {
-            "id": "diff-features",
-            "title": f"{f['n_changed']} of the base dictionary's features fire differently",
-            "severity": "notice",
-            "summary": f"The base model's dictionary at {f['site']} read on both models: firing "
+        Finding(
+            id="diff-features",
+            title=f"{f['n_changed']} of the base dictionary's features fire differently",
+            severity="notice",
+            summary=f"The base model's dictionary at {f['site']} read on both models: firing "
             f"rates change beyond noise for {f['n_changed']} of {f['d_sae']:,} features; the "
             f"largest: {top}. Its FVU is {f['fvu_a']:.3f} on the base and {f['fvu_b']:.3f} on the "
             "changed model.",
-            "evidence": {"changed": f["changed"][:10]},
-        }
+            evidence={"changed": f["changed"][:10]},
+        )
     ]
 
 
@@ -152,7 +154,7 @@ def readable(concept: dict[str, Any]) -> bool:
     )
 
 
-def concept_findings(stage: dict[str, Any]) -> list[dict[str, Any]]:
+def concept_findings(stage: dict[str, Any]) -> list[Finding]:
     """One finding per probed concept: how well its direction reads it on held-out pairs against
     random directions, and whether steering along it moves behaviour beyond random."""
     out = []
@@ -170,12 +172,12 @@ def concept_findings(stage: dict[str, Any]) -> list[dict[str, Any]]:
         )
         causal = " ".join(k["finding"] for k in c["causal"])
         out.append(
-            {
-                "id": f"concept-{c['concept']}",
-                "title": title,
-                "severity": "notice" if is_read and moved else "info",
-                "summary": f"{c['finding']} {causal}".strip(),
-                "evidence": {
+            Finding(
+                id=f"concept-{c['concept']}",
+                title=title,
+                severity="notice" if is_read and moved else "info",
+                summary=f"{c['finding']} {causal}".strip(),
+                evidence={
                     "detector": det,
                     "layer": row,
                     "causal": [
@@ -184,6 +186,6 @@ def concept_findings(stage: dict[str, Any]) -> list[dict[str, Any]]:
                     ],
                     "top_features": c["features"][:5],
                 },
-            }
+            )
         )
     return out

@@ -45,6 +45,7 @@ from aimri.scanner.circuits import circuits_stage
 from aimri.scanner.concepts import concepts_stage, diff_stage
 from aimri.scanner.dictionary import dictionary_stage
 from aimri.scanner.features import features_stage
+from aimri.scanner.finding import findings_json
 from aimri.scanner.findings import findings_from
 from aimri.scanner.ground_truth import ground_truth_stage
 from aimri.scanner.layout import RunLayout, ScanRun
@@ -115,7 +116,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         "created": run_info["started"],
         "model": run_info["model"],
         "summary": summary_from(results, findings),
-        "findings": findings,
+        "findings": findings_json(findings),
         "stages": results,
         "config": run_info["config"],
         "transparency": transparency_from(run_info["config"], results),

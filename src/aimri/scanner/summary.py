@@ -12,19 +12,18 @@ from pathlib import Path
 from typing import Any
 
 from aimri.ledger import consultations, read_ledger
+from aimri.scanner.finding import SEVERITY_ORDER, Finding
 from aimri.scanner.findings import best_label_rows, interpretability_verdict
 from aimri.scanner.findings_checkup import readable
 
-SEVERITY_ORDER = {"warning": 0, "notice": 1, "info": 2}
 
-
-def summary_from(results: dict[str, Any], findings: list[dict[str, Any]]) -> dict[str, Any]:
+def summary_from(results: dict[str, Any], findings: list[Finding]) -> dict[str, Any]:
     """{checked: [...], found: [...], sure: [...]}: each a list of short, numbered statements."""
     return {
         "checked": [c for c in (_checked(name, r) for name, r in results.items()) if c],
         "found": sorted(
-            ({k: f[k] for k in ("id", "title", "severity")} for f in findings),
-            key=lambda f: SEVERITY_ORDER.get(f["severity"], 3),
+            ({"id": f.id, "title": f.title, "severity": f.severity} for f in findings),
+            key=lambda f: SEVERITY_ORDER[f["severity"]],
         ),
         "sure": [s for s in (_sure(name, r) for name, r in results.items()) if s],
     }
