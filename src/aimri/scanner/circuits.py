@@ -24,8 +24,8 @@ from aimri.dicts.train import train_many
 from aimri.dicts.transcoder_set import load_transcoder_set, set_recipe
 from aimri.model.adapter import Model
 from aimri.scanner.layout import ScanRun
-from aimri.scanner.lens import lens_table
 from aimri.store.collect import collect
+from aimri.store.lens import lens_table
 from aimri.store.reader import ActivationStore
 
 DEMOS = (

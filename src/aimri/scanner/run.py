@@ -49,12 +49,12 @@ from aimri.scanner.finding import findings_json
 from aimri.scanner.findings import findings_from
 from aimri.scanner.ground_truth import ground_truth_stage
 from aimri.scanner.layout import RunLayout, ScanRun
-from aimri.scanner.lens import lens_over_store, lens_table, residual_sites
-from aimri.scanner.stats import site_statistics
 from aimri.scanner.steering import steering_stage
 from aimri.scanner.summary import ledger_section, summary_from, transparency_from
 from aimri.store.collect import collect
+from aimri.store.lens import lens_over_store, lens_table, residual_sites
 from aimri.store.reader import ActivationStore
+from aimri.store.stats import site_statistics
 
 log = logging.getLogger(__name__)
 SCAN_SCHEMA = 2

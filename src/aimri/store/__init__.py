@@ -1,1 +1,2 @@
-"""The activation store: sharded safetensors plus a manifest; writer, reader, streaming."""
+"""The activation store: sharded safetensors plus a manifest; writer, reader, streaming, and
+the analyses that read it directly (site statistics, the logit lens)."""
