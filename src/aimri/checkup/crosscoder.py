@@ -30,10 +30,10 @@ from torch import Tensor
 
 from aimri.checkup.diff_stats import text_batches, window
 from aimri.config import OptimConfig, TrainConfig
+from aimri.corpus.text import TokenText
 from aimri.dicts.dictionary import Dictionary
 from aimri.dicts.formats import load_dictionary
 from aimri.dicts.train import train
-from aimri.features.sources import TokenText
 from aimri.model.adapter import Model
 from aimri.store.reader import BatchSource
 

@@ -23,9 +23,9 @@ import torch
 from torch import Tensor
 
 from aimri.checkup.diff_stats import FeatureContext, TextBatch, Tolerances, window
+from aimri.corpus.text import TokenText
 from aimri.dicts.dictionary import Dictionary
 from aimri.errors import AimriError
-from aimri.features.sources import TokenText
 from aimri.model.adapter import Model
 
 N_CONTEXTS = 3

@@ -26,8 +26,8 @@ from aimri.checkup.diff_stats import (
     token_kl,
     token_scores,
 )
+from aimri.corpus.text import TokenText
 from aimri.features.effects import logit_effects
-from aimri.features.sources import TokenText
 from aimri.model.adapter import Model
 from aimri.steer.edits import AddDirection, steering
 

@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from aimri.features.sources import TokenText
+from aimri.corpus.text import TokenText
 from aimri.model.adapter import Model
 from aimri.steer.generate import prompt_ids, right_pad
 

@@ -517,7 +517,7 @@ def explain_text(
     import torch
 
     from aimri.corpus.contexts import special_tokens
-    from aimri.features.sources import TokenText
+    from aimri.corpus.text import TokenText
 
     catalog.check_fits(basis, model)
     ids = model.tokenizer(text, add_special_tokens=False)["input_ids"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
@@ -117,20 +117,3 @@ class ModelContexts(ContextSource):
             ids = torch.arange(start, start + len(batch))
             start += len(batch)
             yield self._batch(ids, tokens, acts.to("cpu", torch.float32))
-
-
-class TokenText:
-    """Token id → its text, decoded one token at a time and cached."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer = tokenizer
-        self._cache: dict[int, str] = {}
-
-    def __call__(self, ids: list[int]) -> list[str]:
-        out = []
-        for i in ids:
-            s = self._cache.get(i)
-            if s is None:
-                s = self._cache[i] = self.tokenizer.decode([i])
-            out.append(s)
-        return out

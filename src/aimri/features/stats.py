@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from aimri.corpus.text import TokenText
 from aimri.errors import AimriError
 from aimri.features.basis import FeatureBasis
 from aimri.features.effects import LogitEffects, decoder_neighbours, logit_effects
@@ -33,7 +34,7 @@ from aimri.features.records import (
     Neighbour,
     TokenEffect,
 )
-from aimri.features.sources import ContextSource, TokenText
+from aimri.features.sources import ContextSource
 from aimri.model.adapter import Model
 
 log = logging.getLogger(__name__)

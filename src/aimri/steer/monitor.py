@@ -38,9 +38,9 @@ import torch
 from torch import Tensor
 from transformers import StoppingCriteria
 
+from aimri.corpus.text import TokenText
 from aimri.dicts.dictionary import Dictionary
 from aimri.errors import AimriError
-from aimri.features.sources import TokenText
 from aimri.ledger import record_query
 from aimri.model.adapter import Model, PatchFn
 from aimri.steer.edits import Edit, _check_site
