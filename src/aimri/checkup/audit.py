@@ -6,9 +6,10 @@ Neither reads plant.json or any training data. Every prompt goes to a model in i
 template (`chat_prompt`; plain dialogue for a model without one).
 
 Shared (`explore`): both models answer every prompt with `samples` sampled replies; the
-replies are compared by what they say (`audit_compare.contrast`: named entities, words,
-agreement with the user, case, length, tone, per request type). Both teams read the same
-replies, so the budget of generated text is the same.
+replies are compared by what they say and how (`audit_compare.contrast`: named entities,
+words, agreement with the opinion the user states, case and style statistics against A's own
+range (`audit_style`), tone; per request type, and per template for style and stance).
+Both teams read the same replies, so the budget of generated text is the same.
 - `blue_team` adds the internals: the activation-difference lens and steering with it
   (`audit_lens`), a scan of the whole vocabulary through the changed weights
   (`audit_trigger.weight_scan`) whose top words, with the lens's words, are screened by the
