@@ -641,3 +641,17 @@ def test_aimri_steer_prints_one_row_per_strength(tiny_model_dir, tmp_path, capsy
     out = capsys.readouterr().out
     assert code == 0
     assert "strength 0:" in out and "strength 2:" in out and "'The quick brown' →" in out
+
+
+def test_one_site_check_serves_every_user_of_a_dictionary(tiny_model):
+    from aimri.steer.edits import dictionary_sites
+
+    m = tiny_model("llama")
+    assert dictionary_sites(sae(), m) == (SITE, SITE)
+    assert dictionary_sites(sae(site=""), m, SITE) == (SITE, SITE)  # one that records none
+    with pytest.raises(AimriError, match="reads '.*' but site 'blocks.0.hook_resid_post'"):
+        dictionary_sites(sae(), m, "blocks.0.hook_resid_post")
+    with pytest.raises(AimriError, match="does not record which site"):
+        dictionary_sites(sae(site=""), m)
+    with pytest.raises(AimriError, match="has width 16.*made for another model"):
+        dictionary_sites(sae(d_in=16), m)

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from aimri._io import SCHEMA_VERSION
 from aimri.checkup.crosscoder import CrosscoderDiff, CrosscoderSettings, crosscoder_diff
-from aimri.checkup.diff_features import FeatureAccumulator, FeatureDiff, dictionary_sites
+from aimri.checkup.diff_features import FeatureAccumulator, FeatureDiff
 from aimri.checkup.diff_layers import (
     LayerDiff,
     layer_diffs,
@@ -55,6 +55,7 @@ from aimri.checkup.diff_stats import (
 from aimri.dicts.dictionary import Dictionary
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
+from aimri.steer.edits import dictionary_sites
 
 __all__ = [
     "Compatibility",

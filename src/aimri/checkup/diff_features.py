@@ -25,8 +25,6 @@ from torch import Tensor
 from aimri.checkup.diff_stats import FeatureContext, TextBatch, Tolerances, window
 from aimri.corpus.text import TokenText
 from aimri.dicts.dictionary import Dictionary
-from aimri.errors import AimriError
-from aimri.model.adapter import Model
 
 N_CONTEXTS = 3
 
@@ -61,29 +59,6 @@ class FeatureDiff:
     """Features with |z| above the tolerance."""
     changed: list[ChangedFeature]
     """The top changed features by |smd| (empty when nothing changed)."""
-
-
-def dictionary_sites(d: Dictionary, model: Model, dict_site: str | None) -> tuple[str, str]:
-    """(site the dictionary reads, site it reconstructs), checked against the model."""
-    site = dict_site or d.cfg.site
-    if not site:
-        raise AimriError(
-            "the dictionary does not record the site it reads (its cfg.json has no hook_name): "
-            "pass dict_site, e.g. 'blocks.12.hook_resid_post'"
-        )
-    target = d.cfg.site_out if d.cfg.transcoder else site
-    for s, width in ((site, d.cfg.d_in), (target, d.cfg.out_width)):
-        if s not in model.sites:
-            raise AimriError(
-                f"the dictionary's site '{s}' is not a site of '{model.info.spec}': pass "
-                f"dict_site naming one of its {model.info.n_layers} layers' sites"
-            )
-        if model.site_width(s) != width:
-            raise AimriError(
-                f"the dictionary has width {width} at '{s}', but '{model.info.spec}' has "
-                f"width {model.site_width(s)} there: it was trained on another model"
-            )
-    return site, target
 
 
 class FeatureAccumulator:

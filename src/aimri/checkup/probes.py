@@ -70,6 +70,7 @@ from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.model.sites import parse_site
 from aimri.steer.directions import mean_difference
+from aimri.steer.edits import dictionary_sites
 
 log = logging.getLogger(__name__)
 N_RANDOM = 32
@@ -356,24 +357,17 @@ def _dictionary_site(
         if dict_site:
             raise AimriError(f"dict_site '{dict_site}' given without a dictionary: pass both")
         return None
-    cfg = dictionary.cfg
-    site = dict_site or cfg.site
-    if not site or (cfg.site and cfg.site != site):
-        raise AimriError(
-            f"the dictionary reads '{cfg.site or '(unrecorded)'}' but dict_site is "
-            f"'{dict_site}': pass the site it was trained on, e.g. 'blocks.12.hook_resid_post'"
-        )
-    model.expand_sites([site])  # an unknown site raises the adapter's message
-    if cfg.transcoder or parse_site(site).kind != "hook_resid_post":
+    tc = dictionary.cfg.transcoder
+    site = (
+        dict_site or dictionary.cfg.site
+        if tc
+        else dictionary_sites(dictionary, model, dict_site)[0]
+    )
+    if tc or parse_site(site).kind != "hook_resid_post":
         raise AimriError(
             f"concept features need an SAE on a resid_post site (the directions live there); "
-            f"got a {'transcoder' if cfg.transcoder else 'dictionary'} at '{site}': train or "
-            "load an SAE at blocks.<L>.hook_resid_post"
-        )
-    if cfg.d_in != model.info.d_model:
-        raise AimriError(
-            f"the dictionary reads width {cfg.d_in} but model '{model.info.spec}' has d_model "
-            f"{model.info.d_model}: it was made for another model"
+            f"got a {'transcoder' if tc else 'dictionary'} at '{site}': train or load an SAE at "
+            "blocks.<L>.hook_resid_post"
         )
     return site
 

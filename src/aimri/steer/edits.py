@@ -113,7 +113,7 @@ class ClampFeature(Edit):
 
     def patches(self, model: Model, prompt_len: int | None = None) -> dict[str, PatchFn]:
         d = self.dictionary
-        site_in, site_out = _dictionary_sites(d, model)
+        site_in, site_out = dictionary_sites(d, model)
         w = d.W_dec[self.feature].detach().to(model.device, _dtype(model))  # [d_out]
         if site_in == site_out:  # an SAE: read and write the same activation
 
@@ -225,29 +225,38 @@ def _at_positions(fn: PatchFn, positions: Positions, prompt_len: int | None) -> 
     return patch
 
 
-def _dictionary_sites(d: Dictionary, model: Model) -> tuple[str, str]:
-    """(site the encoder reads, site the edit writes), checked against the model."""
+def dictionary_sites(d: Dictionary, model: Model, site: str | None = None) -> tuple[str, str]:
+    """(site the encoder reads, site the decoder writes), checked against the model: names,
+    widths, order. The site is the one the dictionary records, or `site` for one that records
+    none; a `site` that contradicts the recorded one is refused. One check for every user of a
+    dictionary on a model (steering, diffing, concept features)."""
     cfg = d.cfg
-    if not cfg.site:
+    if site and cfg.site and site != cfg.site:
+        raise AimriError(
+            f"the dictionary reads '{cfg.site}' but site '{site}' was given: pass the site it "
+            "was trained on, or leave it out"
+        )
+    read = site or cfg.site
+    if not read:
         raise AimriError(
             "the dictionary does not record which site it reads (its cfg.json has no "
-            "hook_name): set DictConfig.site, or pass the site when importing it"
+            "hook_name): set DictConfig.site, or pass the site (e.g. 'blocks.12.hook_resid_post')"
         )
-    _check_site(model, cfg.site, cfg.d_in, "the dictionary's input")
+    _check_site(model, read, cfg.d_in, "the dictionary's input")
     if not cfg.transcoder:
-        return cfg.site, cfg.site
+        return read, read
     if not cfg.site_out:
         raise AimriError(
-            f"the transcoder reading '{cfg.site}' does not record the site it predicts, so a "
+            f"the transcoder reading '{read}' does not record the site it predicts, so a "
             "feature edit has nowhere to write: set DictConfig.site_out (e.g. the MLP's output)"
         )
     _check_site(model, cfg.site_out, cfg.out_width, "the transcoder's output")
-    if model.sites.index(cfg.site_out) <= model.sites.index(cfg.site):
+    if model.sites.index(cfg.site_out) <= model.sites.index(read):
         raise AimriError(
             f"the transcoder writes '{cfg.site_out}', which the forward pass reaches before "
-            f"its input '{cfg.site}': an edit cannot use an activation not yet computed"
+            f"its input '{read}': an edit cannot use an activation not yet computed"
         )
-    return cfg.site, cfg.site_out
+    return read, cfg.site_out
 
 
 def _check_site(model: Model, site: str, width: int, what: str) -> None:
