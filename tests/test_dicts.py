@@ -366,3 +366,18 @@ def test_training_on_the_fly_from_a_model(tiny_model, tmp_path):
     ), "deterministic"
     with pytest.raises(AimriError, match="no training data: pass --store"):
         train(TrainConfig(out=tmp_path / "c", **cfg))
+
+
+def test_every_architecture_the_cli_offers_carries_its_facts():
+    """An architecture is one Activation class plus one ACTIVATIONS line (and its name in
+    config.Architecture, the CLI's choices): the two lists agree, and each class says how it is
+    saved, under which SAELens name, and how it is trained."""
+    import typing
+
+    from aimri.config import Architecture
+    from aimri.dicts.codes import ACTIVATIONS
+
+    assert set(typing.get_args(Architecture)) == set(ACTIVATIONS)
+    for name, kind in ACTIVATIONS.items():
+        assert kind.saved_as in ACTIVATIONS and ACTIVATIONS[kind.saved_as].saved_as == kind.saved_as
+        assert kind.saelens_name and kind.sparsity_coeff >= 0, name

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -59,7 +59,19 @@ class Encoded(NamedTuple):
 
 
 class Activation(nn.Module, ABC):
-    """Turns pre-activations into codes; owns any parameters of its own (thresholds)."""
+    """Turns pre-activations into codes; owns any parameters of its own (thresholds).
+
+    Each architecture also carries its facts, so that adding one is one class plus one line in
+    `ACTIVATIONS` (and its name in `config.Architecture`, the CLI's list)."""
+
+    saved_as: ClassVar[str]
+    """The architecture its weights file is saved and reloaded as."""
+    saelens_name: ClassVar[str]
+    """SAELens's name for `saved_as` (cfg.json's "architecture")."""
+    sparsity_coeff: ClassVar[float] = 0.0
+    """Default weight of the `Encoded.sparsity` term in the loss."""
+    unit_decoder: ClassVar[bool] = True
+    """Decoder rows kept at unit norm while training."""
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__()
@@ -75,6 +87,8 @@ class Activation(nn.Module, ABC):
 
 
 class TopK(Activation):
+    saved_as, saelens_name = "topk", "topk"
+
     def encode(self, pre: Tensor, select: Encoder, x_in: Tensor, W_dec: Tensor) -> Encoded:
         idx = pre.topk(self.cfg.k, dim=-1, sorted=False).indices
         return Encoded(Codes(select(x_in, idx).relu(), idx), pre.new_zeros(()))
@@ -83,6 +97,8 @@ class TopK(Activation):
 class BatchTopK(Activation):
     """k·N largest activations over the whole batch while training; at inference a learned
     threshold (running mean of the smallest kept activation) makes it batch-independent."""
+
+    saved_as, saelens_name = "jumprelu", "jumprelu"  # how it runs at inference
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
@@ -147,6 +163,7 @@ class JumpReLU(Activation):
     """pre · H(pre − θ) with a learned per-latent θ; sparsity is an L0 surrogate."""
 
     bandwidth = 0.05  # in units of the scaled input (mean norm sqrt(d_in))
+    saved_as, saelens_name, sparsity_coeff = "jumprelu", "jumprelu", 1.0
 
     def __init__(self, cfg: DictConfig) -> None:
         super().__init__(cfg)
@@ -165,6 +182,9 @@ class JumpReLU(Activation):
 
 class ReLU(Activation):
     """relu(pre); sparsity is L1 weighted by each latent's decoder norm."""
+
+    saved_as, saelens_name, sparsity_coeff = "relu", "standard", 5.0
+    unit_decoder = False  # its L1 is weighted by the decoder norms instead
 
     def encode(self, pre: Tensor, select: Encoder, x_in: Tensor, W_dec: Tensor) -> Encoded:
         vals = select(x_in, ALL).relu()

@@ -131,15 +131,15 @@ class Dictionary(nn.Module, ABC):
 
     @torch.no_grad()
     def normalize_decoder(self) -> None:
-        """Decoder rows at unit norm (not for ReLU, whose L1 is weighted by the norms)."""
-        if self.cfg.architecture != "relu":
+        """Decoder rows at unit norm (where the architecture keeps them so)."""
+        if self.activation.unit_decoder:
             self.W_dec /= self.W_dec.norm(dim=-1, keepdim=True).clamp_min(1e-8)
 
     @torch.no_grad()
     def remove_parallel_grad(self) -> None:
         """Drop the gradient component along each decoder row, so the unit-norm constraint
         and the optimiser step do not fight."""
-        if self.W_dec.grad is not None and self.cfg.architecture != "relu":
+        if self.W_dec.grad is not None and self.activation.unit_decoder:
             g = self.W_dec.grad
             g -= (g * self.W_dec).sum(-1, keepdim=True) * self.W_dec
 

@@ -6,8 +6,9 @@
                               (+ threshold [d_sae] for jumprelu; + W_skip [d_out, d_in] transcoders)
 <dir>/aimri.json              our own record: DictConfig, training summary, sha256 of the weights
 ```
-Architectures map as: topk → "topk", relu → "standard", jumprelu → "jumprelu", and batchtopk is
-saved as "jumprelu" with its learned threshold (how it runs at inference). safetensors only;
+Each architecture says what it is saved as and SAELens's name for it (`codes.Activation`):
+topk → "topk", relu → "standard", jumprelu → "jumprelu", and batchtopk is saved as "jumprelu"
+with its learned threshold (how it runs at inference). safetensors only;
 a file with missing or mis-shaped tensors is refused with a message that names them.
 Not here: importers of other libraries' layouts.
 """
@@ -23,12 +24,12 @@ from safetensors.torch import save_file
 
 from aimri._io import atomic_path, read_json, sha256_file, write_json_atomic
 from aimri.config import DictConfig
+from aimri.dicts.codes import ACTIVATIONS
 from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.dicts.importers import IMPORTERS, load_tensors
 from aimri.errors import AimriError
 
 WEIGHTS = "sae_weights.safetensors"
-SAELENS_ARCH = {"topk": "topk", "relu": "standard", "jumprelu": "jumprelu", "batchtopk": "jumprelu"}
 FROM_SAELENS = {"topk": "topk", "standard": "relu", "jumprelu": "jumprelu", "transcoder": "relu",
                 "skip_transcoder": "relu", "jumprelu_transcoder": "jumprelu", "jumprelu_skip_transcoder": "jumprelu",
                 "topk_transcoder": "topk", "topk_skip_transcoder": "topk"}  # fmt: skip
@@ -60,7 +61,7 @@ def save_dictionary(d: Dictionary, path: Path, *, extra: dict[str, Any] | None =
 
 
 def _saelens_cfg(cfg: DictConfig) -> dict[str, Any]:
-    arch = SAELENS_ARCH[cfg.architecture]
+    arch = ACTIVATIONS[cfg.architecture].saelens_name
     if (
         cfg.transcoder
     ):  # SAELens has (skip_)transcoder and jumprelu_(skip_)transcoder; topk_* is ours
@@ -191,8 +192,9 @@ def _our_config(ours: Path) -> DictConfig:
             f"'{ours}' has no 'dict' object (the dictionary's configuration): the file is "
             f"damaged; {_REDO}"
         )
-    if fields.get("architecture") == "batchtopk":  # runs as the JumpReLU it was saved as
-        fields = {**fields, "architecture": "jumprelu"}
+    kind = ACTIVATIONS.get(str(fields.get("architecture")))
+    if kind is not None:  # e.g. a batchtopk runs as the JumpReLU it was saved as
+        fields = {**fields, "architecture": kind.saved_as}
     try:
         return DictConfig(**fields)
     except TypeError as e:

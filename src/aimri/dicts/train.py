@@ -38,6 +38,7 @@ from aimri.dicts.checkpoint import (
     save_checkpoint,
     truncate_metrics,
 )
+from aimri.dicts.codes import ACTIVATIONS
 from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.dicts.formats import save_dictionary
 from aimri.dicts.transcoder_set import is_glob, member_configs
@@ -294,7 +295,7 @@ def _step(
     out = d(x, y, dead=dead if cfg.optim.aux_k_coeff > 0 else None)
     coeff = cfg.optim.sparsity_coeff
     if coeff is None:
-        coeff = {"relu": 5.0, "jumprelu": 1.0}.get(cfg.architecture, 0.0)
+        coeff = ACTIVATIONS[cfg.architecture].sparsity_coeff
     # Normalised by a fixed variance (of the first batch), not each batch's own, so that the
     # mean over data-parallel ranks equals the loss of the whole batch.
     mse = out.mse
