@@ -203,3 +203,70 @@ def test_circuit_tracers_loader_encodes_as_we_do(tmp_path, arch, skip):
         assert int((codes != 0).sum()) > 0
         torch.testing.assert_close(res[f"codes_{layer}"], codes, atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(res[f"recon_{layer}"], ours.recon, atol=1e-5, rtol=1e-5)
+
+
+# Runs in circuit-tracer's Python: loads our CLT with its `load_clt` and reconstructs; then
+# writes a CLT of its own (`to_safetensors`) with its reconstructions, for us to load.
+CT_CLT_SCRIPT = textwrap.dedent(
+    """
+    import sys, torch
+    from safetensors.torch import load_file, save_file
+    from circuit_tracer.transcoder.cross_layer_transcoder import CrossLayerTranscoder, load_clt
+    ours, theirs, io = sys.argv[1], sys.argv[2], sys.argv[3]
+    x = load_file(io)["x"]
+    clt = load_clt(ours, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
+                   device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+    res = {}
+    with torch.no_grad():
+        res["codes"] = clt.encode(x).contiguous()
+        res["recon"] = clt(x).contiguous()
+        L, N, D = x.shape
+        own = CrossLayerTranscoder(L, clt.d_transcoder, D, activation_function="jump_relu",
+                                   lazy_decoder=False, device=torch.device("cpu"),
+                                   dtype=torch.float32)
+        g = torch.Generator().manual_seed(5)
+        for p in own.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        own.activation_function.threshold.copy_(torch.rand(own.activation_function.threshold.shape, generator=g))
+        own.to_safetensors(theirs)
+        res["their_recon"] = own(x).contiguous()
+    save_file(res, io)
+    """
+)
+
+
+@pytest.mark.parametrize("arch", ["jumprelu", "batchtopk"])
+def test_circuit_tracer_reads_our_clts_and_we_read_theirs(tmp_path, arch):
+    python = circuit_tracer_python()
+    if python is None:
+        pytest.skip("circuit-tracer not installed here and $AIMRI_CT_PYTHON not set")
+    from aimri.dicts.clt import CLTConfig, CrossLayerTranscoder
+    from aimri.dicts.clt_formats import load_clt, save_clt
+
+    cfg = CLTConfig(architecture=arch, n_layers=N_LAYERS, d_model=D, d_sae=F, k=4)
+    clt = CrossLayerTranscoder(cfg, seed=1)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in clt.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+        clt.threshold.fill_(0.3)  # batchtopk's inference threshold (unused by jumprelu)
+    save_clt(clt.eval(), tmp_path / "ours", model_name="m")
+    x = torch.randn(N_LAYERS, 16, D)
+    io = tmp_path / "io.safetensors"
+    save_file({"x": x}, str(io))
+    subprocess.run(
+        [python, "-c", CT_CLT_SCRIPT, str(tmp_path / "ours"), str(tmp_path / "theirs"), str(io)],
+        check=True,
+        timeout=300,
+    )
+    res = load_file(str(io))
+    with torch.no_grad():
+        codes = clt.encode_all(x)
+        dense = torch.stack([c.to_dense(F) for c in codes])
+        assert int((dense != 0).sum()) > 0
+        torch.testing.assert_close(res["codes"], dense, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(res["recon"], clt.decode(codes), atol=1e-4, rtol=1e-4)
+        theirs = load_clt(tmp_path / "theirs")
+        torch.testing.assert_close(
+            theirs.decode(theirs.encode_all(x)), res["their_recon"], atol=1e-4, rtol=1e-4
+        )
