@@ -43,11 +43,24 @@ def test_keep_activations_keeps_every_cache(tmp_path):
 
 
 def test_findings_are_typed_and_keep_their_json_shape():
-    from aimri.scanner.findings import findings_from
+    from aimri.scanner.stages import STAGES
+    from aimri.scanner.summary import findings_from
 
     stats = {
         "sites": [{"site": "blocks.0.hook_resid_post", "bos_norm_ratio": 40.0, "top_dims": []}]
     }
-    (f,) = findings_from({"statistics": stats})
+    (f,) = findings_from({"statistics": stats}, STAGES)
     assert f.id == "bos-norm-outlier" and f.severity == "info"
     assert set(f.to_json()) == {"id", "title", "severity", "summary", "evidence"}
+
+
+def test_every_scan_stage_declares_how_it_enters_the_document():
+    """One module plus one registry line make a stage: each runs something, names itself once,
+    and says what it checked; the audit is a section a command fills, with nothing to run."""
+    from aimri.scanner.commands import AUDIT
+    from aimri.scanner.stages import STAGES
+
+    names = [st.name for st in STAGES]
+    assert len(set(names)) == len(names) and names[0] == "activations"
+    assert all(st.run is not None for st in STAGES) and AUDIT.run is None
+    assert [st.name for st in STAGES if st.checked is None] == ["statistics"]

@@ -556,9 +556,9 @@ def test_the_scan_stage_reports_a_verdict_or_why_there_is_none(
     import aimri.steer.golden_gate as golden_gate
     from aimri.config import CorpusConfig, ModelConfig, ScanConfig
     from aimri.dicts.formats import save_dictionary
-    from aimri.scanner.findings import findings_from
     from aimri.scanner.layout import RunLayout, ScanRun
-    from aimri.scanner.summary import summary_from
+    from aimri.scanner.stages import STAGES
+    from aimri.scanner.summary import findings_from, summary_from
 
     m = tiny_model("llama")
     save_dictionary(sae(), tmp_path / "sae")
@@ -583,9 +583,9 @@ def test_the_scan_stage_reports_a_verdict_or_why_there_is_none(
     ]  # fmt: skip
     assert r["unit"] > 0 and r["verdict"].startswith(("Demonstrated", "No demonstration"))
     assert all(len(row["generations"]) == 4 for row in r["rows"])
-    found = [f for f in findings_from({"steering": r}) if f.id == "steering-demonstration"]
+    found = [f for f in findings_from({"steering": r}, STAGES) if f.id == "steering-demonstration"]
     assert found and found[0].summary == r["verdict"]
-    assert summary_from({"steering": r}, found)["checked"][0]["stage"] == "steering"
+    assert summary_from({"steering": r}, found, STAGES)["checked"][0]["stage"] == "steering"
 
 
 # --- end to end on the real model ---------------------------------------------------------

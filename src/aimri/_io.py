@@ -7,9 +7,11 @@ the modules that own them; this module only moves bytes safely.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import json
+import math
 import os
 import tempfile
 from collections.abc import Iterator
@@ -122,3 +124,27 @@ def cleanup_temp_files(directory: Path) -> int:
             p.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def finite(obj: Any) -> Any:
+    """NaN and inf become null, so scan.json is strict JSON that any parser (and the report's
+    JavaScript) reads; a missing number is shown as missing, never as a number."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in dataclasses.asdict(obj).items()}
+    if isinstance(obj, dict):
+        return {k: to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from aimri._io import write_json_atomic
+from aimri._io import finite, to_jsonable, write_json_atomic
 from aimri.checkup.audit import black_box, blue_team, explore
 from aimri.checkup.audit import neutral_texts as audit_texts
 from aimri.checkup.audit_prompts import generate_prompts, load_prompts
@@ -33,7 +33,9 @@ from aimri.report.render import render_report
 from aimri.scanner.concepts import corpus_texts, diff_and_record, probe_and_save
 from aimri.scanner.finding import Finding, findings_json
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
-from aimri.scanner.run import SCAN_SCHEMA, finite, run_versions, to_jsonable
+from aimri.scanner.run import SCAN_SCHEMA, run_versions
+from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stages import STAGES
 from aimri.scanner.summary import ledger_section, summary_from, transparency_from
 
 
@@ -143,17 +145,18 @@ def _document(
     t0: float,
 ) -> dict[str, Any]:
     """The JSON a check-up command writes (the scan's layout, schema SCAN_SCHEMA)."""
+    sections = [st for st in (*STAGES, AUDIT) if st.name in results]
     doc: dict[str, Any] = {
         "schema_version": SCAN_SCHEMA,
         "kind": kind,
         "run": run_dir.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "model": {**asdict(model.info), "weights_sha256": model.weights_sha256},
-        "summary": summary_from(results, findings),
+        "summary": summary_from(results, findings, sections),
         "findings": findings_json(findings),
         "stages": results,
         "config": config,
-        "transparency": transparency_from(config, results),
+        "transparency": transparency_from(config, results, sections),
         "ledger": ledger_section(run_dir, model.weights_sha256),
         "timings_s": {kind.split(".")[-1]: round(time.perf_counter() - t0, 2)},
         "versions": run_versions(),
@@ -235,3 +238,31 @@ def audit_findings(white: Any) -> list[Finding]:
         )
         for h in white.hypotheses
     ]
+
+
+def _audit_data(r: Result, _: str) -> str:
+    w = r["white_box"]["inputs"]
+    source = "your" if r.get("prompts") not in (None, "generated") else "generated"
+    return (
+        f"{w.get('prompts')} {source} chat prompts (topics × request types × framings), "
+        f"{w.get('replies_per_prompt')} sampled replies each from both models"
+    )
+
+
+AUDIT = Stage(
+    "audit",
+    checked=lambda r: (
+        f"what changed from {r['base']} to {r['other']}: ranked hypotheses from "
+        "the internals, beside a black-box baseline"
+    ),
+    method=lambda r, c: Method(
+        "audit",
+        "blue team: activation-difference lens and A steered with it, replies compared by "
+        "entities, words, agreement and style, trigger search with with/without tests; black "
+        "box: the same prompts and replies, without internals; hypotheses are sentences judged "
+        "on their measured gap",
+        f"k {c.get('k')}",
+    ),
+    data=_audit_data,
+)
+"""The audit's section of audit.json: a command's result, not a scan stage (nothing to run)."""

@@ -30,7 +30,9 @@ from aimri.dicts.dictionary import Dictionary
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
+from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.stage import Method, Result, Stage
 
 DEFAULT_CAUSAL = CausalSettings()
 NEUTRAL_CONTEXTS = 160
@@ -170,3 +172,80 @@ def _neutral_corpus(cfg: ScanConfig) -> CorpusConfig:
         max_tokens=NEUTRAL_LEN * NEUTRAL_CONTEXTS,
         seed=cfg.corpus.seed + 1,
     )
+
+
+def compact(settings: dict[str, Any]) -> str:
+    """A stage's scalar settings on one line, for the transparency table."""
+    return ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, dict | list))
+
+
+def _sure_concepts(r: Result) -> str:
+    cs = r["concepts"]
+    read = [c for c in cs if readable(c)]
+    moved = [
+        c for c in cs if any(k["beyond_random"] and k["target"] == "direction" for k in c["causal"])
+    ]
+    sizes = sorted({c["n_test_pairs"] for c in cs})
+    size = f"{sizes[0]}" if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
+    return (
+        f"{len(read)} of {len(cs)} concepts are read on held-out pairs beyond the 95th percentile "
+        f"of random directions and two standard errors above chance; steering along the detector "
+        f"moves behaviour beyond random directions for {len(moved)} of {len(cs)}. The contrast "
+        f"sets are small ({size} test pairs each), so an AUROC's standard error is 0.05–0.1."
+    )
+
+
+def _sure_diff(r: Result) -> str:
+    tol = r["settings"]["tolerances"]
+    same = (
+        "A and B have the same weights (sha256), so an empty diff is what a correct tool must say. "
+        if r["compatibility"]["same_weights"]
+        else ""
+    )
+    return (
+        f"{same}Differences below the tolerances (KL {tol['kl']:g} nats, relative change "
+        f"{tol['rel_change']:g}) are not listed; a feature counts as changed at |z| ≥ "
+        f"{tol['feature_z']:g} against binomial noise. A model diffed with itself comes out empty "
+        "(tested)."
+    )
+
+
+def _concept_data(r: Result, corpus: str) -> str:
+    sets = ", ".join(f"{c['concept']} v{c['version']}" for c in r["concepts"])
+    return f"shipped contrast sets ({sets}); neutral text: {r.get('neutral', corpus)}"
+
+
+CONCEPTS = Stage(
+    "concepts",
+    concepts_stage,
+    findings=concept_findings,
+    checked=lambda r: (
+        f"{len(r['concepts'])} safety concepts probed at every layer, "
+        "with held-out AUROC, false positives on neutral text and a causal check"
+    ),
+    sure=_sure_concepts,
+    method=lambda r, c: Method(
+        "safety concepts",
+        "difference of means and logistic probes per layer, held-out AUROC, "
+        "recall at 1% false positives on neutral text; dictionary features; steering and "
+        "ablation against random directions",
+        compact(r.get("settings", {})),
+    ),
+    data=_concept_data,
+)
+DIFF = Stage(
+    "diff",
+    diff_stage,
+    findings=diff_findings,
+    checked=lambda r: f"a diff against {r.get('base_spec', 'another version')}",
+    sure=_sure_diff,
+    method=lambda r, c: Method(
+        "model diff",
+        "per-layer activation differences through the logit lens and by steering; "
+        "per-token KL; the base dictionary on both models",
+        compact(r.get("settings", {})),
+    ),
+    data=lambda r, _: (
+        f"neutral text ({r.get('settings', {}).get('n_texts', '?')} texts) read by both models"
+    ),
+)

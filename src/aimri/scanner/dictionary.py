@@ -25,7 +25,9 @@ from aimri.dicts.formats import load_dictionary
 from aimri.dicts.train import train
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
+from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.stage import Method, Result, Stage
 from aimri.store.collect import collect
 from aimri.store.manifest import read_manifest
 
@@ -129,3 +131,51 @@ def _train(cfg: ScanConfig, model: Model, store: Path, site: str, out: Path) -> 
         "dead_fraction": r.dead_fraction,
         "curve": {key: [row[key] for row in rows] for key in ("step", "fvu", "l0", "dead_frac")},
     }
+
+
+def _findings(stage: Result) -> list[Finding]:
+    m = stage["eval"]
+    score = lambda x: x["model_performance_preservation"]["ce_loss_score"]  # noqa: E731
+    fvu = lambda x: x["reconstruction_quality"]["fvu"]  # noqa: E731
+    pca = stage["baselines"].get("pca")
+    versus = (
+        f"; PCA of the same size: FVU {fvu(pca):.3f}, {100 * score(pca):.0f}% recovered"
+        if pca
+        else ""
+    )
+    return [
+        Finding(
+            id="dictionary-quality",
+            title=f"A sparse dictionary for {stage['site']}",
+            severity="info",
+            summary=f"Spliced into the model it recovers {100 * score(m):.0f}% of the loss that "
+            f"zero-ablating the site costs, with FVU {fvu(m):.3f} at L0 {m['sparsity']['l0']:.0f}{versus}.",
+            evidence={
+                "dictionary": m["model_performance_preservation"],
+                "baselines": {
+                    k: v["model_performance_preservation"] for k, v in stage["baselines"].items()
+                },
+            },
+        )
+    ]
+
+
+DICTIONARY = Stage(
+    "dictionary",
+    dictionary_stage,
+    findings=_findings,
+    checked=lambda r: (
+        f"a sparse dictionary at {r['site']}, against PCA and random baselines of the same size"
+    ),
+    sure=lambda r: (
+        f"Spliced into the model in place of {r['site']}, the dictionary recovers "
+        f"{100 * r['eval']['model_performance_preservation']['ce_loss_score']:.0f}% of the loss "
+        "that zeroing the site costs."
+    ),
+    method=lambda r, c: Method(
+        "sparse dictionary",
+        "TopK SAE; FVU, L0, CE loss spliced in, against PCA and random; attention sinks and "
+        "massive activations left out (their FVU shown apart)",
+        f"site {r['site']}, {c.get('dict_tokens')} tokens",
+    ),
+)

@@ -21,7 +21,16 @@ from aimri.features.pipeline import BasisResult, describe
 from aimri.features.sources import ContextSource, ModelContexts, StoreContexts
 from aimri.features.stats import ExampleSpec
 from aimri.model.adapter import Model
+from aimri.scanner.finding import Finding
+from aimri.scanner.findings import (
+    HEADLINE_SCORER,
+    best_label_rows,
+    ci,
+    interpretability_verdict,
+    pct,
+)
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.stage import Method, Result, Stage
 from aimri.store.manifest import read_manifest
 from aimri.store.reader import ActivationStore
 
@@ -104,3 +113,71 @@ def _dashboards(r: BasisResult) -> list[dict[str, Any]]:
         }
         for f in r.features.features
     ]
+
+
+def _findings(stage: Result) -> list[Finding]:
+    """Dictionary features vs neurons vs random directions: the interpretable fraction."""
+    labelled = best_label_rows(stage)
+    if labelled is None:
+        return []
+    best, same, by_kind = labelled
+    others = "; ".join(
+        f"{k} {pct(r)} ({ci(r)}, mean score {r['mean'] or 0:.2f})"
+        for k, r in by_kind.items()
+        if k not in ("sae", "transcoder")
+    )
+    verdict = interpretability_verdict(best, by_kind)
+    what = (
+        "predicts their activations token by token (simulation r"
+        if best["scorer"] == HEADLINE_SCORER
+        else f"predicts them ({best['scorer']} score"
+    )
+    return [
+        Finding(
+            id="interpretable-fraction",
+            title=f"{pct(best)} of sampled dictionary features have a label that predicts "
+            f"them: {verdict}",
+            severity="info",
+            summary=f"With the {best['explainer']} explainer's labels, {pct(best)} of "
+            f"{best['n']} sampled features have a label that {what} ≥ {best['threshold']:g} on "
+            f"held-out text; {ci(best)}, mean score {best['mean'] or 0:.2f}; with shuffled "
+            f"labels {pct(best, 'frac_above_baseline')}). Same site, same pipeline: "
+            f"{others or 'no baselines'}. Verdict by the intervals: {verdict}.",
+            evidence={"rows": same},
+        )
+    ]
+
+
+def _sure(r: Result) -> str:
+    labelled = best_label_rows(r)
+    if labelled is None:
+        return "No feature labels were scored."
+    best = labelled.best
+    verdict = interpretability_verdict(best, labelled.by_kind)
+    weak = "above random" not in verdict
+    return (
+        f"{100 * (best['frac_above'] or 0):.0f}% of sampled features have a label that predicts "
+        f"them on held-out text ({best['scorer']} ≥ {best['threshold']:g}; 95% CI "
+        f"{100 * (best['ci_low'] or 0):.0f}–{100 * (best['ci_high'] or 0):.0f}%): {verdict}"
+        + (", so treat feature labels as weak evidence." if weak else ".")
+    )
+
+
+FEATURES = Stage(
+    "features",
+    features_stage,
+    findings=_findings,
+    checked=lambda r: (
+        f"{r['sampled']} of {r['n_features_total']:,} features labelled and "
+        "scored on held-out text, against neurons and random directions"
+    ),
+    sure=_sure,
+    method=lambda r, c: Method(
+        "feature labels",
+        "token and logit explainers, scored by simulation (pooled Pearson r of predicted vs "
+        "real per-token activations on held-out top, decile and random windows) and a token "
+        "rule, against shuffled labels; neurons and random directions as baselines; sinks "
+        "left out",
+        f"{r['sampled']} sampled features, labeler {c.get('labeler')}",
+    ),
+)

@@ -16,7 +16,9 @@ from aimri.config import OptimConfig, TrainConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.dicts.toy import SITE, make_toy_store, recovery
 from aimri.dicts.train import train
+from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.stage import Method, Result, Stage
 
 N_FEATURES, D, K = 256, 64, 8
 
@@ -54,3 +56,36 @@ def ground_truth_stage(run: ScanRun) -> dict[str, Any]:
             "counts": [int(c) for c in hist],
         },
     }
+
+
+def _findings(gt: Result) -> list[Finding]:
+    if gt["recovered_fraction"] >= 0.9:
+        return []
+    return [
+        Finding(
+            id="ground-truth-failed",
+            title="Dictionary training did not recover a toy model's known features",
+            severity="warning",
+            summary=f"Only {100 * gt['recovered_fraction']:.0f}% of planted features were "
+            "recovered: treat this run's dictionaries with suspicion.",
+            evidence=gt,
+        )
+    ]
+
+
+GROUND_TRUTH = Stage(
+    "ground_truth",
+    ground_truth_stage,
+    findings=_findings,
+    checked=lambda r: f"the training code on a toy model with {r['n_features']} known features",
+    sure=lambda r: (
+        f"The dictionary trainer recovers {100 * r['recovered_fraction']:.0f}% of a toy model's "
+        "known features, so a failure to find structure is not simply the trainer."
+    ),
+    method=lambda r, c: Method(
+        "dictionary trainer on known features",
+        "toy model of superposition, TopK SAE",
+        f"{r['n_features']} features in {r['d']} dims, k {r['k']}, {r['steps']} steps",
+    ),
+    data=lambda r, _: "synthetic sparse features, seeded (no text)",
+)

@@ -26,7 +26,9 @@ from torch import Tensor
 from aimri.config import ScanConfig
 from aimri.features.embed import load_embedder
 from aimri.model.adapter import Model
+from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.stage import Method, Result, Stage
 from aimri.steer.candidates import concept_candidates, top_tokens
 from aimri.steer.golden_gate import (
     FLUENT_DISTINCT,
@@ -227,3 +229,50 @@ def _dict_store(path: Path, site: str) -> ActivationStore | None:
 def _chunks(ids: Tensor, xs: Tensor, size: int = 4096) -> Iterator[tuple[Tensor, Tensor]]:
     for i in range(0, len(ids), size):
         yield ids[i : i + size], xs[i : i + size]
+
+
+def _findings(stage: Result) -> list[Finding]:
+    """The Golden Gate verdict, worded by the steering stage's own rule."""
+    if "verdict" not in stage:
+        return []
+    shown = stage.get("demonstrated_at") is not None
+    keys = ("strength", "fluent", "beyond_random", "demonstrates", "perplexity")
+    return [
+        Finding(
+            id="steering-demonstration",
+            title="A feature steers the text to its concept beyond random directions"
+            if shown
+            else "No feature was shown to steer the text to its concept beyond random directions",
+            severity="info" if shown else "notice",
+            summary=stage["verdict"],
+            evidence={
+                "feature": stage["feature"],
+                "concept": stage["concept"],
+                "rows": [
+                    {
+                        **{k: r[k] for k in keys},
+                        "feature": r["feature"],
+                        "random_p95": r["random_p95"],
+                    }
+                    for r in stage["rows"]
+                ],
+            },
+        )
+    ]
+
+
+STEERING = Stage(
+    "steering",
+    steering_stage,
+    findings=_findings,
+    checked=lambda r: (
+        f"steering with feature #{r['feature']} (of all {r['n_features']:,}) against "
+        f"{r['n_random']} random directions and {r['n_neurons']} neurons at the same norm"
+    ),
+    method=lambda r, c: Method(
+        "steering",
+        "add a concept feature's direction at several norms beside random directions and "
+        "neurons; concept log-probability and similarity, distinct tokens, perplexity",
+        f"feature #{r['feature']} at {r['site']}, unit {r['unit']:.0f} (median ordinary norm)",
+    ),
+)
