@@ -193,6 +193,21 @@ def test_bad_requests_are_refused(store, tmp_path):
         load_clt(tmp_path)
 
 
+def test_a_clt_folder_is_named_where_a_dictionary_or_set_is_expected(tmp_path):
+    from aimri.dicts.formats import load_dictionary
+    from aimri.dicts.transcoder_set import load_transcoder_set, load_transcoders
+
+    clt = CrossLayerTranscoder(CLTConfig(n_layers=N_LAYERS, d_model=8, d_sae=12, k=2))
+    save_clt(clt, tmp_path / "clt")
+    with pytest.raises(AimriError, match="cross-layer transcoder"):
+        load_dictionary(tmp_path / "clt")
+    with pytest.raises(AimriError, match="cross-layer transcoder"):
+        load_transcoder_set(tmp_path / "clt")
+    assert isinstance(load_transcoders(tmp_path / "clt", n_layers=N_LAYERS), CrossLayerTranscoder)
+    with pytest.raises(AimriError, match="covers 3 layers"):
+        load_transcoders(tmp_path / "clt", n_layers=4)
+
+
 def test_the_train_command_makes_a_clt(store, tmp_path, capsys):
     from aimri.cli import main
 

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from aimri._io import atomic_path, read_json, sha256_file, write_json_atomic
 from aimri.config import DictConfig
+from aimri.dicts.clt_formats import is_clt_dir
 from aimri.dicts.codes import ACTIVATIONS
 from aimri.dicts.dictionary import Dictionary, build_dictionary
 from aimri.dicts.importers import IMPORTERS, load_tensors
@@ -96,6 +97,12 @@ def load_dictionary(path: str | Path, *, sparse_kernels: bool = True) -> Diction
     sparsify (cfg.json + sae.safetensors), dictionary_learning (config.json + ae.pt) or Gemma
     Scope (params.npz)."""
     path = Path(path)
+    if is_clt_dir(path):
+        raise AimriError(
+            f"'{path}' holds a cross-layer transcoder (circuit-tracer's CLT layout), not a "
+            "single dictionary: load it with aimri.dicts.clt_formats.load_clt, or trace with "
+            f"`aimri circuit --transcoders {path}`"
+        )
     if not (path / WEIGHTS).is_file():
         for is_layout, importer in IMPORTERS:
             if is_layout(path):

@@ -146,6 +146,12 @@ def load_transcoder_set(
 def _layers_on_disk(path: Path) -> list[int]:
     if not path.is_dir():
         raise AimriError(f"transcoder set '{path}' does not exist: train one with `{TRAIN_HINT}`")
+    if is_clt_dir(path):
+        raise AimriError(
+            f"'{path}' is a cross-layer transcoder, not a set of per-layer transcoders: "
+            f"`aimri circuit --transcoders {path}` traces through it (load_transcoders opens "
+            f"either kind); a per-layer set is made with `{TRAIN_HINT}`"
+        )
     found = (_LAYER_DIR.match(p.name) for p in path.iterdir() if p.is_dir())
     layers = sorted(int(m.group(1)) for m in found if m)
     if not layers:
