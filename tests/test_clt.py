@@ -219,3 +219,28 @@ def test_the_train_command_makes_a_clt(store, tmp_path, capsys):
     assert "trained 10 steps" in capsys.readouterr().out
     clt = load_clt(out)
     assert (clt.n_layers, clt.cfg.d_sae, clt.cfg.k) == (N_LAYERS, 64, 4)
+
+
+@pytest.mark.slow
+def test_data_parallel_clt_training_matches_one_process(store, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    train_clt(clt_train_config(store, tmp_path / "one", steps=10))
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    assert torchrun
+    cmd = [
+        torchrun, "--standalone", "--nproc_per_node=2", "-m", "aimri.cli", "train",
+        "--store", str(store), "--site", SITE_IN, "--site-out", SITE_OUT,
+        "--out", str(tmp_path / "two"), "--cross-layer", "--expansion", "2", "--k", "4",
+        "--optim.batch-size", "256", "--optim.tokens", str(10 * 256), "--optim.lr", "1e-2",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.count("trained 10 steps") == 1
+    a, b = load_clt(tmp_path / "one"), load_clt(tmp_path / "two")
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, atol=2e-4, rtol=1e-3, msg=name)
