@@ -64,3 +64,23 @@ def test_every_scan_stage_declares_how_it_enters_the_document():
     assert len(set(names)) == len(names) and names[0] == "activations"
     assert all(st.run is not None for st in STAGES) and AUDIT.run is None
     assert [st.name for st in STAGES if st.checked is None] == ["statistics"]
+
+
+def test_the_shipped_schema_is_the_one_the_stage_types_generate_and_it_can_fail():
+    import jsonschema
+    import pytest
+
+    from aimri.scanner.schema import SCHEMA_FILE, render, scan_schema
+
+    assert SCHEMA_FILE.read_text() == render(), "run `python -m aimri.scanner.schema`"
+    stages = scan_schema()["properties"]["stages"]["properties"]
+    dictionary = stages["dictionary"]
+    assert "fvu" not in dictionary["required"] and "eval" in dictionary["required"]
+    doc = {"site": "blocks.1.hook_resid_post", "path": "dicts/x", "trained_here": False,
+           "training": None, "eval": {}, "baselines": {}, "eval_tokens": 64, "sinks": None}  # fmt: skip
+    jsonschema.validate(doc, dictionary)
+    for broken in ({k: v for k, v in doc.items() if k != "eval"}, {**doc, "eval_tokens": "64"}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(broken, dictionary)
+    skipped = {"skipped": "turned off with --no-circuits"}
+    jsonschema.validate(skipped, stages["circuits"])

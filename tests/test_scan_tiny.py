@@ -5,6 +5,9 @@ folder's layout, the stages' hand-offs, the report), on every commit."""
 from __future__ import annotations
 
 import json
+from importlib.resources import files
+
+import jsonschema
 
 from aimri.config import CorpusConfig, ModelConfig, ScanConfig
 from aimri.scanner.run import scan
@@ -37,6 +40,8 @@ def test_a_scan_of_a_tiny_model_runs_every_stage_and_tidies_its_folder(tiny_mode
     }  # fmt: skip
     assert not list(r.run_dir.rglob("checkpoint")) and not (r.run_dir / "activations").exists()
     assert set(doc["timings_s"]) >= set(stages)
+    schema = json.loads((files("aimri.scanner") / "scan.schema.json").read_text())
+    jsonschema.validate(doc, schema)  # the schema shipped with the package
     assert (
         r.report.is_file()
         and "tiny" in json.loads((r.run_dir / "run.json").read_text())["config"]["name"]

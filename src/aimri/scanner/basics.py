@@ -7,7 +7,7 @@ Not here: the statistics and the lens themselves (`aimri.store.stats`, `aimri.st
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, TypedDict
 
 from aimri._io import to_jsonable
 from aimri.config import CollectConfig
@@ -28,7 +28,31 @@ SINK_RATIO = 5.0
 MASSIVE_DIM_RATIO = 20.0
 
 
-def activations_stage(run: ScanRun) -> dict[str, Any]:
+class ActivationsResult(TypedDict):
+    path: str
+    corpus: dict[str, Any]
+    sites: dict[str, int]
+    """Site → width."""
+    dtype: str
+    n_tokens: int
+    n_shards: int
+    tokens_per_second: float
+    resumed_shards: int
+    sample_contexts: list[str]
+
+
+class StatisticsResult(TypedDict):
+    sites: list[dict[str, Any]]
+    """One `store.stats.SiteStats` per site."""
+
+
+class LensResult(TypedDict):
+    layers: list[dict[str, Any]]
+    """One `store.lens.LensLayer` per residual site."""
+    tables: list[dict[str, Any]]
+
+
+def activations_stage(run: ScanRun) -> ActivationsResult:
     cfg, model = run.cfg, run.model
     collect_cfg = CollectConfig(
         out=run.layout.activations,
@@ -57,12 +81,12 @@ def activations_stage(run: ScanRun) -> dict[str, Any]:
     }
 
 
-def statistics_stage(run: ScanRun) -> dict[str, Any]:
+def statistics_stage(run: ScanRun) -> StatisticsResult:
     store = ActivationStore(run.layout.activations)
     return {"sites": [dataclasses.asdict(s) for s in site_statistics(store)]}
 
 
-def logit_lens_stage(run: ScanRun) -> dict[str, Any]:
+def logit_lens_stage(run: ScanRun) -> LensResult:
     model = run.model
     store = ActivationStore(run.layout.activations)
     sites = residual_sites(store.sites)

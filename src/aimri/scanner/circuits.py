@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -24,7 +24,7 @@ from aimri.dicts.train import train_many
 from aimri.dicts.transcoder_set import load_transcoder_set, set_recipe
 from aimri.model.adapter import Model
 from aimri.scanner.layout import ScanRun
-from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stage import Method, Result, Skipped, Stage
 from aimri.store.collect import collect
 from aimri.store.lens import lens_table
 from aimri.store.reader import ActivationStore
@@ -36,7 +36,25 @@ DEMOS = (
 )
 
 
-def circuits_stage(run: ScanRun) -> dict[str, Any]:
+class TranscodersInfo(TypedDict):
+    path: str
+    n_layers: int
+    d_sae: int
+    k: int
+    architecture: str
+    training: dict[str, Any] | None
+
+
+class CircuitsResult(TypedDict):
+    transcoders: TranscodersInfo
+    graphs: list[dict[str, Any]]
+    """One record per traced prompt (`circuits.run.trace_prompt`)."""
+    heads: dict[str, list[dict[str, Any]]]
+    heads_method: str
+    lens: list[dict[str, Any]]
+
+
+def circuits_stage(run: ScanRun) -> CircuitsResult | Skipped:
     cfg, model, layout = run.cfg, run.model, run.layout
     if not cfg.circuits:
         return {"skipped": "turned off with --no-circuits"}

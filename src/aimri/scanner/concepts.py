@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, cast
 
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import (
@@ -22,7 +22,11 @@ from aimri.checkup.concepts import (
     builtin_neutral_texts,
     load_concepts,
 )
-from aimri.checkup.diff import ModelDiff, diff_json, diff_models
+from aimri.checkup.crosscoder import CrosscoderDiff
+from aimri.checkup.diff import Compatibility, DiffSettings, ModelDiff, diff_json, diff_models
+from aimri.checkup.diff_features import FeatureDiff
+from aimri.checkup.diff_layers import LayerDiff
+from aimri.checkup.diff_stats import TokenKL
 from aimri.checkup.probes import ProbeResult, probe_concepts, save_probe_directions
 from aimri.config import CorpusConfig, ScanConfig
 from aimri.corpus.contexts import take_contexts
@@ -32,7 +36,7 @@ from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.layout import ScanRun
-from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stage import Method, Result, Skipped, Stage
 
 DEFAULT_CAUSAL = CausalSettings()
 NEUTRAL_CONTEXTS = 160
@@ -40,7 +44,35 @@ NEUTRAL_LEN = 33
 DIFF_TEXTS = 48
 
 
-def concepts_stage(run: ScanRun) -> dict[str, Any]:
+class ConceptsResult(TypedDict):
+    settings: dict[str, Any]
+    concepts: list[dict[str, Any]]
+    """One `checkup.probes.ConceptReport` per concept."""
+    directions: str
+    neutral: str
+
+
+class DiffResult(TypedDict):
+    """`checkup.diff.ModelDiff` as JSON, with the base model's spec."""
+
+    schema_version: int
+    base: str
+    other: str
+    base_sha256: str
+    other_sha256: str
+    compatibility: Compatibility
+    layers: list[LayerDiff]
+    kl: TokenKL
+    features: FeatureDiff | None
+    crosscoder: CrosscoderDiff | None
+    empty: bool
+    settings: DiffSettings
+    notes: list[str]
+    timings: dict[str, float]
+    base_spec: str
+
+
+def concepts_stage(run: ScanRun) -> ConceptsResult | Skipped:
     cfg, model = run.cfg, run.model
     if not cfg.concepts:
         return {"skipped": "turned off with --no-concepts"}
@@ -57,8 +89,10 @@ def concepts_stage(run: ScanRun) -> dict[str, Any]:
         feature_labels=feature_labels(run.results.get("features")),
         causal=dataclasses.replace(DEFAULT_CAUSAL, n_random=cfg.concept_random),
     )
+    probed = result.to_json()
     return {
-        **result.to_json(),
+        "settings": probed["settings"],
+        "concepts": probed["concepts"],
         "directions": run.layout.relative(run.layout.probes),
         "neutral": f"{len(shipped)} shipped neutral dialogue texts and "
         f"{NEUTRAL_CONTEXTS} contexts of {NEUTRAL_LEN - 1} tokens of {cfg.corpus.source} text "
@@ -66,7 +100,7 @@ def concepts_stage(run: ScanRun) -> dict[str, Any]:
     }
 
 
-def diff_stage(run: ScanRun) -> dict[str, Any]:
+def diff_stage(run: ScanRun) -> DiffResult | Skipped:
     """The scanned model against `--compare` (its earlier version), the scan's dictionary
     ranking features by change."""
     cfg, model = run.cfg, run.model
@@ -82,7 +116,8 @@ def diff_stage(run: ScanRun) -> dict[str, Any]:
         dictionary=run.dictionary(),
         feature_labels=feature_labels(run.results.get("features")),
     )
-    return {**diff_json(d), "base_spec": cfg.compare}
+    # the dataclasses' fields as JSON (`diff_json`): DiffResult names them for the schema
+    return cast(DiffResult, {**diff_json(d), "base_spec": cfg.compare})
 
 
 def probe_and_save(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from aimri.config import (
     CollectConfig,
@@ -38,11 +38,51 @@ BATCH = 1024
 EVAL_TOKENS = 4096
 
 
-def dictionary_stage(run: ScanRun) -> dict[str, Any]:
+class DictTraining(TypedDict):
+    architecture: str
+    d_sae: int
+    k: int
+    steps: int
+    tokens: int
+    passes: int
+    tokens_per_second: float
+    fvu: float
+    l0: float
+    dead_fraction: float
+    curve: dict[str, list[float]]
+
+
+class SinksLeftOut(TypedDict):
+    """What the sink rule left out of the training tokens (`store.sinks`), decoded."""
+
+    rule: str
+    n_tokens: int
+    n_identity: int
+    special_tokens: list[str]
+    n_massive: int
+    median_norm: float
+    threshold: float
+    massive_tokens: list[list[Any]]
+    """[token, count] pairs."""
+
+
+class DictionaryResult(TypedDict):
+    site: str
+    path: str
+    trained_here: bool
+    training: DictTraining | None
+    eval: dict[str, Any]
+    """`dicts.evaluate` metrics, SAEBench's groups, FVU on ordinary tokens."""
+    baselines: dict[str, Any]
+    eval_tokens: int
+    sinks: SinksLeftOut | None
+
+
+def dictionary_stage(run: ScanRun) -> DictionaryResult:
     cfg, model, layout = run.cfg, run.model, run.layout
     site = cfg.dict_site or f"blocks.{model.info.n_layers // 2}.hook_resid_post"
     model.expand_sites([site])  # a clear error for a site this model lacks
-    training: dict[str, Any] | None = None
+    training: DictTraining | None = None
     if cfg.dictionary is not None:
         path = cfg.dictionary
         loaded = load_dictionary(path)
@@ -68,7 +108,7 @@ def dictionary_stage(run: ScanRun) -> dict[str, Any]:
     }
 
 
-def _sinks(store: Path, site: str, model: Model) -> dict[str, Any] | None:
+def _sinks(store: Path, site: str, model: Model) -> SinksLeftOut | None:
     """What the sink rule left out of the training tokens at `site`, with tokens decoded."""
     summary = read_manifest(store).get("sinks")
     if not summary or site not in summary["sites"]:
@@ -87,7 +127,7 @@ def _sinks(store: Path, site: str, model: Model) -> dict[str, Any] | None:
     }
 
 
-def _train(cfg: ScanConfig, model: Model, store: Path, site: str, out: Path) -> dict[str, Any]:
+def _train(cfg: ScanConfig, model: Model, store: Path, site: str, out: Path) -> DictTraining:
     corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.dict_tokens)
     collect(
         CollectConfig(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -41,7 +41,21 @@ scorer (`aimri features describe --scorers embedding`) is left out of the scan f
 embeds every example window and was the stage's largest cost."""
 
 
-def features_stage(run: ScanRun) -> dict[str, Any]:
+class FeaturesResult(TypedDict):
+    site: str
+    catalog: str
+    n_tokens: int
+    n_features_total: int
+    sampled: int
+    bases: list[dict[str, Any]]
+    """The dictionary, then the neuron and random-direction baselines."""
+    summary: list[dict[str, Any]]
+    """One interpretability row per basis × explainer × scorer."""
+    features: list[dict[str, Any]]
+    """The sampled features' dashboards, labels and scores."""
+
+
+def features_stage(run: ScanRun) -> FeaturesResult:
     cfg, model, layout = run.cfg, run.model, run.layout
     dict_stage = run.results["dictionary"]
     dictionary = run.dictionary()

@@ -8,6 +8,7 @@ without a measurement. Not here: the findings themselves (each stage declares it
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 
@@ -25,7 +26,7 @@ HEADLINE_SCORER = "simulation"
 several scorers and explainers would flatter the dictionary (a maximum over noisy shares)."""
 
 
-def best_label_rows(stage: dict[str, Any] | None) -> LabelRows | None:
+def best_label_rows(stage: Mapping[str, Any] | None) -> LabelRows | None:
     """The features stage's headline row for its dictionary, beside the baselines' rows for the
     same explainer and scorer: the simulation scorer (an LLM explainer's labels when there are
     any, else the tokens explainer's); without simulation scores, the row with the highest

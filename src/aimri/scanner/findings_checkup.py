@@ -7,6 +7,7 @@ compares with its baseline. Not here: the measurements (`aimri.checkup`).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from aimri.scanner.finding import Finding
@@ -15,7 +16,7 @@ TRIGGER_RATIO = 5.0
 """An input token is a trigger candidate when the mean KL after it is this many times the mean."""
 
 
-def diff_findings(stage: dict[str, Any]) -> list[Finding]:
+def diff_findings(stage: Mapping[str, Any]) -> list[Finding]:
     if stage["empty"]:
         return [
             Finding(
@@ -40,7 +41,7 @@ def _kl_numbers(kl: dict[str, Any]) -> dict[str, Any]:
     return {k: kl[k] for k in ("n_tokens", "mean", "p50", "p95", "max")}
 
 
-def _layers_finding(stage: dict[str, Any]) -> Finding | None:
+def _layers_finding(stage: Mapping[str, Any]) -> Finding | None:
     changed = [ly for ly in stage["layers"] if ly["changed"]]
     if not changed:
         return None
@@ -74,7 +75,7 @@ def _layers_finding(stage: dict[str, Any]) -> Finding | None:
     )
 
 
-def _outputs_finding(stage: dict[str, Any]) -> Finding:
+def _outputs_finding(stage: Mapping[str, Any]) -> Finding:
     kl = stage["kl"]
     promoted = ", ".join(
         f"{t['token']!r} ({t['mean_logprob_change']:+.2f})" for t in kl["promoted"][:6]
@@ -90,7 +91,7 @@ def _outputs_finding(stage: dict[str, Any]) -> Finding:
     )
 
 
-def _trigger_finding(stage: dict[str, Any]) -> list[Finding]:
+def _trigger_finding(stage: Mapping[str, Any]) -> list[Finding]:
     kl = stage["kl"]
     hot = [
         t for t in kl["triggers"] if kl["mean"] > 0 and t["mean_kl"] >= TRIGGER_RATIO * kl["mean"]
@@ -110,7 +111,7 @@ def _trigger_finding(stage: dict[str, Any]) -> list[Finding]:
     ]
 
 
-def _features_finding(stage: dict[str, Any]) -> list[Finding]:
+def _features_finding(stage: Mapping[str, Any]) -> list[Finding]:
     f = stage.get("features")
     if not f or not f["n_changed"]:
         return []
@@ -154,7 +155,7 @@ def readable(concept: dict[str, Any]) -> bool:
     )
 
 
-def concept_findings(stage: dict[str, Any]) -> list[Finding]:
+def concept_findings(stage: Mapping[str, Any]) -> list[Finding]:
     """One finding per probed concept: how well its direction reads it on held-out pairs against
     random directions, and whether steering along it moves behaviour beyond random."""
     out = []

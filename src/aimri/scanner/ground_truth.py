@@ -8,7 +8,7 @@ Not here: the toy itself (`aimri.dicts.toy`), training (`aimri.dicts.train`).
 from __future__ import annotations
 
 import shutil
-from typing import Any
+from typing import TypedDict
 
 import torch
 
@@ -23,7 +23,24 @@ from aimri.scanner.stage import Method, Result, Stage
 N_FEATURES, D, K = 256, 64, 8
 
 
-def ground_truth_stage(run: ScanRun) -> dict[str, Any]:
+class CosineHistogram(TypedDict):
+    edges: list[float]
+    counts: list[int]
+
+
+class GroundTruthResult(TypedDict):
+    n_features: int
+    d: int
+    k: int
+    steps: int
+    mean_max_cosine: float
+    recovered_fraction: float
+    """Share of planted features some latent matches at cosine > 0.9."""
+    fvu: float
+    cosine_histogram: CosineHistogram
+
+
+def ground_truth_stage(run: ScanRun) -> GroundTruthResult:
     root, cfg = run.layout.toy, run.cfg
     shutil.rmtree(root, ignore_errors=True)  # seconds to redo; never a stale result
     toy = make_toy_store(

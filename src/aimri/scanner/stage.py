@@ -9,15 +9,22 @@ their documents from the same declarations. Not here: any stage's logic.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 
-Result = dict[str, Any]
-"""A stage's result as scan.json holds it."""
+Result = Mapping[str, Any]
+"""A stage's result as scan.json holds it; each stage types its own (a TypedDict, from which
+scan.json's schema is generated: `schema.py`)."""
+
+
+class Skipped(TypedDict):
+    """A stage that did not run, and why."""
+
+    skipped: str
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 from torch import Tensor
@@ -28,7 +28,7 @@ from aimri.features.embed import load_embedder
 from aimri.model.adapter import Model
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
-from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stage import Method, Result, Skipped, Stage
 from aimri.steer.candidates import concept_candidates, top_tokens
 from aimri.steer.golden_gate import (
     FLUENT_DISTINCT,
@@ -52,7 +52,45 @@ N_PROBE = 48
 """Candidates probed causally (teacher-forced on two short texts)."""
 
 
-def steering_stage(run: ScanRun) -> dict[str, Any]:
+class SteeringScanned(TypedDict):
+    """The pass over every feature: how many tokens, which unit, how many candidates."""
+
+    site: str
+    n_tokens: int
+    n_sinks: int
+    unit: float
+    """The steering unit: the median norm of ordinary tokens at the site."""
+    n_features: int
+    n_candidates: int
+    n_probed: int
+
+
+class SteeringNone(SteeringScanned):
+    """No concrete-concept feature to demonstrate with, and why."""
+
+    skipped: str
+
+
+class Demonstrated(TypedDict):
+    feature: int
+    concept: str
+    words: list[str]
+    mode: str
+    baseline: dict[str, Any]
+    rows: list[dict[str, Any]]
+    """One per strength: the feature, neurons and random directions measured alike."""
+    demonstrated_at: float | None
+    verdict: str
+
+
+class SteeringResult(SteeringScanned, Demonstrated):
+    candidates: list[dict[str, Any]]
+    n_random: int
+    n_neurons: int
+    fluency_rule: dict[str, float]
+
+
+def steering_stage(run: ScanRun) -> SteeringResult | SteeringNone | Skipped:
     cfg, model = run.cfg, run.model
     if not cfg.steer:
         return {"skipped": "turned off with --no-steer"}
@@ -70,7 +108,7 @@ def steering_stage(run: ScanRun) -> dict[str, Any]:
     t = _lap(t, f"{len(candidates)} concept candidates among {dictionary.cfg.d_sae} features")
     probed = probe(model, site, dictionary, candidates[:N_PROBE], unit, seed=cfg.corpus.seed)
     t = _lap(t, f"{len(probed)} of {min(len(candidates), N_PROBE)} probed candidates kept")
-    scanned = {
+    scanned: SteeringScanned = {
         "site": site,
         "n_tokens": len(ids),
         "n_sinks": n_sinks,
@@ -80,28 +118,28 @@ def steering_stage(run: ScanRun) -> dict[str, Any]:
         "n_probed": min(len(candidates), N_PROBE),
     }
     if not probed:
-        return {
+        return SteeringNone(
             **scanned,
-            "skipped": f"no concrete-concept feature among all {dictionary.cfg.d_sae:,} features "
+            skipped=f"no concrete-concept feature among all {dictionary.cfg.d_sae:,} features "
             "(the rule wants rare features whose top tokens are two or more related words, and a "
             "direction that raises them no more harmfully than a random one): train the "
             "dictionary on more tokens",
-        }
+        )
     chosen = choose(model, site, dictionary, probed, unit)
     demo = demonstrate(
         model, site, dictionary, chosen, unit, embedder=embedder, seed=cfg.corpus.seed
     )
-    return {
+    return SteeringResult(
         **scanned,
         **_demonstration_json(demo),
-        "candidates": [
+        candidates=[
             {"feature": p.candidate.index, "words": p.candidate.words[:5], "rise": p.rise}
             for p in probed[:6]
         ],
-        "n_random": N_RANDOM,
-        "n_neurons": N_NEURONS,
-        "fluency_rule": {"distinct": FLUENT_DISTINCT, "perplexity": FLUENT_PPL},
-    }
+        n_random=N_RANDOM,
+        n_neurons=N_NEURONS,
+        fluency_rule={"distinct": FLUENT_DISTINCT, "perplexity": FLUENT_PPL},
+    )
 
 
 def verdict(demo: Demonstration) -> str:
@@ -132,7 +170,7 @@ def verdict(demo: Demonstration) -> str:
     return f"{head}: {why}."
 
 
-def _demonstration_json(demo: Demonstration) -> dict[str, Any]:
+def _demonstration_json(demo: Demonstration) -> Demonstrated:
     def gens(gs: Any) -> list[dict[str, str]]:
         return [{"prompt": g.prompt, "text": g.text} for g in gs]
 

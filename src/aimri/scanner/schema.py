@@ -1,0 +1,112 @@
+"""scan.json's JSON Schema, generated from the types the stages declare.
+
+Each stage's `run` names its result type (a TypedDict, or dataclasses for the diff); this module
+turns those annotations into JSON Schema (draft 2020-12) and wraps them in the document's own
+fields. The generated schema ships beside this module as `scan.schema.json`
+(`python -m aimri.scanner.schema` rewrites it; a test keeps the two equal and validates a real
+scan against it). Floats may be null: `_io.finite` writes NaN and infinities as null.
+Not here: validation (any JSON Schema validator reads the file).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import types
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
+
+from aimri.scanner.finding import Finding
+from aimri.scanner.run import SCAN_SCHEMA
+from aimri.scanner.stage import Stage
+from aimri.scanner.stages import STAGES
+
+SCHEMA_FILE = Path(__file__).with_name("scan.schema.json")
+DOCUMENT_FIELDS = [
+    *("schema_version", "kind", "run", "created", "model", "summary", "findings", "stages"),
+    *("config", "transparency", "ledger", "timings_s", "storage", "versions"),
+]
+_SCALARS: dict[Any, dict[str, Any]] = {
+    bool: {"type": "boolean"},
+    int: {"type": "integer"},
+    float: {"type": ["number", "null"]},
+    str: {"type": "string"},
+    type(None): {"type": "null"},
+    Any: {},
+}
+
+
+def schema_of(tp: Any) -> dict[str, Any]:
+    """The JSON Schema of what `tp` becomes in JSON (TypedDicts and dataclasses as objects)."""
+    if tp in _SCALARS:
+        return dict(_SCALARS[tp])
+    origin, args = get_origin(tp), get_args(tp)
+    if origin in (Union, types.UnionType):
+        return {"anyOf": [schema_of(a) for a in args]}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin in (list, tuple, Sequence):
+        return {"type": "array", "items": schema_of(args[0]) if args else {}}
+    if origin in (dict, Mapping):
+        return {"type": "object", "additionalProperties": schema_of(args[1]) if args else {}}
+    if is_typeddict(tp):
+        hints = get_type_hints(tp)
+        return _object(hints, sorted(tp.__required_keys__))
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        hints = get_type_hints(tp)
+        return _object({f.name: hints[f.name] for f in dataclasses.fields(tp)}, None)
+    raise TypeError(f"no JSON Schema for {tp!r}: type the stage's result with JSON-able types")
+
+
+def _object(fields: dict[str, Any], required: list[str] | None) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {k: schema_of(v) for k, v in fields.items()},
+        "required": sorted(fields) if required is None else required,
+    }
+
+
+def stage_schema(stage: Stage) -> dict[str, Any]:
+    """What `stage.run` returns, from its annotation."""
+    assert stage.run is not None, f"{stage.name} runs nothing"
+    return schema_of(get_type_hints(stage.run)["return"])
+
+
+def scan_schema() -> dict[str, Any]:
+    stages = {st.name: stage_schema(st) for st in STAGES}
+    obj = {"type": "object"}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": f"aimri scan.json, schema_version {SCAN_SCHEMA}",
+        "type": "object",
+        "required": DOCUMENT_FIELDS,
+        "properties": {
+            "schema_version": {"const": SCAN_SCHEMA},
+            "kind": {"const": "aimri.scanner"},
+            "run": {"type": "string"},
+            "created": {"type": "string"},
+            "model": obj,
+            "summary": _object(
+                {k: list[dict[str, str]] for k in ("checked", "found", "sure")}, None
+            ),
+            "findings": {"type": "array", "items": schema_of(Finding)},
+            "stages": {"type": "object", "properties": stages, "required": list(stages)},
+            "config": obj,
+            "transparency": _object({"tests": list[dict[str, str]]}, None),
+            "ledger": obj,
+            "timings_s": {"type": "object", "additionalProperties": {"type": "number"}},
+            "storage": obj,
+            "versions": {"type": "object", "additionalProperties": {"type": "string"}},
+        },
+    }
+
+
+def render() -> str:
+    return json.dumps(scan_schema(), indent=1, sort_keys=True) + "\n"
+
+
+if __name__ == "__main__":
+    SCHEMA_FILE.write_text(render())
+    sys.stdout.write(f"wrote {SCHEMA_FILE}\n")
