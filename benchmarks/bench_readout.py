@@ -6,7 +6,8 @@ site's neurons and random directions are described, labelled by the `tokens` exp
 scored by simulation, once with sinks excluded (the default) and once with them kept in (only
 position 0 out, as before). Prints one table; nothing is written into the run.
 
-Run: `python benchmarks/bench_readout.py --run runs/<name> [--tokens 32768] [--threads 2]`.
+Run: `python benchmarks/bench_readout.py --run runs/<name> [--tokens 32768] [--threads 2]
+[--split both|dev|held-out]`.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=32_768, help="tokens per split for features")
     p.add_argument("--features", type=int, default=256, help="dictionary features sampled")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--split", choices=("both", "dev", "held-out"), default="both")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     run = json.loads((args.run / "run.json").read_text())  # written when the scan starts
@@ -43,6 +45,8 @@ def main() -> None:
     sample = torch.randperm(d_sae, generator=torch.Generator().manual_seed(0))[: args.features]
     rows = []
     for split, seed in SPLITS.items():
+        if args.split != "both" and not split.startswith(args.split):
+            continue
         for exclude in (True, False):
             rows += _one(
                 model, dict_path, sample.sort().values.tolist(), split, seed, exclude, args
