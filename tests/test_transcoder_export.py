@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -270,3 +271,81 @@ def test_circuit_tracer_reads_our_clts_and_we_read_theirs(tmp_path, arch):
         torch.testing.assert_close(
             theirs.decode(theirs.encode_all(x)), res["their_recon"], atol=1e-4, rtol=1e-4
         )
+
+
+# Runs in circuit-tracer's Python: its attribution graph of the tiny model through our CLT.
+CT_CLT_GRAPH_SCRIPT = textwrap.dedent(
+    """
+    import json, sys, torch
+    sys.path.insert(0, sys.argv[4])
+    from bench_circuits import ct_node_names, ct_tl_model
+    from circuit_tracer import attribute
+    from circuit_tracer.graph import prune_graph
+    from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+    hf_dir, clt_dir, ids = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    tok_cfg = json.load(open(hf_dir + "/tokenizer_config.json"))  # saved by a newer transformers
+    tok_cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    json.dump(tok_cfg, open(hf_dir + "/tokenizer_config.json", "w"))
+    clt = load_clt(clt_dir, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
+                   device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+    model, diff = ct_tl_model(hf_dir, clt, ids)
+    model.zero_positions = slice(0, 0)  # BOS features and error are nodes on both sides
+    graph = attribute(torch.tensor(ids), model, max_n_logits=10, desired_logit_prob=0.95,
+                      batch_size=256, max_feature_nodes=None)
+    node_mask, edge_mask, _ = prune_graph(graph, 0.8, 0.98)
+    names = ct_node_names(graph)
+    t, s = edge_mask.nonzero().T
+    w = graph.adjacency_matrix[t, s]
+    print(json.dumps({"diff": diff, "nodes": [names[i] for i in node_mask.nonzero().flatten().tolist()],
+                      "edges": [[names[a], names[b], float(v)] for a, b, v in
+                                zip(t.tolist(), s.tolist(), w.tolist())]}))
+    """
+)
+
+
+def test_circuit_tracer_traces_our_clt_to_the_same_graph(tmp_path, tiny_model, tiny_model_dir):
+    python = circuit_tracer_python()
+    if python is None:
+        pytest.skip("circuit-tracer not installed here and $AIMRI_CT_PYTHON not set")
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        from bench_circuits import aimri_node_names  # pyright: ignore[reportMissingImports]
+    finally:
+        sys.path.pop(0)
+    from aimri.circuits.attribute import AttributionSettings, attribute, tokenize
+    from aimri.dicts.clt_formats import save_clt
+    from tests.test_clt_circuits import random_clt
+
+    model = tiny_model("llama")
+    clt = random_clt(model, "jumprelu")
+    with torch.no_grad():
+        for layer in range(clt.n_layers):
+            clt.jump_at(layer).log_threshold.fill_(-2.0)  # more features active
+    save_clt(clt, tmp_path / "clt", model_name="tiny")
+    prompt = "<|bos|>The quick brown fox jumps over"  # circuit-tracer starts with BOS
+    ids = tokenize(model, prompt).tolist()
+    assert ids[0] == model.tokenizer.bos_token_id
+    settings = AttributionSettings(progress=False, freeze_bos=False)
+    graph = attribute(model, clt, prompt, settings)
+    assert graph.n_features > 0
+    names = aimri_node_names(graph)
+    ours_nodes = {names[i] for i in graph.node_mask.nonzero().flatten().tolist()}
+    ours = {
+        (names[t], names[s]): w
+        for (t, s), w in zip(graph.edges.tolist(), graph.weights.tolist(), strict=True)
+    }
+    bench = str(Path(__file__).parents[1] / "benchmarks")
+    hf_dir = shutil.copytree(tiny_model_dir("llama"), tmp_path / "hf")
+    args = [python, "-c", CT_CLT_GRAPH_SCRIPT, str(hf_dir), str(tmp_path / "clt")]
+    out = subprocess.run(
+        [*args, json.dumps(ids), bench], check=True, timeout=600, capture_output=True, text=True
+    )
+    theirs = json.loads(out.stdout.strip().splitlines()[-1])
+    assert theirs["diff"] < 1e-3  # its model of the tiny llama computes the same logits
+    assert any(n.startswith("f") for n in ours_nodes)  # features are kept, not only errors
+    assert set(theirs["nodes"]) == ours_nodes
+    their_edges = {(t, s): w for t, s, w in theirs["edges"]}
+    assert len(ours) > 100 and sum(n.startswith("f") for n in ours_nodes) >= 10
+    assert their_edges.keys() == ours.keys()
+    for key, w in ours.items():
+        assert w == pytest.approx(their_edges[key], rel=1e-3, abs=1e-5), key
