@@ -141,8 +141,14 @@ def test_resumed_training_equals_uninterrupted(store, tmp_path, monkeypatch):
     rows = (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()
     steps = [json.loads(line)["step"] for line in rows]
     assert steps == sorted(set(steps))
+    assert not (tmp_path / "cut" / "checkpoint").exists()  # removed once finished
     with pytest.raises(AimriError, match="another configuration"):
         train_clt(clt_train_config(store, tmp_path / "cut", checkpoint_every=10, k=3))
+    (again,) = train_clt(clt_train_config(store, tmp_path / "cut", checkpoint_every=10))
+    assert again.resumed_from_step == again.steps == 30 and again.fvu != again.fvu  # nothing
+    kept = clt_train_config(store, tmp_path / "kept", steps=5, keep_checkpoint=True)
+    train_clt(kept)
+    assert (tmp_path / "kept" / "checkpoint" / "state.json").is_file()
 
 
 def test_the_files_are_circuit_tracers_layout_and_load_back(tmp_path):

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from aimri._io import atomic_path, read_json, read_safetensors, write_json_atomic
 from aimri.config import TrainConfig
-from aimri.dicts.checkpoint import CHECKPOINT, device_of, truncate_metrics
+from aimri.dicts.checkpoint import CHECKPOINT, device_of, remove_checkpoint, truncate_metrics
 from aimri.dicts.clt import CLTConfig, CrossLayerTranscoder
 from aimri.dicts.clt_formats import save_clt
 from aimri.dicts.train import TrainResult, total_steps
@@ -66,6 +66,10 @@ def train_clt(cfg: TrainConfig, source: BatchSource | None = None) -> list[Train
             f"the store holds too few tokens for one batch of {cfg.optim.batch_size}: lower "
             "--optim.batch-size or collect more tokens"
         )
+    if _finished_steps(cfg, clt_cfg) == steps:  # a rerun of a finished training
+        nan = math.nan
+        return [TrainResult(cfg.out, steps, steps * cfg.optim.batch_size,
+                            time.perf_counter() - t0, 0.0, nan, nan, nan, steps)]  # fmt: skip
     batches = _batches(cfg, store, pairs)
     first = next(batches)
     state = _resume_or_init(cfg, clt_cfg, first)
@@ -93,6 +97,8 @@ def train_clt(cfg: TrainConfig, source: BatchSource | None = None) -> list[Train
         summary = {"training": {"steps": state.step, "tokens": state.step * cfg.optim.batch_size,
                                 "store": str(cfg.store), "config": _identity(cfg, clt_cfg)["train"]}}  # fmt: skip
         save_clt(final_clt(state), cfg.out, extra=summary)
+    if not cfg.keep_checkpoint:  # weights and Adam moments: about 3× the CLT on disk
+        remove_checkpoint(cfg)
     return [_result(cfg, state, history, resumed, train_s, time.perf_counter() - t0)]
 
 
@@ -271,6 +277,21 @@ def final_clt(state: CLTState) -> CrossLayerTranscoder:
     out.load_state_dict(clt.state_dict())
     out.fold_scale(state.scale_in.cpu(), state.scale_out.cpu())
     return out.eval()
+
+
+def _finished_steps(cfg: TrainConfig, clt_cfg: CLTConfig) -> int | None:
+    """The steps of a finished CLT at `cfg.out` trained with this very configuration, or None
+    (none there, a checkpoint to resume instead, or --overwrite); another one is refused."""
+    record = cfg.out / "aimri.json"
+    if not record.is_file() or (cfg.out / CHECKPOINT).exists() or cfg.overwrite:
+        return None
+    training = read_json(record, "CLT record").get("training") or {}
+    if training.get("config") != _identity(cfg, clt_cfg)["train"]:
+        raise AimriError(
+            f"'{cfg.out}' holds a finished CLT trained with another configuration: use "
+            "another --out, or pass --overwrite to replace it"
+        )
+    return int(training.get("steps", 0)) or None
 
 
 def _identity(cfg: TrainConfig, clt_cfg: CLTConfig) -> dict[str, Any]:
