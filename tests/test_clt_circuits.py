@@ -211,3 +211,15 @@ def test_the_circuit_command_traces_through_a_clt_folder(tiny_model, tiny_model_
     assert r.record["graph"]["nodes"] and r.record["validation"]["n"] > 0
     assert 0 <= r.record["scores"]["replacement"] <= 1
     assert r.record["qk"] and r.record["qk"][0]["query"]
+
+
+def test_a_frozen_bos_holds_every_layers_writes_and_the_logits_stay_exact(tiny_model):
+    model = tiny_model("llama")
+    clt = random_clt(model, seed=6)
+    ids = torch.cat([torch.tensor([model.tokenizer.bos_token_id]), ids_of(model)])
+    rep = build_replacement(model, clt, ids, freeze_bos=True)
+    assert not rep.feat_val[:, 0].any() and not rep.error[:, 0].any()
+    assert bool(rep.frozen_out[:, 0].abs().sum(-1).gt(0).all())
+    torch.testing.assert_close(rep.forward(), rep.logits, atol=2e-5, rtol=1e-4)
+    graph = attribute(model, clt, "<|bos|>" + PROMPT, AttributionSettings(progress=False))
+    assert graph.bos_frozen and int(graph.features[:, 1].min()) >= 1
