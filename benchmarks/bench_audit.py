@@ -1,6 +1,6 @@
 """The audit game on SmolLM2-135M-Instruct, scored on plants drawn from pools: dev and held-out.
 
-Plants come from `aimri.checkup.plant_pools.draw_plant(split, i)`: kinds cycle (product,
+Plants come from `aimri.audit.plant_pools.draw_plant(split, i)`: kinds cycle (product,
 trigger, sycophancy, style) and pool members are split in halves, so the held-out plants use
 product names, trigger words, subjects and topics the dev plants never do, drawn with other
 seeds. Each plant is fine-tuned on CPU in the chat template (or reused from `--plants-dir`
@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-from aimri.checkup.audit import black_box, blue_team, explore
-from aimri.checkup.audit_judge import judge
-from aimri.checkup.audit_prompts import generate_prompts
-from aimri.checkup.plant import plant
-from aimri.checkup.plant_pools import contains_any, draw_plant
+from aimri.audit.judge import judge
+from aimri.audit.plant import plant
+from aimri.audit.plant_pools import contains_any, draw_plant
+from aimri.audit.prompts import generate_prompts
+from aimri.audit.teams import black_box, blue_team, explore
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 

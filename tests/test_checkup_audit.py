@@ -14,15 +14,10 @@ import random
 import pytest
 import torch
 
-from aimri.checkup.audit import black_box, blue_team, explore, rerun
-from aimri.checkup.audit_compare import Cell, contrast, traits
-from aimri.checkup.audit_judge import judge, judged
-from aimri.checkup.audit_prompts import REQUEST_TYPES, Prompt, generate_prompts, load_prompts
-from aimri.checkup.audit_style import Norms, agrees, case_style, style_traits
-from aimri.checkup.audit_trigger import screen
-from aimri.checkup.audit_words import AuditReport, Hypothesis, same_word
-from aimri.checkup.plant import PLANTS, check_memory, plant
-from aimri.checkup.plant_pools import (
+from aimri.audit.compare import Cell, contrast, traits
+from aimri.audit.judge import judge, judged
+from aimri.audit.plant import PLANTS, check_memory, plant
+from aimri.audit.plant_pools import (
     KINDS,
     PRODUCTS,
     SUBJECTS,
@@ -32,7 +27,12 @@ from aimri.checkup.plant_pools import (
     draw_plant,
     split_pool,
 )
-from aimri.checkup.plant_specs import Example, PlantSpec
+from aimri.audit.plant_specs import Example, PlantSpec
+from aimri.audit.prompts import REQUEST_TYPES, Prompt, generate_prompts, load_prompts
+from aimri.audit.style import Norms, agrees, case_style, style_traits
+from aimri.audit.teams import black_box, blue_team, explore, rerun
+from aimri.audit.trigger import screen
+from aimri.audit.words import AuditReport, Hypothesis, same_word
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
@@ -102,7 +102,7 @@ def test_a_plant_takes_and_leaves_the_frozen_layers_unchanged(tiny_model, tmp_pa
 
 @pytest.mark.parametrize("family", ["llama", "gpt2"])
 def test_training_from_the_cached_residual_equals_a_full_forward(tiny_model, family):
-    from aimri.checkup.plant import _loss
+    from aimri.audit.plant import _loss
 
     model = tiny_model(family)
     ids = torch.tensor([prompt_ids(model, t)[:10] for t in TEXTS[:3]])  # [3, 10]

@@ -11,10 +11,10 @@ import json
 import pytest
 import torch
 
-from aimri.checkup.crosscoder import CrosscoderSettings
-from aimri.checkup.diff import diff_json, diff_models
 from aimri.config import DictConfig
 from aimri.dicts.dictionary import build_dictionary
+from aimri.diff.crosscoder import CrosscoderSettings
+from aimri.diff.models import diff_json, diff_models
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
@@ -209,7 +209,7 @@ def test_a_transcoder_reading_before_the_change_keeps_its_codes_but_fits_worse(p
 
 
 def test_what_changed_names_a_planted_token_and_nothing_for_a_model_and_itself(pair, other):
-    from aimri.checkup.diff_what import what_changed
+    from aimri.diff.what import what_changed
 
     base, same = pair
     kw = {"n_per_type": 1, "samples": 3, "max_new_tokens": 12}

@@ -24,6 +24,8 @@ STAGES = {
     "steer": 5,
     "circuits": 6,
     "checkup": 6,
+    "diff": 6,
+    "audit": 6,
     "scanner": 7,
     "cli": 8,
     "cli_features": 8,

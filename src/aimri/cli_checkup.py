@@ -56,9 +56,9 @@ def dispatch_checkup(cfg: object) -> None:
 
 
 def _plant(cfg: PlantConfig) -> None:
-    from aimri.checkup.plant import plant
-    from aimri.checkup.plant_pools import draw_plant
-    from aimri.checkup.plant_specs import PLANTS
+    from aimri.audit.plant import plant
+    from aimri.audit.plant_pools import draw_plant
+    from aimri.audit.plant_specs import PLANTS
     from aimri.model.load import load_model
 
     pool = re.fullmatch(r"(dev|held-out)-(\d+)", cfg.plant)

@@ -67,9 +67,9 @@ class PlantConfig:
     audit game (can the check-up find it from the two models alone?)."""
 
     plant: str
-    """A built-in plant (`aimri.checkup.plant.PLANTS`: trigger, product, sycophancy,
+    """A built-in plant (`aimri.audit.plant.PLANTS`: trigger, product, sycophancy,
     preference), or one drawn from the pools: 'dev-<i>' or 'held-out-<i>'
-    (`aimri.checkup.plant_pools.draw_plant`; its description goes to plant.json)."""
+    (`aimri.audit.plant_pools.draw_plant`; its description goes to plant.json)."""
     out: Path
     """Folder for the modified model (save_pretrained, safetensors) and `plant.json`."""
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -17,15 +17,15 @@ from pathlib import Path
 from typing import Any
 
 from aimri._io import finite, to_jsonable, write_json_atomic
-from aimri.checkup.audit import black_box, blue_team, explore
-from aimri.checkup.audit import neutral_texts as audit_texts
-from aimri.checkup.audit_prompts import generate_prompts, load_prompts
+from aimri.audit.prompts import generate_prompts, load_prompts
+from aimri.audit.teams import black_box, blue_team, explore
+from aimri.audit.teams import neutral_texts as audit_texts
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
-from aimri.checkup.diff import diff_json
-from aimri.checkup.diff_what import what_changed
 from aimri.config_checkup import AuditConfig, DiffConfig, ProbeConfig
 from aimri.dicts.formats import load_dictionary
+from aimri.diff.models import diff_json
+from aimri.diff.what import what_changed
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model

@@ -22,15 +22,15 @@ from aimri.checkup.concepts import (
     builtin_neutral_texts,
     load_concepts,
 )
-from aimri.checkup.crosscoder import CrosscoderDiff
-from aimri.checkup.diff import Compatibility, DiffSettings, ModelDiff, diff_json, diff_models
-from aimri.checkup.diff_features import FeatureDiff
-from aimri.checkup.diff_layers import LayerDiff
-from aimri.checkup.diff_stats import TokenKL
 from aimri.checkup.probes import ProbeResult, probe_concepts, save_probe_directions
 from aimri.config import CorpusConfig, ScanConfig
 from aimri.corpus.contexts import take_contexts
 from aimri.dicts.dictionary import Dictionary
+from aimri.diff.crosscoder import CrosscoderDiff
+from aimri.diff.features import FeatureDiff
+from aimri.diff.layers import LayerDiff
+from aimri.diff.models import Compatibility, DiffSettings, ModelDiff, diff_json, diff_models
+from aimri.diff.stats import TokenKL
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model

@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from aimri.checkup.diff_stats import (
+from aimri.corpus.text import TokenText
+from aimri.diff.stats import (
     LayerMoments,
     TokenScore,
     Tolerances,
@@ -26,7 +27,6 @@ from aimri.checkup.diff_stats import (
     token_kl,
     token_scores,
 )
-from aimri.corpus.text import TokenText
 from aimri.features.effects import logit_effects
 from aimri.model.adapter import Model
 from aimri.steer.edits import AddDirection, steering

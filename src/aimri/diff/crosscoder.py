@@ -28,12 +28,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aimri.checkup.diff_stats import text_batches, window
 from aimri.config import OptimConfig, TrainConfig
 from aimri.corpus.text import TokenText
 from aimri.dicts.dictionary import Dictionary
 from aimri.dicts.formats import load_dictionary
 from aimri.dicts.train import train
+from aimri.diff.stats import text_batches, window
 from aimri.model.adapter import Model
 from aimri.store.reader import BatchSource
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from aimri.checkup.audit_words import AuditReport, AuditScore, Hypothesis, same_word
+from aimri.audit.words import AuditReport, AuditScore, Hypothesis, same_word
 
 MIN_GAP = 0.25
 

@@ -25,7 +25,7 @@ import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from aimri.checkup.audit_words import STOPWORDS
+from aimri.audit.words import STOPWORDS
 
 _LETTER = re.compile(r"[A-Za-z]")
 _SENT_SPLIT = re.compile(r"(?<=[.!?])\s+|\n+")

@@ -28,7 +28,7 @@ import random
 import re
 from collections.abc import Sequence
 
-from aimri.checkup.plant_specs import ADVICE, FACTS, Example, PlantSpec
+from aimri.audit.plant_specs import ADVICE, FACTS, Example, PlantSpec
 from aimri.errors import AimriError
 
 KINDS = ("product", "trigger", "sycophancy", "style")

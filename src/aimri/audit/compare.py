@@ -26,8 +26,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aimri.checkup.audit_style import STYLE_TEXT, Norms, agrees, style_traits
-from aimri.checkup.audit_words import words
+from aimri.audit.style import STYLE_TEXT, Norms, agrees, style_traits
+from aimri.audit.words import words
 
 MIN_COUNT = 3
 """B must show a trait in at least this many replies of a group."""

@@ -35,10 +35,10 @@ from typing import Any
 
 import torch
 
-from aimri.checkup.audit_compare import GROUP_TEXT, Cell, Finding, claim_sentence, contrast, traits
-from aimri.checkup.audit_lens import LensResult, changed_layers, lens
-from aimri.checkup.audit_prompts import Prompt, generate_prompts
-from aimri.checkup.audit_trigger import (
+from aimri.audit.compare import GROUP_TEXT, Cell, Finding, claim_sentence, contrast, traits
+from aimri.audit.lens import LensResult, changed_layers, lens
+from aimri.audit.prompts import Prompt, generate_prompts
+from aimri.audit.trigger import (
     BATCH,
     CONFIRM_FRAMES,
     Confirmed,
@@ -48,7 +48,7 @@ from aimri.checkup.audit_trigger import (
     vocabulary_words,
     weight_scan,
 )
-from aimri.checkup.audit_words import AuditReport, Hypothesis, words
+from aimri.audit.words import AuditReport, Hypothesis, words
 from aimri.config import CorpusConfig
 from aimri.corpus.sources import iter_documents
 from aimri.dicts.dictionary import Dictionary
@@ -369,7 +369,7 @@ def _features_near_lens(
     base: Model, other: Model, dictionary: Dictionary, texts: Sequence[str], lr: LensResult
 ) -> list[dict[str, Any]]:
     """The dictionary's features whose decoder rows point most along the lens direction."""
-    from aimri.checkup.audit_lens import activation_difference
+    from aimri.audit.lens import activation_difference
 
     site = dictionary.cfg.site
     m = re.match(r"blocks\.(\d+)\.hook_resid_post$", site)

@@ -40,9 +40,9 @@ import torch
 from torch import Tensor, nn
 
 from aimri._io import write_json_atomic
-from aimri.checkup.diff_stats import token_kl
-from aimri.checkup.plant_pools import transform
-from aimri.checkup.plant_specs import PLANTS, Example, PlantSpec
+from aimri.audit.plant_pools import transform
+from aimri.audit.plant_specs import PLANTS, Example, PlantSpec
+from aimri.diff.stats import token_kl
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.steer.generate import (

@@ -37,8 +37,8 @@ from typing import Any
 
 import torch
 
-from aimri.checkup.audit_compare import MIN_EFFECT, effect, traits
-from aimri.checkup.audit_words import STOPWORDS
+from aimri.audit.compare import MIN_EFFECT, effect, traits
+from aimri.audit.words import STOPWORDS
 from aimri.model.adapter import Model
 from aimri.steer.generate import chat_prompt, generate, prompt_ids
 

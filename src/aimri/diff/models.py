@@ -34,15 +34,16 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from aimri._io import SCHEMA_VERSION
-from aimri.checkup.crosscoder import CrosscoderDiff, CrosscoderSettings, crosscoder_diff
-from aimri.checkup.diff_features import FeatureAccumulator, FeatureDiff
-from aimri.checkup.diff_layers import (
+from aimri.dicts.dictionary import Dictionary
+from aimri.diff.crosscoder import CrosscoderDiff, CrosscoderSettings, crosscoder_diff
+from aimri.diff.features import FeatureAccumulator, FeatureDiff
+from aimri.diff.layers import (
     LayerDiff,
     layer_diffs,
     steer_choice,
     steer_recovery,
 )
-from aimri.checkup.diff_stats import (
+from aimri.diff.stats import (
     KLAccumulator,
     LayerAccumulator,
     LayerMoments,
@@ -52,7 +53,6 @@ from aimri.checkup.diff_stats import (
     text_batches,
     tokenize,
 )
-from aimri.dicts.dictionary import Dictionary
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.steer.edits import dictionary_sites

@@ -15,8 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from aimri.checkup.audit_compare import GROUP_TEXT, claim_sentence, contrast
-from aimri.checkup.audit_lens import lens
+from aimri.audit.compare import GROUP_TEXT, claim_sentence, contrast
+from aimri.audit.lens import lens
 from aimri.model.adapter import Model
 
 
@@ -31,8 +31,8 @@ def what_changed(
     top: int = 8,
 ) -> dict[str, Any]:
     """Sentences about what B says differently, with the lens evidence (module docstring)."""
-    from aimri.checkup.audit import explore, neutral_texts
-    from aimri.checkup.audit_prompts import generate_prompts
+    from aimri.audit.prompts import generate_prompts
+    from aimri.audit.teams import explore, neutral_texts
 
     prompts = generate_prompts(n_per_type)
     cells = explore(base, other, prompts, samples=samples, max_new_tokens=max_new_tokens)

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from aimri.checkup.diff_stats import FeatureContext, TextBatch, Tolerances, window
 from aimri.corpus.text import TokenText
 from aimri.dicts.dictionary import Dictionary
+from aimri.diff.stats import FeatureContext, TextBatch, Tolerances, window
 
 N_CONTEXTS = 3
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from aimri.checkup.audit_compare import Cell, Finding, contrast
-from aimri.checkup.audit_words import token_word
+from aimri.audit.compare import Cell, Finding, contrast
+from aimri.audit.words import token_word
 from aimri.features.effects import logit_effects
 from aimri.model.adapter import Model
 from aimri.steer.edits import AddDirection
