@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from aimri.cli import main
-from aimri.cli_outputs import absolute_inputs
+from aimri.cli.outputs import absolute_inputs
 from aimri.config import ScanConfig
 from aimri.outputs import writer_lock
 from aimri.report.render import render_report

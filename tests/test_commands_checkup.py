@@ -10,8 +10,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from aimri.cli import main
-from aimri.config import CorpusConfig, ModelConfig
-from aimri.config_checkup import DiffConfig
+from aimri.config import CorpusConfig, DiffConfig, ModelConfig
 from aimri.ledger import read_ledger
 from aimri.scanner.commands import diff
 

@@ -11,7 +11,6 @@ STAGES = {
     "errors": 0,
     "_io": 0,
     "config": 0,
-    "config_checkup": 0,
     "distributed": 0,
     "ledger": 0,
     "outputs": 0,
@@ -28,9 +27,6 @@ STAGES = {
     "audit": 6,
     "scanner": 7,
     "cli": 8,
-    "cli_features": 8,
-    "cli_checkup": 8,
-    "cli_outputs": 8,
     "__init__": 8,
 }
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from aimri.config import CorpusConfig, ModelConfig
-from aimri.config_checkup import DiffConfig, ProbeConfig
+from aimri.config import CorpusConfig, DiffConfig, ModelConfig, ProbeConfig
 from aimri.report.render import render_report
 from aimri.scanner.commands import diff, probe
 from tests.test_commands_checkup import _changed_copy

@@ -22,7 +22,7 @@ from aimri.audit.teams import black_box, blue_team, explore
 from aimri.audit.teams import neutral_texts as audit_texts
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
-from aimri.config_checkup import AuditConfig, DiffConfig, ProbeConfig
+from aimri.config import AuditConfig, DiffConfig, ProbeConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.diff.models import diff_json
 from aimri.diff.what import what_changed

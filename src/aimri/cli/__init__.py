@@ -1,8 +1,8 @@
 """The `aimri` command: a thin shell over the API, generated from the config dataclasses.
 
-Each subcommand is one config class (see `config.py`); tyro turns its fields and docstrings
+Each subcommand is one config class (see `aimri.config`); tyro turns its fields and docstrings
 into flags and help, so the CLI and the API cannot drift. Heavy imports happen inside the
-handlers, so `aimri --help` never imports torch. This is the only module that prints.
+handlers, so `aimri --help` never imports torch. This package is the only code that prints.
 `AimriError` is shown as one line; `--traceback` or AIMRI_TRACEBACK=1 shows the traceback.
 """
 
@@ -20,10 +20,10 @@ from typing import TypeVar
 
 import tyro
 
-from aimri.cli_checkup import CHECKUP_COMMANDS, dispatch_checkup, with_pair_positional
-from aimri.cli_outputs import absolute_inputs as _absolute_inputs
-from aimri.cli_outputs import check_inputs as _check_inputs
-from aimri.cli_outputs import check_outputs as _check_outputs
+from aimri.cli.checkup import CHECKUP_COMMANDS, dispatch_checkup, with_pair_positional
+from aimri.cli.outputs import absolute_inputs as _absolute_inputs
+from aimri.cli.outputs import check_inputs as _check_inputs
+from aimri.cli.outputs import check_outputs as _check_outputs
 from aimri.config import (
     CircuitConfig,
     CollectConfig,
@@ -172,15 +172,15 @@ def _dispatch(cfg: object) -> None:
     elif isinstance(cfg, SitesConfig):
         _print_sites(cfg)
     elif isinstance(cfg, FeaturesConfig | SearchConfig | ExplainTextConfig):
-        from aimri.cli_features import dispatch_features
+        from aimri.cli.features import dispatch_features
 
         dispatch_features(cfg)
     elif isinstance(cfg, SteerConfig):
-        from aimri.cli_features import print_steering
+        from aimri.cli.features import print_steering
 
         print_steering(cfg)
     elif isinstance(cfg, CircuitConfig):
-        from aimri.cli_features import print_circuit
+        from aimri.cli.features import print_circuit
 
         print_circuit(cfg)
     elif isinstance(cfg, tuple(CHECKUP_COMMANDS.values())):
@@ -280,7 +280,3 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,7 @@
 """Configuration of the check-up's commands: probe, diff, plant, audit, monitor.
 
-Same rules as `config.py` (frozen dataclasses the CLI is generated from; nothing heavy
-imported; `__post_init__` only validates). Kept apart so each file stays readable.
+Same rules as the rest of `aimri.config` (frozen dataclasses the CLI is generated from; nothing
+heavy imported; `__post_init__` only validates).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aimri.config import CorpusConfig, ModelConfig
+from aimri.config.base import CorpusConfig, ModelConfig
 from aimri.errors import AimriError
 
 

@@ -14,14 +14,18 @@ import json
 from pathlib import Path
 
 from aimri.config import (
+    AuditConfig,
     CircuitConfig,
     CollectConfig,
+    DiffConfig,
     EvalConfig,
     FeaturesConfig,
+    MonitorConfig,
+    PlantConfig,
+    ProbeConfig,
     ScanConfig,
     TrainConfig,
 )
-from aimri.config_checkup import AuditConfig, DiffConfig, MonitorConfig, PlantConfig, ProbeConfig
 from aimri.errors import AimriError
 from aimri.outputs import check_output, check_writable
 from aimri.store.manifest import check_store_before_work

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from aimri.config_checkup import AuditConfig, DiffConfig, MonitorConfig, PlantConfig, ProbeConfig
+from aimri.config import AuditConfig, DiffConfig, MonitorConfig, PlantConfig, ProbeConfig
 from aimri.errors import AimriError
 
 CHECKUP_COMMANDS: dict[str, type] = {
