@@ -10,6 +10,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "aimri"
 STAGES = {
     "errors": 0,
     "_io": 0,
+    "_version": 0,
     "config": 0,
     "distributed": 0,
     "ledger": 0,
@@ -56,3 +57,16 @@ def test_every_module_has_a_stage_and_imports_only_backwards():
 def test_corpus_does_not_need_a_model():
     for path in (SRC / "corpus").glob("*.py"):
         assert "aimri.model" not in path.read_text(), path.name
+
+
+def test_no_module_imports_the_package_itself():
+    """`from aimri import X` inside the package would run the public API's imports (and invite
+    cycles): modules import from the module that defines X."""
+    bad = []
+    for path in SRC.rglob("*.py"):
+        if path.name == "__init__.py" and path.parent == SRC:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "aimri":
+                bad.append(str(path.relative_to(SRC)))
+    assert not bad, bad

@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
+from aimri._version import __version__ as __version__
 from aimri.config import CollectConfig, CorpusConfig, ModelConfig, ScanConfig
 from aimri.errors import AimriError
 

@@ -27,8 +27,8 @@ from typing import Any
 
 import torch
 
-from aimri import __version__
 from aimri._io import finite, to_jsonable, write_json_atomic
+from aimri._version import __version__
 from aimri.config import ScanConfig
 from aimri.ledger import record_query
 from aimri.model.adapter import Model

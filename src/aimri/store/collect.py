@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from aimri import __version__
 from aimri._io import atomic_path, cleanup_temp_files, sha256_file, write_json_atomic
+from aimri._version import __version__
 from aimri.config import CollectConfig
 from aimri.corpus.contexts import iter_contexts, special_tokens
 from aimri.distributed import barrier, device_for_rank, world
