@@ -36,13 +36,32 @@ DEMOS = (
 )
 
 
+class TranscoderTraining(TypedDict):
+    tokens: int
+    passes: float
+    expansion: int
+    k: int
+    fvu: list[float]
+    """Per layer, over the last 10% of training steps."""
+    l0: list[float]
+    dead_fraction: list[float]
+    seconds: float
+
+
 class TranscodersInfo(TypedDict):
     path: str
     n_layers: int
     d_sae: int
     k: int
     architecture: str
-    training: dict[str, Any] | None
+    training: TranscoderTraining | None
+
+
+class PromptLens(TypedDict):
+    prompt: str
+    layers: list[int]
+    top_tokens: list[list[str]]
+    target_prob: list[float] | None
 
 
 class CircuitsResult(TypedDict):
@@ -51,7 +70,7 @@ class CircuitsResult(TypedDict):
     """One record per traced prompt (`circuits.run.trace_prompt`)."""
     heads: dict[str, list[dict[str, Any]]]
     heads_method: str
-    lens: list[dict[str, Any]]
+    lens: list[PromptLens]
 
 
 def circuits_stage(run: ScanRun) -> CircuitsResult | Skipped:
@@ -101,7 +120,7 @@ def _text_ids(cfg: ScanConfig, store: Path) -> torch.Tensor:
     return torch.as_tensor(tokens[: 8 * ctx]).long().view(-1, ctx)
 
 
-def _train(cfg: ScanConfig, model: Model, store: Path, out: Path) -> dict[str, Any]:
+def _train(cfg: ScanConfig, model: Model, store: Path, out: Path) -> TranscoderTraining:
     corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.tc_tokens, seed=cfg.corpus.seed + 2)
     collect(
         CollectConfig(
@@ -134,7 +153,7 @@ def _train(cfg: ScanConfig, model: Model, store: Path, out: Path) -> dict[str, A
     }
 
 
-def _prompt_lens(model: Model, prompt: str, token_id: int) -> dict[str, Any]:
+def _prompt_lens(model: Model, prompt: str, token_id: int) -> PromptLens:
     """Top token and the answer's probability after each layer, at the last position."""
     L = model.info.n_layers
     sites = [f"blocks.{layer}.hook_resid_post" for layer in range(L)]

@@ -41,13 +41,22 @@ scorer (`aimri features describe --scorers embedding`) is left out of the scan f
 embeds every example window and was the stage's largest cost."""
 
 
+class BasisInfo(TypedDict):
+    info: dict[str, Any]
+    """The basis: its name, kind (sae, neurons, random...), site and size."""
+    n_tokens: int
+    dead_fraction: float
+    density_hist_edges: list[float]
+    density_hist_counts: list[int]
+
+
 class FeaturesResult(TypedDict):
     site: str
     catalog: str
     n_tokens: int
     n_features_total: int
     sampled: int
-    bases: list[dict[str, Any]]
+    bases: list[BasisInfo]
     """The dictionary, then the neuron and random-direction baselines."""
     summary: list[dict[str, Any]]
     """One interpretability row per basis × explainer × scorer."""
@@ -101,7 +110,7 @@ def _source(cfg: ScanConfig, model: Model, store: Path, site: str) -> ContextSou
     return ModelContexts(model, corpus, site)
 
 
-def _basis_json(r: BasisResult) -> dict[str, Any]:
+def _basis_json(r: BasisResult) -> BasisInfo:
     fs = r.features
     return {
         "info": dataclasses.asdict(fs.basis),

@@ -37,7 +37,7 @@ def diff_findings(stage: Mapping[str, Any]) -> list[Finding]:
     return [f for f in out if f]
 
 
-def _kl_numbers(kl: dict[str, Any]) -> dict[str, Any]:
+def _kl_numbers(kl: Mapping[str, Any]) -> dict[str, float]:
     return {k: kl[k] for k in ("n_tokens", "mean", "p50", "p95", "max")}
 
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import torch
 
@@ -113,10 +113,22 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
     return ScanResult(run_dir, report, layout.scan_json, time.perf_counter() - t0)
 
 
-def tidy_run_folder(layout: RunLayout, *, keep_activations: bool) -> dict[str, Any]:
+class Removed(TypedDict):
+    path: str
+    mb: float
+
+
+class Storage(TypedDict):
+    activations_kept: bool
+    removed: list[Removed]
+    run_folder_mb: float
+    note: str
+
+
+def tidy_run_folder(layout: RunLayout, *, keep_activations: bool) -> Storage:
     """Remove the activation caches unless asked to keep them; say what was removed and what
     the folder holds after (the report shows it)."""
-    removed = []
+    removed: list[Removed] = []
     for path in layout.caches if not keep_activations else ():
         if path.is_dir():
             mb = round(_folder_bytes(path) / 2**20, 1)

@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
 
 from aimri.scanner.finding import Finding
-from aimri.scanner.run import SCAN_SCHEMA
+from aimri.scanner.run import SCAN_SCHEMA, Storage
 from aimri.scanner.stage import Stage
 from aimri.scanner.stages import STAGES
+from aimri.scanner.summary import Ledger, Summary, Transparency
 
 SCHEMA_FILE = Path(__file__).with_name("scan.schema.json")
 DOCUMENT_FIELDS = [
@@ -88,16 +89,14 @@ def scan_schema() -> dict[str, Any]:
             "run": {"type": "string"},
             "created": {"type": "string"},
             "model": obj,
-            "summary": _object(
-                {k: list[dict[str, str]] for k in ("checked", "found", "sure")}, None
-            ),
+            "summary": schema_of(Summary),
             "findings": {"type": "array", "items": schema_of(Finding)},
             "stages": {"type": "object", "properties": stages, "required": list(stages)},
             "config": obj,
-            "transparency": _object({"tests": list[dict[str, str]]}, None),
-            "ledger": obj,
+            "transparency": schema_of(Transparency),
+            "ledger": schema_of(Ledger),
             "timings_s": {"type": "object", "additionalProperties": {"type": "number"}},
-            "storage": obj,
+            "storage": schema_of(Storage),
             "versions": {"type": "object", "additionalProperties": {"type": "string"}},
         },
     }

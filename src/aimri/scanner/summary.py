@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from aimri.ledger import consultations, read_ledger
 from aimri.scanner.finding import SEVERITY_ORDER, Finding
@@ -28,29 +28,73 @@ def findings_from(results: dict[str, Result], stages: Sequence[Stage]) -> list[F
     ]
 
 
+class Checked(TypedDict):
+    stage: str
+    what: str
+
+
+class Found(TypedDict):
+    id: str
+    title: str
+    severity: str
+
+
+class Sure(TypedDict):
+    stage: str
+    statement: str
+
+
+class Summary(TypedDict):
+    checked: list[Checked]
+    found: list[Found]
+    sure: list[Sure]
+
+
+class TestRow(TypedDict):
+    check: str
+    method: str
+    data: str
+    settings: str
+
+
+class Transparency(TypedDict):
+    tests: list[TestRow]
+
+
+class Ledger(TypedDict):
+    total: int
+    by_kind: dict[str, int]
+    runs: int
+    run_names: list[str]
+    runs_root: str
+    first: str | None
+    last: str | None
+    entries: list[dict[str, Any]]
+
+
 def summary_from(
     results: dict[str, Result], findings: list[Finding], stages: Sequence[Stage]
-) -> dict[str, Any]:
+) -> Summary:
     """{checked: [...], found: [...], sure: [...]}: each a list of short, numbered statements."""
     done = [(st, results[st.name]) for st in stages if ran(results.get(st.name))]
     return {
         "checked": [{"stage": st.name, "what": st.checked(r)} for st, r in done if st.checked],
-        "found": sorted(
-            ({"id": f.id, "title": f.title, "severity": f.severity} for f in findings),
-            key=lambda f: SEVERITY_ORDER[f["severity"]],
-        ),
+        "found": [
+            {"id": f.id, "title": f.title, "severity": f.severity}
+            for f in sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])
+        ],
         "sure": [{"stage": st.name, "statement": st.sure(r)} for st, r in done if st.sure],
     }
 
 
 def transparency_from(
     config: dict[str, Any], results: dict[str, Result], stages: Sequence[Stage]
-) -> dict[str, Any]:
+) -> Transparency:
     """One row per check that ran: what it tested, the method, the data and the settings, in
     words a lab could publish beside the report."""
     corpus = config.get("corpus", {})
     text = f"{corpus.get('source', '?')} corpus, seed {corpus.get('seed', '?')}"
-    rows = []
+    rows: list[TestRow] = []
     for st in stages:
         r = results.get(st.name)
         if st.method is None or not ran(r):
@@ -62,7 +106,7 @@ def transparency_from(
     return {"tests": rows}
 
 
-def ledger_section(run_dir: Path, model_sha256: str) -> dict[str, Any]:
+def ledger_section(run_dir: Path, model_sha256: str) -> Ledger:
     """How often this model's diagnostics were consulted: every run beside this one (same
     weights) and this run's own entries."""
     seen = consultations(run_dir.parent, model_sha256)
