@@ -188,7 +188,10 @@ CIRCUITS = Stage(
     method=lambda r, c: Method(
         "circuits",
         "attribution graphs through per-layer transcoders; edges checked by "
-        "ablation in the real model",
+        "ablation in the real model. Per-layer rather than cross-layer: on SmolLM2 at equal "
+        "total L0 and tokens a cross-layer transcoder fit better (held-out FVU 0.60 against "
+        "0.75) but gave no better replacement or completeness and took 2.9x the training time "
+        "(benchmarks/RESULTS.md, 2026-12-06; not re-measured in this run)",
         f"{r['transcoders']['n_layers']} transcoders, "
         f"d_sae {r['transcoders']['d_sae']}, k {r['transcoders']['k']}",
     ),
