@@ -33,7 +33,8 @@ from aimri.config import TrainConfig
 from aimri.dicts.checkpoint import CHECKPOINT, device_of, remove_checkpoint, truncate_metrics
 from aimri.dicts.clt import CLTConfig, CrossLayerTranscoder
 from aimri.dicts.clt_formats import save_clt
-from aimri.dicts.train import TrainResult, total_steps
+from aimri.dicts.codes import ACTIVATIONS
+from aimri.dicts.train import TrainResult, learning_rate, total_steps
 from aimri.dicts.transcoder_set import LayerPair, pair_by_layer
 from aimri.distributed import world
 from aimri.errors import AimriError
@@ -171,18 +172,6 @@ def _scaled_share(
     )
 
 
-def _lr(cfg: TrainConfig, d_sae: int, step: int, steps: int) -> float:
-    """The schedule of `train.py`: warm-up, constant, linear decay to zero."""
-    base = cfg.optim.lr or 2e-4 / math.sqrt(d_sae / 2**14)
-    warm = max(1, int(cfg.optim.warmup_frac * steps))
-    decay_start = int((1 - cfg.optim.decay_frac) * steps)
-    if step < warm:
-        return base * (step + 1) / warm
-    if step >= decay_start:
-        return base * max(0.0, (steps - step) / max(1, steps - decay_start))
-    return base
-
-
 def _step(
     state: CLTState, xs: torch.Tensor, ys: torch.Tensor, cfg: TrainConfig, steps: int
 ) -> dict[str, Any]:
@@ -191,7 +180,7 @@ def _step(
     out = clt(xs, ys, dead=dead if cfg.optim.aux_k_coeff > 0 else None)
     coeff = cfg.optim.sparsity_coeff
     if coeff is None:
-        coeff = 1.0 if cfg.architecture == "jumprelu" else 0.0
+        coeff = ACTIVATIONS[cfg.architecture].sparsity_coeff
     mean_var = state.variance.mean()
     loss = (out.mse / state.variance).sum() + (
         coeff * out.sparsity + cfg.optim.aux_k_coeff * out.aux
@@ -209,7 +198,7 @@ def _step(
             if p.grad is not None:
                 dist.all_reduce(p.grad, op=dist.ReduceOp.AVG)
     clt.remove_parallel_grad()
-    lr = _lr(cfg, clt.cfg.d_sae, state.step, steps)
+    lr = learning_rate(cfg, clt.cfg.d_sae, state.step, steps)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.step()

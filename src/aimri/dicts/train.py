@@ -276,7 +276,9 @@ def _scaled_share(
     ) * state.scale_out
 
 
-def _lr(cfg: TrainConfig, d_sae: int, step: int, steps: int) -> float:
+def learning_rate(cfg: TrainConfig, d_sae: int, step: int, steps: int) -> float:
+    """The schedule every dictionary trains with: warm-up, constant, linear decay to zero; the
+    base rate scales as 1/sqrt(d_sae) unless --optim.lr is given."""
     base = cfg.optim.lr or 2e-4 / math.sqrt(d_sae / 2**14)
     warm = max(1, int(cfg.optim.warmup_frac * steps))
     decay_start = int((1 - cfg.optim.decay_frac) * steps)
@@ -315,7 +317,7 @@ def _step(
     loss.backward()
     _average_gradients(d)
     d.remove_parallel_grad()
-    lr = _lr(cfg, d.cfg.d_sae, state.step, steps)
+    lr = learning_rate(cfg, d.cfg.d_sae, state.step, steps)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.step()
