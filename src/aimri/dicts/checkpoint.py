@@ -83,31 +83,46 @@ def save_checkpoint(cfg: TrainConfig, state: TrainState) -> None:
     )
 
 
-def load_checkpoint(cfg: TrainConfig, dict_cfg: DictConfig, ckpt: Path) -> TrainState:
+def read_checkpoint(
+    cfg: TrainConfig, ckpt: Path, expected_identity: dict[str, Any]
+) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(state.json, the tensors) of the checkpoint at `ckpt`, refused with the fix when it is
+    damaged or belongs to a run of another configuration."""
     fix = "delete the checkpoint folder to start over"
     meta = read_json(ckpt / "state.json", "training checkpoint", fix=fix)
     if not isinstance(meta, dict) or "identity" not in meta:
         raise AimriError(f"training checkpoint '{ckpt / 'state.json'}' is damaged: {fix}")
-    if meta["identity"] != identity(cfg, dict_cfg):
+    if meta["identity"] != expected_identity:
         raise AimriError(
             f"'{cfg.out}' holds a checkpoint of a training run with another configuration: use "
             "another --out, or delete its checkpoint folder to start over"
         )
+    return meta, read_safetensors(ckpt / "state.safetensors", fix)
+
+
+def restore_adam(
+    opt: torch.optim.Optimizer, module: torch.nn.Module, tensors: dict[str, torch.Tensor]
+) -> None:
+    """Put the saved Adam moments and steps (`adam.<param>.*`) back into `opt`."""
+    for name, p in module.named_parameters():
+        if f"adam.{name}.exp_avg" in tensors:
+            opt.state[p] = {
+                "step": tensors[f"adam.{name}.step"].reshape(()).clone(),
+                "exp_avg": tensors[f"adam.{name}.exp_avg"].to(p.device),
+                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(p.device),
+            }
+
+
+def load_checkpoint(cfg: TrainConfig, dict_cfg: DictConfig, ckpt: Path) -> TrainState:
+    meta, tensors = read_checkpoint(cfg, ckpt, identity(cfg, dict_cfg))
     device = device_of(cfg)
-    tensors = read_safetensors(ckpt / "state.safetensors", fix)
     d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed)
     d.load_state_dict(
         {k.removeprefix("param."): v for k, v in tensors.items() if k.startswith("param.")}
     )
     d = d.to(device)
     opt = torch.optim.Adam(d.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
-    for name, p in d.named_parameters():
-        if f"adam.{name}.exp_avg" in tensors:
-            opt.state[p] = {
-                "step": tensors[f"adam.{name}.step"].reshape(()).clone(),
-                "exp_avg": tensors[f"adam.{name}.exp_avg"].to(device),
-                "exp_avg_sq": tensors[f"adam.{name}.exp_avg_sq"].to(device),
-            }
+    restore_adam(opt, d, tensors)
     log.info("resuming training at step %d from %s", meta["step"], ckpt)
     since = tensors["since_fired"].to(device)
     return TrainState(

@@ -28,9 +28,16 @@ import torch.distributed as dist
 from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
-from aimri._io import atomic_path, read_json, read_safetensors, write_json_atomic
+from aimri._io import atomic_path, read_json, write_json_atomic
 from aimri.config import TrainConfig
-from aimri.dicts.checkpoint import CHECKPOINT, device_of, remove_checkpoint, truncate_metrics
+from aimri.dicts.checkpoint import (
+    CHECKPOINT,
+    device_of,
+    read_checkpoint,
+    remove_checkpoint,
+    restore_adam,
+    truncate_metrics,
+)
 from aimri.dicts.clt import CLTConfig, CrossLayerTranscoder
 from aimri.dicts.clt_formats import save_clt
 from aimri.dicts.codes import ACTIVATIONS
@@ -313,30 +320,15 @@ def save_checkpoint(cfg: TrainConfig, state: CLTState) -> None:
 
 def load_checkpoint(cfg: TrainConfig, clt_cfg: CLTConfig) -> CLTState:
     ckpt = cfg.out / CHECKPOINT
-    fix = "delete the checkpoint folder to start over"
-    meta = read_json(ckpt / "state.json", "training checkpoint", fix=fix)
-    if not isinstance(meta, dict) or "identity" not in meta:
-        raise AimriError(f"training checkpoint '{ckpt / 'state.json'}' is damaged: {fix}")
-    if meta["identity"] != _identity(cfg, clt_cfg):
-        raise AimriError(
-            f"'{cfg.out}' holds a checkpoint of a training run with another configuration: use "
-            "another --out, or delete its checkpoint folder to start over"
-        )
+    meta, t = read_checkpoint(cfg, ckpt, _identity(cfg, clt_cfg))
     device = device_of(cfg)
-    t = read_safetensors(ckpt / "state.safetensors", fix)
     clt = CrossLayerTranscoder(clt_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed)
     clt.load_state_dict(
         {k.removeprefix("param."): v for k, v in t.items() if k.startswith("param.")}
     )
     clt = clt.to(device)
     opt = _new_optimizer(clt)
-    for name, p in clt.named_parameters():
-        if f"adam.{name}.exp_avg" in t:
-            opt.state[p] = {
-                "step": t[f"adam.{name}.step"].reshape(()).clone(),
-                "exp_avg": t[f"adam.{name}.exp_avg"].to(device),
-                "exp_avg_sq": t[f"adam.{name}.exp_avg_sq"].to(device),
-            }
+    restore_adam(opt, clt, t)
     scales = [t[n].to(device) for n in ("scale_in", "scale_out", "variance")]
     return CLTState(clt, opt, int(meta["step"]), t["since_fired"].to(device), *scales)
 
