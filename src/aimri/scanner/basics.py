@@ -111,7 +111,7 @@ def _statistics_findings(stage: Result) -> list[Finding]:
                 severity="info",
                 summary=f"At {len(sinks)} of {len(stats)} sites the norm at position 0 is at "
                 f"least {SINK_RATIO:g}x the median norm elsewhere; largest {worst[1]:.1f}x at {worst[0]}. "
-                "Dictionaries trained on these sites should leave position 0 out.",
+                "The scan leaves such tokens out of dictionary training and evaluation (attention sinks).",
                 evidence={"sites": [{"site": s, "ratio": round(r, 2)} for s, r in sinks]},
             )
         )
