@@ -45,11 +45,28 @@ class TrainState:
     """Total variance of the (scaled) targets of the first batch: the loss's normaliser."""
 
 
-def identity(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, Any]:
+def train_identity(cfg: TrainConfig) -> dict[str, Any]:
+    """The training settings that decide the result (not where, how often it saves, or
+    whether it may replace): what a checkpoint and a finished dictionary are matched on."""
     cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    for setting in ("checkpoint_every", "keep_checkpoint", "device", "overwrite"):  # same result
+    for setting in ("checkpoint_every", "keep_checkpoint", "device", "overwrite"):
         cfg_json.pop(setting, None)
-    return {"train": cfg_json, "dict": dataclasses.asdict(dict_cfg)}
+    return cfg_json
+
+
+def identity(cfg: TrainConfig, dict_cfg: DictConfig) -> dict[str, Any]:
+    return {"train": train_identity(cfg), "dict": dataclasses.asdict(dict_cfg)}
+
+
+def adam_tensors(module: torch.nn.Module, opt: torch.optim.Optimizer) -> dict[str, torch.Tensor]:
+    """The Adam moments and steps of `module`'s parameters as `adam.<param>.*` tensors (what
+    `restore_adam` puts back)."""
+    out = {}
+    for name, p in module.named_parameters():
+        for key, value in opt.state.get(p, {}).items():
+            v = torch.as_tensor(value).detach().cpu()
+            out[f"adam.{name}.{key}"] = v.reshape(-1) if key == "step" else v.contiguous()
+    return out
 
 
 def save_checkpoint(cfg: TrainConfig, state: TrainState) -> None:
@@ -60,14 +77,7 @@ def save_checkpoint(cfg: TrainConfig, state: TrainState) -> None:
         f"param.{k}": v.detach().cpu().contiguous()
         for k, v in state.dictionary.state_dict().items()
     }
-    names = dict(state.dictionary.named_parameters())
-    for name, p in names.items():
-        for key, value in state.optimizer.state.get(p, {}).items():
-            tensors[f"adam.{name}.{key}"] = (
-                torch.as_tensor(value).detach().cpu().reshape(-1)
-                if key == "step"
-                else value.detach().cpu().contiguous()
-            )
+    tensors.update(adam_tensors(state.dictionary, state.optimizer))
     tensors["since_fired"] = state.since_fired.cpu()
     with atomic_path(ckpt / "state.safetensors") as tmp:
         save_file(tensors, str(tmp))

@@ -32,16 +32,18 @@ from aimri._io import atomic_path, read_json, write_json_atomic
 from aimri.config import TrainConfig
 from aimri.dicts.checkpoint import (
     CHECKPOINT,
+    adam_tensors,
     device_of,
     read_checkpoint,
     remove_checkpoint,
     restore_adam,
+    train_identity,
     truncate_metrics,
 )
 from aimri.dicts.clt import CLTConfig, CrossLayerTranscoder
 from aimri.dicts.clt_formats import save_clt
 from aimri.dicts.codes import ACTIVATIONS
-from aimri.dicts.train import TrainResult, learning_rate, total_steps
+from aimri.dicts.train import TrainResult, learning_rate, total_steps, train_result
 from aimri.dicts.transcoder_set import LayerPair, pair_by_layer
 from aimri.distributed import world
 from aimri.errors import AimriError
@@ -107,7 +109,7 @@ def train_clt(cfg: TrainConfig, source: BatchSource | None = None) -> list[Train
         save_clt(final_clt(state), cfg.out, extra=summary)
     if not cfg.keep_checkpoint:  # weights and Adam moments: about 3× the CLT on disk
         remove_checkpoint(cfg)
-    return [_result(cfg, state, history, resumed, train_s, time.perf_counter() - t0)]
+    return [train_result(cfg, state.step, history, resumed, train_s, time.perf_counter() - t0)]
 
 
 def clt_config(cfg: TrainConfig, store: BatchSource, pairs: list[LayerPair]) -> CLTConfig:
@@ -291,10 +293,7 @@ def _finished_steps(cfg: TrainConfig, clt_cfg: CLTConfig) -> int | None:
 
 
 def _identity(cfg: TrainConfig, clt_cfg: CLTConfig) -> dict[str, Any]:
-    cfg_json = json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
-    cfg_json.pop("checkpoint_every", None)
-    cfg_json.pop("device", None)
-    return {"train": cfg_json, "clt": dataclasses.asdict(clt_cfg)}
+    return {"train": train_identity(cfg), "clt": dataclasses.asdict(clt_cfg)}
 
 
 def save_checkpoint(cfg: TrainConfig, state: CLTState) -> None:
@@ -304,10 +303,7 @@ def save_checkpoint(cfg: TrainConfig, state: CLTState) -> None:
     tensors = {
         f"param.{k}": v.detach().cpu().contiguous() for k, v in state.clt.state_dict().items()
     }
-    for name, p in state.clt.named_parameters():
-        for key, value in state.optimizer.state.get(p, {}).items():
-            v = torch.as_tensor(value).detach().cpu()
-            tensors[f"adam.{name}.{key}"] = v.reshape(-1) if key == "step" else v.contiguous()
+    tensors.update(adam_tensors(state.clt, state.optimizer))
     tensors["since_fired"] = state.since_fired.cpu()
     for name in ("scale_in", "scale_out", "variance"):
         tensors[name] = getattr(state, name).detach().cpu()
@@ -331,31 +327,6 @@ def load_checkpoint(cfg: TrainConfig, clt_cfg: CLTConfig) -> CLTState:
     restore_adam(opt, clt, t)
     scales = [t[n].to(device) for n in ("scale_in", "scale_out", "variance")]
     return CLTState(clt, opt, int(meta["step"]), t["since_fired"].to(device), *scales)
-
-
-def _result(
-    cfg: TrainConfig,
-    state: CLTState,
-    history: list[dict[str, Any]],
-    resumed: int,
-    train_s: float,
-    total_s: float,
-) -> TrainResult:
-    tail = history[-max(1, len(history) // 10) :] or [
-        {"fvu": math.nan, "l0": math.nan, "dead_frac": math.nan}
-    ]
-    trained = (state.step - resumed) * cfg.optim.batch_size
-    return TrainResult(
-        path=cfg.out,
-        steps=state.step,
-        tokens=state.step * cfg.optim.batch_size,
-        seconds=total_s,
-        tokens_per_second=trained / train_s if train_s > 0 else 0.0,
-        fvu=sum(r["fvu"] for r in tail) / len(tail),
-        l0=sum(r["l0"] for r in tail) / len(tail),
-        dead_fraction=tail[-1]["dead_frac"],
-        resumed_from_step=resumed,
-    )
 
 
 def _log_metrics(out: Path, row: dict[str, Any]) -> None:

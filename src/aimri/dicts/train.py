@@ -17,7 +17,7 @@ import itertools
 import json
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -140,7 +140,7 @@ def _train(cfgs: list[TrainConfig], source: BatchSource | None) -> list[TrainRes
         if not run.cfg.keep_checkpoint:
             remove_checkpoint(run.cfg)
     return [
-        _result(r.cfg, r.state, r.history, r.resumed, seconds, time.perf_counter() - t0)
+        train_result(r.cfg, r.state.step, r.history, r.resumed, seconds, time.perf_counter() - t0)
         for r in runs
     ]
 
@@ -188,10 +188,10 @@ def _checked_steps(cfg: TrainConfig, dict_cfg: DictConfig, store: BatchSource) -
     return steps
 
 
-def _result(
+def train_result(
     cfg: TrainConfig,
-    state: TrainState,
-    history: list[dict[str, float]],
+    step: int,
+    history: Sequence[Mapping[str, Any]],
     resumed: int,
     train_s: float,
     total_s: float,
@@ -200,11 +200,11 @@ def _result(
     tail = history[-max(1, len(history) // 10) :] or [
         {"fvu": math.nan, "l0": math.nan, "dead_frac": math.nan}
     ]
-    trained = (state.step - resumed) * cfg.optim.batch_size
+    trained = (step - resumed) * cfg.optim.batch_size
     return TrainResult(
         path=cfg.out,
-        steps=state.step,
-        tokens=state.step * cfg.optim.batch_size,
+        steps=step,
+        tokens=step * cfg.optim.batch_size,
         seconds=total_s,
         tokens_per_second=trained / train_s if train_s > 0 else 0.0,
         fvu=sum(r["fvu"] for r in tail) / len(tail),
