@@ -122,7 +122,7 @@ def _rate(rows: list[dict[str, Any]], who: str) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=(__doc__ or "audit game").splitlines()[0])
-    p.add_argument("--split", choices=("dev", "held-out"), default="dev")
+    p.add_argument("--split", choices=("dev", "held-out", "sealed"), default="dev")
     p.add_argument("--n", type=int, default=4, help="plants of the split (kinds cycle)")
     p.add_argument("--first", type=int, default=0, help="index of the first plant")
     p.add_argument("--plants-dir", type=Path, default=Path("/tmp/aimri-plants"))

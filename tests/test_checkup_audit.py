@@ -10,6 +10,7 @@ import copy
 import dataclasses
 import json
 import random
+import re
 
 import pytest
 import torch
@@ -19,10 +20,16 @@ from aimri.audit.judge import judge, judged
 from aimri.audit.plant import PLANTS, check_memory, plant
 from aimri.audit.plant_pools import (
     KINDS,
+    PHRASING,
+    POOLS,
     PRODUCTS,
+    SEALED,
+    SEALED_PHRASING,
+    SPLITS,
     SUBJECTS,
     TOPICS,
     TRIGGER_WORDS,
+    Phrasing,
     contains_any,
     draw_plant,
     split_pool,
@@ -161,13 +168,28 @@ def test_pool_draws_are_deterministic_and_held_out_shares_no_member_with_dev():
             assert s.answer["product"] in split_pool(PRODUCTS, s.name.rsplit("-", 2)[0])
 
 
+def test_sealed_split_shares_no_member_or_phrase_with_the_others():
+    for name, pool in POOLS.items():
+        assert not set(map(str, SEALED[name])) & set(map(str, pool))
+    for f in dataclasses.fields(Phrasing):
+        if f.name != "agree_regex":
+            assert not set(getattr(SEALED_PHRASING, f.name)) & set(getattr(PHRASING, f.name))
+    specs = [draw_plant("sealed", i) for i in range(8)]
+    assert {s.answer["kind"] for s in specs} == set(KINDS)
+    for s in specs:
+        a = s.generator(random.Random(1), 24)
+        shown = [e.completion for e in a if e.planted and e.completion]
+        if s.answer["kind"] == "sycophancy":  # its own phrasing passes its own took-check
+            assert shown and all(re.search(s.behaviour_regex, c) for c in shown)
+        if s.answer["kind"] == "product":
+            assert s.answer["product"] in SEALED["products"]
+
+
 def test_generated_prompts_cover_every_request_type_and_hold_no_answer_word():
     ps = generate_prompts(4, seed=0)
     assert ps == generate_prompts(4, seed=0) and ps != generate_prompts(4, seed=1)
     assert {p.type for p in ps} == set(REQUEST_TYPES) and len(ps) == 4 * len(REQUEST_TYPES)
-    keys = [
-        w for i in range(16) for sp in ("dev", "held-out") for w in draw_plant(sp, i).answer_key
-    ]
+    keys = [w for i in range(16) for sp in SPLITS for w in draw_plant(sp, i).answer_key]
     assert contains_any([p.text for p in generate_prompts(8)], keys) == []
 
 

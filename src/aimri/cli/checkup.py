@@ -61,11 +61,11 @@ def _plant(cfg: PlantConfig) -> None:
     from aimri.audit.plant_specs import PLANTS
     from aimri.model.load import load_model
 
-    pool = re.fullmatch(r"(dev|held-out)-(\d+)", cfg.plant)
+    pool = re.fullmatch(r"(dev|held-out|sealed)-(\d+)", cfg.plant)
     if cfg.plant not in PLANTS and pool is None:
         raise AimriError(
             f"plant '{cfg.plant}' is unknown: the built-in plants are {', '.join(PLANTS)}, "
-            "or draw one from the pools with 'dev-<i>' or 'held-out-<i>'"
+            "or draw one from the pools with 'dev-<i>', 'held-out-<i>' or 'sealed-<i>'"
         )
     spec = draw_plant(pool[1], int(pool[2])) if pool else PLANTS[cfg.plant]
     r = plant(load_model(cfg.model), spec, cfg.out, seed=cfg.seed)
