@@ -29,6 +29,7 @@ from aimri.cli.outputs import absolute_inputs
 from aimri.config import ScanConfig
 from aimri.outputs import writer_lock
 from aimri.report.render import render_report
+from aimri.scanner.stages import SECTIONS
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -629,7 +630,7 @@ def test_a_right_to_left_override_shows_as_its_code_point(tmp_path):
 
     scan = base_scan()
     scan["stages"]["activations"]["sample_contexts"] = ["price: \u202e0001$"]
-    html = render_report(scan, tmp_path / "report.html").read_text()
+    html = render_report(scan, tmp_path / "report.html", SECTIONS).read_text()
     assert "\u202e" not in html and "⟨U+202E⟩0001$" in html
 
 

@@ -12,6 +12,7 @@ import torch
 
 from aimri import CorpusConfig, ScanConfig, scan
 from aimri.report.render import render_report
+from aimri.scanner.stages import SECTIONS
 
 pytestmark = pytest.mark.e2e
 
@@ -148,7 +149,7 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
     # Text from the corpus or the model is escaped: a token string cannot inject markup.
     doc["stages"]["activations"]["sample_contexts"] = ["<script>alert('x')</script>"]
     doc["stages"]["logit_lens"]["tables"][0]["top_tokens"][0] = ["<img src=x onerror=alert(1)>"]
-    hostile = render_report(doc, tmp_path / "hostile.html").read_text()
+    hostile = render_report(doc, tmp_path / "hostile.html", SECTIONS).read_text()
     assert "<script>alert" not in hostile and "&lt;script&gt;alert" in hostile
     assert "<img src=x" not in hostile and "&lt;img src=x" in hostile
 

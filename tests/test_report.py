@@ -18,6 +18,7 @@ from markupsafe import escape as html_escape
 from aimri.report.features import json_for_script
 from aimri.report.render import render_report
 from aimri.report.svg import _ticks, bar_chart, line_chart
+from aimri.scanner.stages import SECTIONS
 
 HOSTILE = (
     "<script>alert(1)</script>",
@@ -349,7 +350,7 @@ def test_ticks_are_round_and_inside():
 
 def test_hostile_strings_are_escaped_and_the_data_block_round_trips(tmp_path: Path):
     doc = full_scan(40)
-    html = render_report(doc, tmp_path / "r.html").read_text()
+    html = render_report(doc, tmp_path / "r.html", SECTIONS).read_text()
     block = features_block(html)
     assert "<" not in block and ">" not in block, "nothing in the block can close or open a tag"
     assert json.loads(block) == doc["stages"]["features"]["features"]
@@ -369,7 +370,7 @@ def test_interpretable_fraction_table_puts_the_dictionary_first(tmp_path: Path):
     for r in stage["summary"]:  # the scan names a basis by its key: `sae`, `neurons`, `random`
         r["basis"] = r["basis"].split(" ")[0]
     stage["summary"][0].update(mean=float("nan"), n_nan=3)
-    html = render_report(doc, tmp_path / "r.html").read_text()
+    html = render_report(doc, tmp_path / "r.html", SECTIONS).read_text()
     table = html[html.index('<table class="summary">') :]
     table = table[: table.index("</table>")]
     rows = re.findall(r'<td class="kind-(\w+)">', table)
@@ -379,24 +380,24 @@ def test_interpretable_fraction_table_puts_the_dictionary_first(tmp_path: Path):
 
 
 def test_absent_and_empty_stages_render(tmp_path: Path):
-    html = render_report(base_scan(), tmp_path / "a.html").read_text()
+    html = render_report(base_scan(), tmp_path / "a.html", SECTIONS).read_text()
     assert 'id="features"' not in html and 'id="steering"' not in html
     assert "features-data" not in html and "fd-cards" not in html
 
     doc = base_scan()
     doc["stages"]["features"] = {"site": "blocks.1.hook_resid_post", "features": []}
     doc["stages"]["steering"] = {**steering_stage(hostile=False), "rows": []}
-    html = render_report(doc, tmp_path / "b.html").read_text()
+    html = render_report(doc, tmp_path / "b.html", SECTIONS).read_text()
     assert "No features were analysed" in html and "No labels were scored" in html
     assert 'id="steering"' not in html and "features-data" not in html  # no rows: no section
 
     doc["stages"]["steering"] = {"skipped": "no concrete-concept <feature>"}
-    html = render_report(doc, tmp_path / "s.html").read_text()
+    html = render_report(doc, tmp_path / "s.html", SECTIONS).read_text()
     assert "demonstration was skipped: no concrete-concept &lt;feature&gt;" in html
 
     steer = steering_stage(hostile=False)
     doc["stages"]["steering"] = {**steer, "rows": steer["rows"][::-1]}
-    html = render_report(doc, tmp_path / "c.html").read_text()
+    html = render_report(doc, tmp_path / "c.html", SECTIONS).read_text()
     assert "Rise of the concept tokens" in html and str(html_escape(steer["verdict"])) in html
     table = html[html.index('id="steering"') :]
     strengths = re.findall(r'<tr><td class="n">([0-9.]+)</td>', table[: table.index("</table>")])
@@ -426,7 +427,7 @@ def test_density_chart_has_one_line_per_basis(tmp_path: Path, edges_differ: bool
     bases = doc["stages"]["features"]["bases"]
     if edges_differ:
         bases[1]["density_hist_edges"] = [-6 + 0.2 * i for i in range(31)]
-    html = render_report(doc, tmp_path / "r.html").read_text()
+    html = render_report(doc, tmp_path / "r.html", SECTIONS).read_text()
     start = html.index("Firing density: share")
     chart = html[html.rindex("<svg", 0, start) : html.index("</svg>", start)]
     assert chart.count("<polyline") == 3

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from aimri.report.render import render_report
+from aimri.scanner.stages import SECTIONS
 from tests.test_report import HOSTILE, full_scan
 
 N_FEATURES = 2000
@@ -29,7 +30,7 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture(scope="module")
 def report(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Any]]:
     doc = full_scan(N_FEATURES)
-    path = render_report(doc, tmp_path_factory.mktemp("report") / "report.html")
+    path = render_report(doc, tmp_path_factory.mktemp("report") / "report.html", SECTIONS)
     return path, doc
 
 

@@ -14,6 +14,7 @@ import pytest
 from aimri.config import CorpusConfig, DiffConfig, ModelConfig, ProbeConfig
 from aimri.report.render import render_report
 from aimri.scanner.commands import diff, probe
+from aimri.scanner.stages import SECTIONS
 from tests.test_commands_checkup import _changed_copy
 from tests.test_report import HOSTILE
 from tests.test_report_browser import dump_dom
@@ -35,7 +36,7 @@ def _hostile_page(doc: dict, path: Path) -> Path:
     else:
         stage["kl"]["promoted"][0]["token"] = HOSTILE[2]
         stage["kl"]["top_contexts"][0]["context"] = HOSTILE[1]
-    return render_report(doc, path)
+    return render_report(doc, path, SECTIONS)
 
 
 def _check(path: Path, profile: Path, section: str, hostile: bool = False) -> str:

@@ -2,7 +2,7 @@
 (rows by layer, links strongest first), labels cannot become markup, validation points with
 predicted = measured lie on the scatter's diagonal; and in headless chromium the viewer draws
 a hand-made graph and a 3,000-node / 30,000-link one offline, selects, merges and filters.
-The helpers build `scan["circuits"]` documents in the shape the circuits stage writes."""
+The helpers build `scan["stages"]["circuits"]` documents in the shape the circuits stage writes."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ from aimri.report.circuits import (
     validation_scatter,
 )
 from aimri.report.render import render_report
+from aimri.scanner.stages import SECTIONS
 from tests.test_report import HOSTILE, base_scan
 
 N_LAYERS = 30
@@ -223,7 +224,7 @@ def circuits_section(*graphs: dict[str, Any]) -> dict[str, Any]:
 
 def scan_with(*graphs: dict[str, Any]) -> dict[str, Any]:
     doc = base_scan()
-    doc["circuits"] = circuits_section(*graphs)
+    doc["stages"]["circuits"] = circuits_section(*graphs)
     return doc
 
 
@@ -269,7 +270,7 @@ def test_rows_without_n_layers_follow_the_deepest_feature():
 
 def test_hostile_labels_stay_text_and_the_block_round_trips(tmp_path: Path):
     doc = scan_with(graph_entry(capital_graph(), "capital-france", HOSTILE[3]))
-    html = render_report(doc, tmp_path / "r.html").read_text()
+    html = render_report(doc, tmp_path / "r.html", SECTIONS).read_text()
     blocks = DATA.findall(html)
     assert len(blocks) == 1, "every graph in ONE data block"
     assert "<" not in blocks[0] and ">" not in blocks[0]
@@ -294,23 +295,23 @@ def test_hostile_labels_stay_text_and_the_block_round_trips(tmp_path: Path):
 
 
 def test_no_circuits_no_section_and_skipped_says_why(tmp_path: Path):
-    html = render_report(base_scan(), tmp_path / "a.html").read_text()
+    html = render_report(base_scan(), tmp_path / "a.html", SECTIONS).read_text()
     assert 'id="circuits"' not in html and "circuits-data" not in html and "cg-graph" not in html
     doc = base_scan()
-    doc["circuits"] = {"skipped": "no transcoders for <this> model"}
-    html = render_report(doc, tmp_path / "b.html").read_text()
+    doc["stages"]["circuits"] = {"skipped": "no transcoders for <this> model"}
+    html = render_report(doc, tmp_path / "b.html", SECTIONS).read_text()
     assert "circuits stage was skipped: no transcoders for &lt;this&gt; model" in html
     assert "circuits-data" not in html and "circuits.js" not in html
 
 
 def test_an_empty_graph_and_a_section_without_graphs_render(tmp_path: Path):
     doc = scan_with({"slug": "empty", "graph": {"nodes": [], "links": []}})
-    html = render_report(doc, tmp_path / "a.html").read_text()
+    html = render_report(doc, tmp_path / "a.html", SECTIONS).read_text()
     data = json.loads(DATA.findall(html)[0])
     assert data[0]["nodes"]["id"] == [] and data[0]["n_rows"] == N_LAYERS + 2
     doc = scan_with()
-    doc["circuits"]["transcoders"] = {}
-    html = render_report(doc, tmp_path / "b.html").read_text()
+    doc["stages"]["circuits"]["transcoders"] = {}
+    html = render_report(doc, tmp_path / "b.html", SECTIONS).read_text()
     assert "No attribution graph was recorded" in html and 'id="heads"' in html
     assert "circuits-data" not in html
 
@@ -426,14 +427,14 @@ def test_viewer_draws_selects_merges_and_switches_graphs(tmp_path: Path):
     doc = scan_with(
         graph_entry(small, "capital-france", "Factual recall"), graph_entry(big, "syn", "Synthetic")
     )
-    html = render_report(doc, tmp_path / "report.html")
+    html = render_report(doc, tmp_path / "report.html", SECTIONS)
     text = html.read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", text, re.I), (
         "nothing from the web"
     )
     assert "fetch(" not in text and "@import" not in text
     assert not re.search(r"\.(innerHTML|outerHTML|insertAdjacentHTML)\b|document\.write", text)
-    data = graph_data(doc["circuits"]["graphs"][0], N_LAYERS)
+    data = graph_data(doc["stages"]["circuits"]["graphs"][0], N_LAYERS)
     hostile = data["clicked"]
     dom, out, _ = run_page(
         html, tmp_path / "profile", click=data["nodes"]["label"].index("say Paris")
@@ -469,7 +470,7 @@ def test_viewer_draws_selects_merges_and_switches_graphs(tmp_path: Path):
 def test_a_large_graph_renders_with_the_strongest_edges(tmp_path: Path):
     graph = synthetic_graph(3000, 30000, seed=2)
     doc = scan_with(graph_entry(graph, "big", "3,000 nodes, 30,000 links"))
-    html = render_report(doc, tmp_path / "report.html")
+    html = render_report(doc, tmp_path / "report.html", SECTIONS)
     _, out, seconds = run_page(html, tmp_path / "profile", click=40)
     size_mb = html.stat().st_size / 1e6
     print(

@@ -6,6 +6,7 @@ from __future__ import annotations
 from aimri.report.render import render_report
 from aimri.scanner.layout import RunLayout
 from aimri.scanner.run import tidy_run_folder
+from aimri.scanner.stages import SECTIONS
 from tests.test_report import base_scan
 
 CACHES = ("activations", "activations-dict", "activations-transcoders")
@@ -30,7 +31,7 @@ def test_caches_are_removed_and_the_rest_is_kept(tmp_path):
     assert (run / "dicts" / "sae_weights.safetensors").is_file()
     assert storage["run_folder_mb"] == 0.5 and not storage["activations_kept"]
     doc = base_scan() | {"storage": storage}
-    html = render_report(doc, tmp_path / "report.html").read_text()
+    html = render_report(doc, tmp_path / "report.html", SECTIONS).read_text()
     assert "0.5 MB in the run folder" in html and "<code>activations-dict</code> (1.0 MB)" in html
 
 
@@ -57,7 +58,7 @@ def test_findings_are_typed_and_keep_their_json_shape():
 def test_every_scan_stage_declares_how_it_enters_the_document():
     """One module plus one registry line make a stage: each runs something, names itself once,
     and says what it checked; the audit is a section a command fills, with nothing to run."""
-    from aimri.scanner.commands import AUDIT
+    from aimri.scanner.audit_section import AUDIT
     from aimri.scanner.stages import STAGES
 
     names = [st.name for st in STAGES]

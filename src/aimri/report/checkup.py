@@ -1,7 +1,8 @@
-"""The check-up's sections of the report (concepts, diff): charts prepared from scan.json.
+"""The check-up's sections of the report (concepts, diff, audit): charts prepared from scan.json.
 
+The audit's section reads only its result (`audit_view`).
 Not here: computing anything (the report only shows what the JSON holds), the page layout
-(templates/concepts.html.j2, templates/diff.html.j2).
+(templates/concepts.html.j2, templates/diff.html.j2, templates/audit.html.j2).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from markupsafe import Markup
 from aimri.report.svg import bar_chart, line_chart
 
 
-def diff_view(stage: dict[str, Any]) -> dict[str, Markup]:
-    """Charts of how much each layer changed and how much of the change steering reproduces."""
+def diff_view(stage: dict[str, Any]) -> dict[str, Markup] | None:
+    """Charts of how much each layer changed and how much of the change steering reproduces;
+    None where there was no diff (no model to compare with)."""
+    if stage.get("skipped"):
+        return None
     layers = stage["layers"]
     if not layers:
         return {}
@@ -44,10 +48,12 @@ def diff_view(stage: dict[str, Any]) -> dict[str, Markup]:
     return charts
 
 
-def concepts_view(stage: dict[str, Any]) -> dict[str, Any]:
+def concepts_view(stage: dict[str, Any]) -> dict[str, Any] | None:
     """Per concept, its detector, best feature and causal checks side by side with their
     baselines, and charts: held-out AUROC by layer; detector vs baselines; steering effect vs
-    random directions."""
+    random directions. None where the concepts were not probed."""
+    if stage.get("skipped"):
+        return None
     concepts = stage["concepts"]
     rows = [_concept_row(c) for c in concepts]
     names = [c["concept"] for c in concepts]
@@ -121,3 +127,9 @@ def _concept_row(c: dict[str, Any]) -> dict[str, Any]:
         "causal": c["causal"],
         "features": c["features"][:8],
     }
+
+
+def audit_view(stage: dict[str, Any]) -> dict[str, Any] | None:
+    """Nothing besides the result (the partial reads the hypotheses as they are); None where
+    the audit did not run."""
+    return None if stage.get("skipped") else {}

@@ -111,6 +111,11 @@ def circuits_view(section: dict[str, Any]) -> CircuitsView:
     )
 
 
+def circuits_scripts(view: CircuitsView) -> tuple[str, ...]:
+    """The graph viewer (and the helpers it uses), where there are graphs."""
+    return ("common.js", "circuits.js") if view.graphs else ()
+
+
 # ---- the graph, for circuits.js ----
 
 

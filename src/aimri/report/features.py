@@ -78,6 +78,11 @@ def features_view(stage: dict[str, Any]) -> FeaturesView:
     )
 
 
+def features_scripts(view: FeaturesView) -> tuple[str, ...]:
+    """The dashboards' script (and the helpers it uses), where there are dashboards."""
+    return ("common.js", "features.js") if view.n_features else ()
+
+
 def json_for_script(obj: Any) -> Markup:
     """JSON text that is safe as the body of `<script type="application/json">`.
 
@@ -178,8 +183,11 @@ def _pairs(edges: list[float]) -> list[tuple[float, float]]:
     return list(pairwise(edges))
 
 
-def steering_view(stage: dict[str, Any]) -> SteeringView:
-    """The feature against random directions and neurons at the same norm, by strength."""
+def steering_view(stage: dict[str, Any]) -> SteeringView | None:
+    """The feature against random directions and neurons at the same norm, by strength. A
+    skipped demonstration has no rows (its partial says why); None: no rows and no reason."""
+    if not stage.get("rows") and not stage.get("skipped"):
+        return None
     rows = sorted(stage.get("rows") or [], key=lambda r: float(r["strength"]))
     xs = [float(r["strength"]) for r in rows]
     xlabel = "added norm (× median ordinary-token norm)"

@@ -3,6 +3,9 @@
 Autoescaping is on for every template, so token strings such as `<script>` show as text, and
 bidirectional control characters (a right-to-left override from the corpus) are shown as their
 code point rather than reordering what is around them.
+The page (templates/report.html.j2) holds what every document has (header, summary, findings,
+ledger, transparency); each stage's section is its own partial, named by the stage's `View`
+(report/view.py), so the page and this module name no stage.
 The features section's dashboards are drawn by static/features.js from one JSON block, with
 `textContent` only (see report/features.py for how that block is made safe).
 Not here: computing anything; the report only shows what scan.json holds.
@@ -11,26 +14,31 @@ Not here: computing anything; the report only shows what scan.json holds.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, PackageLoader, select_autoescape
+from jinja2 import ChoiceLoader, Environment, PackageLoader, PrefixLoader, select_autoescape
 from markupsafe import Markup
 
 from aimri._io import write_bytes_atomic
-from aimri.model.sites import parse_site
-from aimri.report.checkup import concepts_view, diff_view
-from aimri.report.circuits import circuits_view
-from aimri.report.features import features_view, steering_view
 from aimri.report.svg import line_chart
+from aimri.report.view import PACKAGE, Reported, Section, assets, sections
 
 
-def _env() -> Environment:
+def _env(shown: Sequence[Section]) -> Environment:
+    """The page's environment: aimri's templates, and each other package's that a section's
+    partial comes from (under that package's name: `view.template_name`)."""
+    others = {s.package for s in shown if s.package != PACKAGE}
     env = Environment(
-        loader=PackageLoader("aimri.report", "templates"),
+        loader=ChoiceLoader(
+            [
+                PackageLoader(PACKAGE, "templates"),
+                PrefixLoader({p: PackageLoader(p, "templates") for p in sorted(others)}),
+            ]
+        ),
         autoescape=select_autoescape(default=True, default_for_string=True),
         trim_blocks=True,
         lstrip_blocks=True,
@@ -66,34 +74,24 @@ def visible(obj: Any) -> Any:
     return obj
 
 
-def render_report(scan: dict[str, Any], path: Path) -> Path:
+def render_report(scan: dict[str, Any], path: Path, stages: Sequence[Reported]) -> Path:
+    """Write the report of a document (scan.json's layout) to `path`: its header, summary and
+    findings, then the section each of `stages` declares (`View`) for its result, then the ledger
+    and the transparency record."""
     scan = visible(scan)
-    stages = scan["stages"]
-    circuits = scan.get("circuits") or stages.get("circuits")
+    shown = sections(stages, scan["stages"])
     html = (
-        _env()
+        _env(shown)
         .get_template("report.html.j2")
         .render(
             scan=scan,
-            charts=_charts(scan),
-            features=features_view(stages["features"]) if stages.get("features") else None,
-            steering=steering_view(stages["steering"])
-            if (stages.get("steering") or {}).get("rows")
-            else None,
-            circuits=circuits_view(circuits) if circuits else None,
-            diff=_ran(stages.get("diff")),
-            diff_charts=diff_view(stages["diff"]) if _ran(stages.get("diff")) else {},
-            concepts=concepts_view(stages["concepts"]) if _ran(stages.get("concepts")) else None,
-            audit=_ran(stages.get("audit")),
+            sections=shown,
+            styles=assets([s.styles for s in shown]),
+            scripts=assets([s.scripts for s in shown]),
         )
     )
     write_bytes_atomic(path, html.encode("utf-8"))
     return path
-
-
-def _ran(stage: dict[str, Any] | None) -> bool:
-    """A stage that ran (skipped stages keep only their reason)."""
-    return bool(stage) and not stage.get("skipped")
 
 
 @cache
@@ -102,135 +100,3 @@ def _asset(name: str) -> Markup:
     text = files("aimri.report").joinpath("static", name).read_text(encoding="utf-8")
     assert "</script" not in text.lower() and "</style" not in text.lower(), name
     return Markup(text)
-
-
-def _by_kind(
-    rows: list[dict[str, Any]], key: str | Callable[[dict[str, Any]], float]
-) -> tuple[list[int], dict[str, list[float | None]]]:
-    """Rows keyed by site → layers on x, one series per site kind."""
-    layers = sorted({parse_site(r["site"]).layer for r in rows})
-    series: dict[str, list[float | None]] = {}
-    for r in rows:
-        layer, kind = parse_site(r["site"])
-        series.setdefault(kind, [None] * len(layers))[layers.index(layer)] = (
-            key(r) if callable(key) else r[key]
-        )
-    return layers, series
-
-
-def _charts(scan: dict[str, Any]) -> dict[str, Any]:
-    """Prepared SVG charts for the template, keyed by name."""
-    charts: dict[str, Any] = {}
-    stats = scan["stages"].get("statistics", {}).get("sites", [])
-    if stats:
-        layers, med = _by_kind(stats, lambda r: r["norm_quantiles"]["p50"])
-        _, p90 = _by_kind(stats, lambda r: r["norm_quantiles"]["p90"])
-        series = {f"{k} median": v for k, v in med.items()} | {
-            f"{k} p90": v for k, v in p90.items()
-        }
-        charts["norms"] = line_chart(
-            layers,
-            series,
-            title="Activation norm by layer (position 0 left out)",
-            xlabel="layer",
-            ylabel="L2 norm",
-            log_y=True,
-        )
-        _, ratio = _by_kind(stats, "bos_norm_ratio")
-        charts["bos"] = line_chart(
-            layers,
-            ratio,
-            title="Norm at position 0 / median norm elsewhere",
-            xlabel="layer",
-            ylabel="ratio",
-            log_y=True,
-        )
-        _, cos = _by_kind(
-            [r for r in stats if r["cos_with_previous"] is not None], "cos_with_previous"
-        )
-        if cos:
-            charts["cos"] = line_chart(
-                layers[1:] if len(layers) > 1 else layers,
-                {k: v[-(len(layers) - 1) :] for k, v in cos.items()},
-                title="Cosine with the previous residual site",
-                xlabel="layer",
-                ylabel="mean cosine",
-            )
-        picks = [stats[0], stats[len(stats) // 2], stats[-1]]
-        picks = list({r["site"]: r for r in picks}.values())
-        n = len(picks[0]["norm_by_position"])
-        charts["positions"] = line_chart(
-            list(range(n)),
-            {r["site"]: r["norm_by_position"] for r in picks},
-            title="Mean norm by position in the context",
-            xlabel="position",
-            ylabel="L2 norm",
-            log_y=True,
-        )
-    lens = scan["stages"].get("logit_lens", {}).get("layers", [])
-    if lens:
-        layers, acc = _by_kind(lens, "next_token_accuracy")
-        _, agree = _by_kind(lens, "agreement_with_model")
-        series = {f"next-token accuracy ({k})": v for k, v in acc.items()} | {
-            f"agrees with model ({k})": v for k, v in agree.items()
-        }
-        charts["lens_acc"] = line_chart(
-            layers,
-            series,
-            title="Logit lens: top-1 accuracy by layer",
-            xlabel="layer",
-            ylabel="share of tokens",
-        )
-        _, ce = _by_kind(lens, "next_token_ce")
-        charts["lens_ce"] = line_chart(
-            layers,
-            ce,
-            title="Logit lens: next-token cross-entropy by layer",
-            xlabel="layer",
-            ylabel="nats",
-        )
-    charts.update(_dictionary_charts(scan["stages"].get("dictionary") or {}))
-    gt = scan["stages"].get("ground_truth")
-    if gt:
-        h = gt["cosine_histogram"]
-        centers = [round(e + 0.05, 2) for e in h["edges"][:-1]]
-        charts["gt"] = line_chart(
-            centers,
-            {"planted features": h["counts"]},
-            title="Best cosine of each planted feature with a learned latent",
-            xlabel="cosine",
-            ylabel="features",
-        )
-    return charts
-
-
-def _dictionary_charts(stage: dict[str, Any]) -> dict[str, Any]:
-    charts: dict[str, Any] = {}
-    curve = (stage.get("training") or {}).get("curve")
-    if curve:
-        charts["dict_fvu"] = line_chart(
-            curve["step"],
-            {"FVU (training batches)": curve["fvu"], "dead fraction": curve["dead_frac"]},
-            title="Dictionary training",
-            xlabel="step",
-            ylabel="fraction",
-            log_y=False,
-        )
-        charts["dict_l0"] = line_chart(
-            curve["step"],
-            {"L0": curve["l0"]},
-            title="Active latents per token",
-            xlabel="step",
-            ylabel="L0",
-        )
-    hist = stage.get("eval", {}).get("misc_metrics", {}).get("firing_density_log10_histogram")
-    if hist:
-        centers = [e + 0.5 for e in hist["edges"][:-1]]
-        charts["dict_density"] = line_chart(
-            centers,
-            {"latents": hist["counts"]},
-            title="Firing density of latents (log10 of share of tokens)",
-            xlabel="log10 firing density",
-            ylabel="latents",
-        )
-    return charts

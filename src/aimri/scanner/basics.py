@@ -11,6 +11,8 @@ from typing import Any, TypedDict
 
 from aimri._io import to_jsonable
 from aimri.config import CollectConfig
+from aimri.report.internals import logit_lens_view, statistics_view
+from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.stage import Method, Result, Stage
@@ -176,7 +178,14 @@ ACTIVATIONS = Stage(
         f"sites {c.get('sites')}, stored as {r['dtype']}",
     ),
 )
-STATISTICS = Stage("statistics", statistics_stage, findings=_statistics_findings)
+STATISTICS = Stage(
+    "statistics",
+    statistics_stage,
+    findings=_statistics_findings,
+    view=View(
+        "statistics.html.j2", statistics_view, nav="Internals", anchor="internals", part="last"
+    ),
+)
 LOGIT_LENS = Stage(
     "logit_lens",
     logit_lens_stage,
@@ -184,4 +193,5 @@ LOGIT_LENS = Stage(
     checked=lambda r: (
         f"every residual layer read through the unembedding ({len(r['layers'])} layers)"
     ),
+    view=View("logit_lens.html.j2", logit_lens_view, part="last"),
 )

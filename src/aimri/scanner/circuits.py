@@ -23,6 +23,8 @@ from aimri.config import CollectConfig, ScanConfig
 from aimri.dicts.train import train_many
 from aimri.dicts.transcoder_set import load_transcoder_set, set_recipe
 from aimri.model.adapter import Model
+from aimri.report.circuits import circuits_scripts, circuits_view
+from aimri.report.view import View
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.stage import Method, Result, Skipped, Stage
 from aimri.store.collect import collect
@@ -197,5 +199,12 @@ CIRCUITS = Stage(
     ),
     data=lambda r, _: (
         "hand-written demonstration prompts: " + "; ".join(repr(g["prompt"]) for g in r["graphs"])
+    ),
+    view=View(
+        "circuits.html.j2",
+        circuits_view,
+        nav="Circuits",
+        styles=("circuits.css",),
+        scripts=circuits_scripts,
     ),
 )

@@ -34,8 +34,7 @@ from aimri.scanner.concepts import corpus_texts, diff_and_record, probe_and_save
 from aimri.scanner.finding import Finding, findings_json
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.run import SCAN_SCHEMA, run_versions
-from aimri.scanner.stage import Method, Result, Stage
-from aimri.scanner.stages import STAGES
+from aimri.scanner.stages import SECTIONS
 from aimri.scanner.summary import ledger_section, summary_from, transparency_from
 
 
@@ -73,7 +72,7 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
     findings = diff_findings(stage) + what_findings(stage.get("what_changed"))
     doc = _document("aimri.diff", run_dir, other, base, results, findings, to_jsonable(cfg), t0)
     write_json_atomic(run_dir / "diff.json", doc)
-    report = render_report(doc, run_dir / "report.html")
+    report = render_report(doc, run_dir / "report.html", SECTIONS)
     headline = (
         "no difference beyond tolerance"
         if stage["empty"]
@@ -126,7 +125,7 @@ def probe(cfg: ProbeConfig, model: Model | None = None) -> CommandResult:
     findings = concept_findings(stage)
     doc = _document("aimri.probe", cfg.out, model, None, results, findings, to_jsonable(cfg), t0)
     write_json_atomic(cfg.out / "probes.json", doc)
-    report = render_report(doc, cfg.out / "report.html")
+    report = render_report(doc, cfg.out / "report.html", SECTIONS)
     n_read = sum(readable(c) for c in stage["concepts"])
     headline = f"{n_read} of {len(findings)} concepts linearly readable beyond random directions"
     return CommandResult(
@@ -145,7 +144,7 @@ def _document(
     t0: float,
 ) -> dict[str, Any]:
     """The JSON a check-up command writes (the scan's layout, schema SCAN_SCHEMA)."""
-    sections = [st for st in (*STAGES, AUDIT) if st.name in results]
+    sections = [st for st in SECTIONS if st.name in results]
     doc: dict[str, Any] = {
         "schema_version": SCAN_SCHEMA,
         "kind": kind,
@@ -203,7 +202,7 @@ def audit(cfg: AuditConfig) -> CommandResult:
     findings = audit_findings(white)
     doc = _document("aimri.audit", out, other, base, results, findings, to_jsonable(cfg), t0)
     write_json_atomic(out / "audit.json", doc)
-    report = render_report(doc, out / "report.html")
+    report = render_report(doc, out / "report.html", SECTIONS)
     lines = [f"blue team (internals), {white.seconds:.0f}s:", *_top(white)]
     if black is not None:
         lines += [f"black box (replies only), {black.seconds:.0f}s:", *_top(black)]
@@ -238,31 +237,3 @@ def audit_findings(white: Any) -> list[Finding]:
         )
         for h in white.hypotheses
     ]
-
-
-def _audit_data(r: Result, _: str) -> str:
-    w = r["white_box"]["inputs"]
-    source = "your" if r.get("prompts") not in (None, "generated") else "generated"
-    return (
-        f"{w.get('prompts')} {source} chat prompts (topics × request types × framings), "
-        f"{w.get('replies_per_prompt')} sampled replies each from both models"
-    )
-
-
-AUDIT = Stage(
-    "audit",
-    checked=lambda r: (
-        f"what changed from {r['base']} to {r['other']}: ranked hypotheses from "
-        "the internals, beside a black-box baseline"
-    ),
-    method=lambda r, c: Method(
-        "audit",
-        "blue team: activation-difference lens and A steered with it, replies compared by "
-        "entities, words, agreement and style, trigger search with with/without tests; black "
-        "box: the same prompts and replies, without internals; hypotheses are sentences judged "
-        "on their measured gap",
-        f"k {c.get('k')}",
-    ),
-    data=_audit_data,
-)
-"""The audit's section of audit.json: a command's result, not a scan stage (nothing to run)."""

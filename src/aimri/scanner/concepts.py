@@ -34,6 +34,8 @@ from aimri.diff.stats import TokenKL
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
+from aimri.report.checkup import concepts_view, diff_view
+from aimri.report.view import View
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.stage import Method, Result, Skipped, Stage
@@ -267,6 +269,7 @@ CONCEPTS = Stage(
         compact(r.get("settings", {})),
     ),
     data=_concept_data,
+    view=View("concepts.html.j2", concepts_view, nav="Concepts", part="first"),
 )
 DIFF = Stage(
     "diff",
@@ -283,4 +286,5 @@ DIFF = Stage(
     data=lambda r, _: (
         f"neutral text ({r.get('settings', {}).get('n_texts', '?')} texts) read by both models"
     ),
+    view=View("diff.html.j2", diff_view, nav="Diff"),
 )

@@ -25,6 +25,8 @@ from aimri.dicts.formats import load_dictionary
 from aimri.dicts.train import train
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
+from aimri.report.internals import dictionary_view
+from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.stage import Method, Result, Stage
@@ -218,4 +220,5 @@ DICTIONARY = Stage(
         "massive activations left out (their FVU shown apart)",
         f"site {r['site']}, {c.get('dict_tokens')} tokens",
     ),
+    view=View("dictionary.html.j2", dictionary_view, nav="Dictionary"),
 )

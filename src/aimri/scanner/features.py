@@ -21,6 +21,8 @@ from aimri.features.pipeline import BasisResult, describe
 from aimri.features.sources import ContextSource, ModelContexts, StoreContexts
 from aimri.features.stats import ExampleSpec
 from aimri.model.adapter import Model
+from aimri.report.features import features_scripts, features_view
+from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.findings import (
     HEADLINE_SCORER,
@@ -202,5 +204,12 @@ FEATURES = Stage(
         "rule, against shuffled labels; neurons and random directions as baselines; sinks "
         "left out",
         f"{r['sampled']} sampled features, labeler {c.get('labeler')}",
+    ),
+    view=View(
+        "features.html.j2",
+        features_view,
+        nav="Features",
+        styles=("features.css",),
+        scripts=features_scripts,
     ),
 )

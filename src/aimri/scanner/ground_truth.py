@@ -16,6 +16,8 @@ from aimri.config import OptimConfig, TrainConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.dicts.toy import SITE, make_toy_store, recovery
 from aimri.dicts.train import train
+from aimri.report.internals import ground_truth_view
+from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.stage import Method, Result, Stage
@@ -105,4 +107,5 @@ GROUND_TRUTH = Stage(
         f"{r['n_features']} features in {r['d']} dims, k {r['k']}, {r['steps']} steps",
     ),
     data=lambda r, _: "synthetic sparse features, seeded (no text)",
+    view=View("ground_truth.html.j2", ground_truth_view, part="last"),
 )

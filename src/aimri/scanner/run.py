@@ -36,7 +36,7 @@ from aimri.model.load import load_model
 from aimri.report.render import render_report
 from aimri.scanner.finding import findings_json
 from aimri.scanner.layout import RunLayout, ScanRun
-from aimri.scanner.stages import STAGES
+from aimri.scanner.stages import SECTIONS, STAGES
 from aimri.scanner.summary import findings_from, ledger_section, summary_from, transparency_from
 
 log = logging.getLogger(__name__)
@@ -107,7 +107,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
     scan_doc = finite(scan_doc)
     write_json_atomic(layout.scan_json, scan_doc)
     with _timed(timings, "report"):
-        report = render_report(scan_doc, layout.report)
+        report = render_report(scan_doc, layout.report, SECTIONS)
     run_info.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"))
     write_json_atomic(layout.run_json, run_info)
     return ScanResult(run_dir, report, layout.scan_json, time.perf_counter() - t0)

@@ -1,10 +1,11 @@
 """The seam every stage plugs into: what it runs, and how its result enters a document.
 
 A `Stage` declares, in its own module: the function that computes its result from the scan so
-far (`ScanRun`), its findings, its lines of the summary ("what was checked", "how sure"), and its
-row of the transparency table (what was tested, the method, the data, the settings). The
-registry (`stages.py`) lists the scan's stages in order; `aimri probe`, `diff` and `audit` build
-their documents from the same declarations. Not here: any stage's logic.
+far (`ScanRun`), its findings, its lines of the summary ("what was checked", "how sure"), its
+row of the transparency table (what was tested, the method, the data, the settings) and its
+section of the report (`aimri.report.view.View`: its own template partial and what that reads).
+The registry (`stages.py`) lists the scan's stages in order; `aimri probe`, `diff` and `audit`
+build their documents and reports from the same declarations. Not here: any stage's logic.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
+from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 
@@ -51,6 +53,9 @@ class Stage:
     data: Callable[[Result, str], str] | None = None
     """The data it read, for the transparency row, given the scan's corpus in words; None: that
     corpus."""
+    view: View[Any] | None = None
+    """Its section of the report; None: none (its numbers show elsewhere, e.g. the
+    activations' in the transparency record)."""
 
 
 def ran(result: Result | None) -> bool:

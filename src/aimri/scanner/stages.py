@@ -1,9 +1,11 @@
 """The scan's stages, in the order they run. Adding a stage is one module that declares its
-`Stage` (what it runs, its findings, summary lines and transparency row) plus one line here.
-Not here: anything a stage computes or says."""
+`Stage` (what it runs, its findings, summary lines, transparency row and report section) plus
+one line here (and its report partial, which its `View` names). Not here: anything a stage
+computes or says."""
 
 from __future__ import annotations
 
+from aimri.scanner.audit_section import AUDIT
 from aimri.scanner.basics import ACTIVATIONS, LOGIT_LENS, STATISTICS
 from aimri.scanner.circuits import CIRCUITS
 from aimri.scanner.concepts import CONCEPTS, DIFF
@@ -25,3 +27,6 @@ STAGES: tuple[Stage, ...] = (
     CONCEPTS,
     DIFF,
 )
+SECTIONS: tuple[Stage, ...] = (*STAGES, AUDIT)
+"""Every stage a document (scan.json, diff.json, probes.json, audit.json) can hold: the scan's
+and the audit's, which only `aimri audit` fills."""

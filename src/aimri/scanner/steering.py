@@ -26,6 +26,8 @@ from torch import Tensor
 from aimri.config import ScanConfig
 from aimri.features.embed import load_embedder
 from aimri.model.adapter import Model
+from aimri.report.features import steering_view
+from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.stage import Method, Result, Skipped, Stage
@@ -313,4 +315,5 @@ STEERING = Stage(
         "neurons; concept log-probability and similarity, distinct tokens, perplexity",
         f"feature #{r['feature']} at {r['site']}, unit {r['unit']:.0f} (median ordinary norm)",
     ),
+    view=View("steering.html.j2", steering_view, nav="Steering", styles=("features.css",)),
 )

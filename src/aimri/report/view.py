@@ -1,0 +1,118 @@
+"""How a stage shows in the report: a `View` names the stage's own template partial and the
+function that prepares what the partial reads; `sections` turns a document's results and the
+stages' views into the report's sections, in the order the page shows them.
+
+A stage declares its view in its own module (`Stage.view`, aimri.scanner); report.html.j2 loops
+over the sections and includes each partial, so a new stage needs no edit of the page or of the
+renderer. Not here: any section's content (its partial and its context function), the parts of
+the page that are not stages (header, summary, findings, ledger, transparency: report.html.j2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, Protocol, TypeVar
+
+Part = Literal["first", "main", "last"]
+"""Where a section goes: "first" right after the findings (the safety check-up a reader wants
+before anything else), "main" (the model's dictionary, features and circuits, a comparison),
+"last" (the raw internals, before the ledger). Within a part, sections keep the registry's
+order."""
+PARTS: tuple[Part, ...] = ("first", "main", "last")
+
+C = TypeVar("C")
+PACKAGE = "aimri.report"
+"""The package of the page and of the built-in partials."""
+
+
+def no_scripts(_: object) -> tuple[str, ...]:
+    return ()
+
+
+@dataclass(frozen=True)
+class View(Generic[C]):
+    """A stage's section of the report."""
+
+    template: str
+    """Its partial's file name, in the `templates` folder of `package`. The partial reads the
+    stage's result (as scan.json holds it) as `stage` and what `context` made of it as `view`."""
+    context: Callable[[dict[str, Any]], C | None]
+    """What the partial reads besides the result (charts, rows put in order), from the result;
+    None: nothing to show (the stage was turned off, say)."""
+    nav: str | None = None
+    """Its link in the navigation bar; None: no link."""
+    anchor: str | None = None
+    """The id the partial gives its heading, for the link; None: the stage's name."""
+    part: Part = "main"
+    styles: tuple[str, ...] = ()
+    """Style sheets from report/static the section needs, inlined in the page's head once."""
+    scripts: Callable[[C], tuple[str, ...]] = no_scripts
+    """Scripts from report/static the section needs, given its context (the dashboards' script
+    only where there are dashboards): inlined at the end of the page, once each, in order."""
+    package: str = PACKAGE
+    """The package whose `templates` folder holds the partial (a stage from elsewhere ships its
+    own)."""
+
+
+class Reported(Protocol):
+    """Anything with a name and a view: a scan stage (`aimri.scanner.stage.Stage`)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def view(self) -> View[Any] | None: ...
+
+
+@dataclass(frozen=True)
+class Section:
+    """One stage's section as the page includes it."""
+
+    name: str
+    template: str
+    """The partial's name for the page's loader (`template_name`)."""
+    package: str
+    anchor: str
+    nav: str | None
+    stage: dict[str, Any]
+    view: Any
+    """What the view's `context` made of the result."""
+    styles: tuple[str, ...]
+    scripts: tuple[str, ...]
+
+
+def sections(stages: Sequence[Reported], results: Mapping[str, Any]) -> list[Section]:
+    """The sections of the stages with a view and something to show, in report order."""
+    shown: list[tuple[Part, Section]] = []
+    for st in stages:
+        view, result = st.view, results.get(st.name)
+        if view is None or not result:
+            continue
+        context = view.context(result)
+        if context is None:
+            continue
+        section = Section(
+            name=st.name,
+            template=template_name(view),
+            package=view.package,
+            anchor=view.anchor or st.name,
+            nav=view.nav,
+            stage=result,
+            view=context,
+            styles=view.styles,
+            scripts=view.scripts(context),
+        )
+        shown.append((view.part, section))
+    return [s for _, s in sorted(shown, key=lambda ps: PARTS.index(ps[0]))]
+
+
+def template_name(view: View[Any]) -> str:
+    """The partial's name for the page's loader: a partial of another package is prefixed with
+    that package's name, so it can never be mistaken for one of aimri's."""
+    return view.template if view.package == PACKAGE else f"{view.package}/{view.template}"
+
+
+def assets(names: Sequence[tuple[str, ...]]) -> list[str]:
+    """The asset names of every section, each once, in first-seen order."""
+    return list(dict.fromkeys(n for group in names for n in group))
