@@ -14,7 +14,7 @@ Not here: computing anything; the report only shows what scan.json holds.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
@@ -74,7 +74,7 @@ def visible(obj: Any) -> Any:
     return obj
 
 
-def render_report(scan: dict[str, Any], path: Path, stages: Sequence[Reported]) -> Path:
+def render_report(scan: Mapping[str, Any], path: Path, stages: Sequence[Reported]) -> Path:
     """Write the report of a document (scan.json's layout) to `path`: its header, summary and
     findings, then the section each of `stages` declares (`View`) for its result, then the ledger
     and the transparency record."""

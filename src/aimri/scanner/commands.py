@@ -14,7 +14,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from aimri._io import finite, to_jsonable, write_json_atomic
 from aimri.audit.prompts import generate_prompts, load_prompts
@@ -34,8 +34,40 @@ from aimri.scanner.concepts import corpus_texts, diff_and_record, probe_and_save
 from aimri.scanner.finding import Finding, findings_json
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.run import SCAN_SCHEMA, run_versions
+from aimri.scanner.stage import Result
 from aimri.scanner.stages import SECTIONS
-from aimri.scanner.summary import ledger_section, summary_from, transparency_from
+from aimri.scanner.summary import (
+    Ledger,
+    Summary,
+    Transparency,
+    ledger_section,
+    summary_from,
+    transparency_from,
+)
+
+
+class Document(TypedDict):
+    """What a check-up command writes (diff.json, probes.json, audit.json): scan.json's layout
+    (schema SCAN_SCHEMA) holding the command's own stage."""
+
+    schema_version: int
+    kind: str
+    """"aimri.diff", "aimri.probe" or "aimri.audit"."""
+    run: str
+    """The run directory's name."""
+    created: str
+    model: dict[str, Any]
+    """The model's `ModelInfo` fields and its weights' sha256 (model B where two are compared)."""
+    summary: Summary
+    findings: list[dict[str, Any]]
+    stages: dict[str, Result]
+    config: dict[str, Any]
+    transparency: Transparency
+    ledger: Ledger
+    timings_s: dict[str, float]
+    versions: dict[str, str]
+    base_model: NotRequired[dict[str, Any]]
+    """Model A, as `model`, where the command compares two."""
 
 
 @dataclass(frozen=True)
@@ -142,24 +174,24 @@ def _document(
     findings: list[Finding],
     config: dict[str, Any],
     t0: float,
-) -> dict[str, Any]:
-    """The JSON a check-up command writes (the scan's layout, schema SCAN_SCHEMA)."""
+) -> Document:
+    """The JSON a check-up command writes, NaN and infinities as null (`_io.finite`)."""
     sections = [st for st in SECTIONS if st.name in results]
-    doc: dict[str, Any] = {
-        "schema_version": SCAN_SCHEMA,
-        "kind": kind,
-        "run": run_dir.name,
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "model": {**asdict(model.info), "weights_sha256": model.weights_sha256},
-        "summary": summary_from(results, findings, sections),
-        "findings": findings_json(findings),
-        "stages": results,
-        "config": config,
-        "transparency": transparency_from(config, results, sections),
-        "ledger": ledger_section(run_dir, model.weights_sha256),
-        "timings_s": {kind.split(".")[-1]: round(time.perf_counter() - t0, 2)},
-        "versions": run_versions(),
-    }
+    doc = Document(
+        schema_version=SCAN_SCHEMA,
+        kind=kind,
+        run=run_dir.name,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        model={**asdict(model.info), "weights_sha256": model.weights_sha256},
+        summary=summary_from(results, findings, sections),
+        findings=findings_json(findings),
+        stages=results,
+        config=config,
+        transparency=transparency_from(config, results, sections),
+        ledger=ledger_section(run_dir, model.weights_sha256),
+        timings_s={kind.split(".")[-1]: round(time.perf_counter() - t0, 2)},
+        versions=run_versions(),
+    )
     if base is not None:
         doc["base_model"] = {**asdict(base.info), "weights_sha256": base.weights_sha256}
     return finite(doc)
