@@ -55,7 +55,11 @@ class ConceptsResult(TypedDict):
 
 
 class DiffResult(TypedDict):
-    """`checkup.diff.ModelDiff` as JSON, with the base model's spec."""
+    """`diff.models.ModelDiff` as `diff_json` writes it (each nested dataclass as its fields),
+    with the schema version and the base model's spec as given: scan.json's schema is generated
+    from these fields. `ModelDiff` is their source: test_scan_diff_stage.py checks them name for
+    name and type for type, so a field added to, renamed in or retyped in the dataclass fails
+    there rather than leaving the schema behind."""
 
     schema_version: int
     base: str
@@ -118,7 +122,7 @@ def diff_stage(run: ScanRun) -> DiffResult | Skipped:
         dictionary=run.dictionary(),
         feature_labels=feature_labels(run.results.get("features")),
     )
-    # the dataclasses' fields as JSON (`diff_json`): DiffResult names them for the schema
+    # diff_json is ModelDiff's fields as dicts; DiffResult names them (checked in a test)
     return cast(DiffResult, {**diff_json(d), "base_spec": cfg.compare})
 
 
