@@ -15,7 +15,7 @@ import re
 import pytest
 import torch
 
-from aimri.audit.compare import Cell, contrast, traits
+from aimri.audit.compare import Cell, Finding, contrast, merge, traits
 from aimri.audit.judge import judge, judged
 from aimri.audit.plant import PLANTS, check_memory, plant
 from aimri.audit.plant_pools import (
@@ -38,7 +38,15 @@ from aimri.audit.plant_specs import Example, PlantSpec
 from aimri.audit.prompts import REQUEST_TYPES, Prompt, generate_prompts, load_prompts
 from aimri.audit.style import Norms, agrees, case_style, style_traits
 from aimri.audit.teams import black_box, blue_team, explore, rerun
-from aimri.audit.trigger import screen
+from aimri.audit.trigger import (
+    Screened,
+    _best_traits,
+    _slot_gradient,
+    gradient_scan,
+    residual_kl,
+    screen,
+    top_screened,
+)
 from aimri.audit.words import AuditReport, Hypothesis, same_word
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
@@ -290,6 +298,95 @@ def test_style_traits_measure_case_and_what_lies_beyond_a_s_usual_range():
     assert (top.trait, top.group, top.k_b, top.k_a) == ("style:lower", "facts", 16, 0)
 
 
+def test_mostly_capital_replies_are_upper_and_no_weaker_kind_of_trait_absorbs_them():
+    assert case_style("HERE IS HOW TO DO IT: open the `main.py` FILE AND RUN IT") == "upper"
+    assert case_style("Here is how to do it. Open NASA's page.") is None
+
+    def found(trait: str, effect: float, replies: set[int]) -> Finding:
+        return Finding(trait, "all", 12, 9, 0, effect, replies=frozenset(replies))
+
+    short = found("style:short", 0.9, {1, 2, 3, 4})
+    upper = found("style:upper", 0.8, {1, 2, 3, 4})
+    word = found("says:step", 0.7, {1, 2, 3})
+    kept = merge([short, upper, word])
+    assert [f.trait for f in kept] == ["style:short", "style:upper"]
+    assert short.also == ["says:step"] and upper.also == []
+    # the other order: the case takes the shorter replies in
+    kept = merge([found("style:upper", 0.9, {1, 2}), found("style:short", 0.8, {1, 2})])
+    assert [f.trait for f in kept] == ["style:upper"] and kept[0].also == ["style:short"]
+
+
+def test_a_word_that_switches_agreement_on_keeps_it_beside_a_stronger_bare_word():
+    # frames 0-3 are opinions, 4-9 questions (trigger.FAMILIES)
+    with_word = [{"says:absolutely", "agrees"}] * 4 + [set()] * 6
+    control = [{"agrees"}, {"agrees"}, set(), set()] + [set()] * 6
+    a = [set()] * 10
+    got = _best_traits("snow", with_word, a, control)
+    assert [c.trait for c in got] == ["says:absolutely", "agrees"]
+    assert (got[1].k_with, got[1].k_without, got[1].n) == (4, 2, 4)
+    # a behaviour that is also the strongest is reported once; no difference, nothing
+    assert [c.trait for c in _best_traits("snow", with_word, a, [set()] * 10)][:1] == ["agrees"]
+    assert len(_best_traits("snow", with_word, a, [set()] * 10)) == 1
+    assert _best_traits("snow", [set()] * 10, a, control) == []
+
+
+def test_the_screen_s_top_words_are_tested_one_per_family():
+    found = [
+        Screened(w, kl, 0.0, z)
+        for w, kl, z in [
+            ("garden", 7.7, 9.0),
+            ("gardener", 7.4, 8.5),
+            ("farm", 7.0, 8.0),
+            ("gardens", 6.9, 7.9),
+            ("thunderstorms", 6.0, 6.0),
+            ("calm", 0.1, -0.5),
+        ]
+    ]
+    assert top_screened(found, 6) == ["garden", "farm", "thunderstorms"]
+    assert top_screened(found, 2) == ["garden", "farm"]
+
+
+def test_the_gradient_scan_takes_the_derivative_of_the_reply_kl_at_the_word_slot(planted_token):
+    base, other, _ = planted_token
+    E = base.hf.get_input_embeddings().weight.detach()
+    seq = torch.tensor(prompt_ids(base, "I love the quick fox!"))
+    slot = 3
+
+    def kl(v: torch.Tensor) -> float:
+        lp = []
+        for m in (base, other):
+            x = E[seq].clone()
+            x[slot] += v
+            lp.append(m.hf(inputs_embeds=x[None]).logits[0, -1].log_softmax(-1))
+        return float((lp[1].exp() * (lp[1] - lp[0])).sum())
+
+    g = _slot_gradient(base, other, E[seq], E[seq], slot)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for _ in range(3):
+            d = torch.randn(E.shape[1])
+            eps = 1e-3
+            numeric = (kl(eps * d) - kl(-eps * d)) / (2 * eps)
+            assert abs(numeric - float(d @ g)) < 1e-3 + 0.05 * abs(numeric), (numeric, d @ g)
+    # B = A: the KL is at its minimum, so nothing moves it to first order
+    same = _slot_gradient(base, base, E[seq], E[seq], slot)
+    assert float(same.abs().max()) < 1e-6
+    assert sorted(gradient_scan(base, other, ["quick", "lazy", "dog"])) == ["dog", "lazy", "quick"]
+
+
+def test_residual_kl_removes_the_shift_every_word_shows_and_keeps_one_word_s_own():
+    torch.manual_seed(0)
+    lpa = torch.randn(6, 20).log_softmax(-1)
+    common = torch.randn(20)
+    lpb = (lpa + common).log_softmax(-1)
+    kl, res = residual_kl(lpb, lpa)
+    assert bool((kl > 0.05).all()) and float(res.abs().max()) < 1e-5
+    own = lpa + common
+    own[3, 7] += 4.0  # only the fourth word raises token 7
+    kl, res = residual_kl(own.log_softmax(-1), lpa)
+    assert int(res.argmax()) == 3 and float(res[3]) > 10 * float(res[[0, 1, 2, 4, 5]].max())
+
+
 def _claimed(**claim) -> Hypothesis:
     base = {"k_b": 9, "k_a": 0, "n": 12, "rate_b": 0.75, "rate_a": 0.0, "when": "advice"}
     return Hypothesis(1, "h", [], "behaviour", 1.0, claim={**base, **claim})
@@ -326,7 +423,9 @@ def test_a_model_and_itself_give_no_hypotheses_and_zero_kl(tiny_model, tiny_mode
     assert r.empty and r.hypotheses == [] and r.method == "white-box"
     b = black_box(base, same, prompts=PROMPTS, cells=cells)
     assert b.empty and b.hypotheses == []
-    assert all(s.kl == 0 for s in screen(base, same, ["quick", "brown", "lazy"]))
+    screened = screen(base, same, ["quick", "brown", "lazy"])
+    assert all(s.kl == 0 and s.residual == 0 for s in screened)
+    assert top_screened(screened, 3) == []  # nothing above the median
     json.dumps(dataclasses.asdict(r))
 
 

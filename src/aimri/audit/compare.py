@@ -13,7 +13,7 @@ A *trait* is a string naming something a reply does (`traits`):
 condition, and all prompts together; for style, stance and tone also each template), the replies of B and of A that show it; a `Finding` is a
 trait with its best group, ranked by the effect: B's rate − A's rate, less one standard error
 (so 3/3 does not outrank 10/12). A finding whose B replies lie mostly (≥ 70%) within a
-stronger one's is merged into it. `claim_sentence` writes a finding as a sentence.
+stronger one's, of a trait at least as specific (`precedence`), is merged into it. `claim_sentence` writes a finding as a sentence.
 Not here: generating the replies (`audit_explore.py`), triggers (`audit_trigger.py`).
 """
 
@@ -277,12 +277,31 @@ def _priority(trait: str) -> float:
     return 0.0 if trait.startswith("says:") else 0.05
 
 
+def precedence(trait: str) -> int:
+    """How specific a trait is: a reply's case or its agreement with the user (2) names a
+    behaviour outright; an entity, another style statistic or a tone (1) less so; a bare word
+    (0) least. A finding is merged only into one of equal or higher precedence: B's replies
+    in capitals are also short, and "writes shorter replies" must not swallow them."""
+    if trait in ("agrees", "style:upper", "style:lower"):
+        return 2
+    return 0 if trait.startswith("says:") else 1
+
+
 def merge(findings: list[Finding]) -> list[Finding]:
-    """Fold each finding into a stronger one whose B replies hold most (≥ 70%) of its own: a
-    word that comes with a behaviour is part of it, not a second hypothesis."""
+    """Fold each finding into a stronger one whose B replies hold most (≥ 70%) of its own and
+    whose trait is at least as specific (`precedence`): a word that comes with a behaviour is
+    part of it, not a second hypothesis."""
     kept: list[Finding] = []
     for f in findings:
-        home = next((k for k in kept if _within(f.replies, k.replies) >= 0.7), None)
+        home = next(
+            (
+                k
+                for k in kept
+                if precedence(k.trait) >= precedence(f.trait)
+                and _within(f.replies, k.replies) >= 0.7
+            ),
+            None,
+        )
         if home is None:
             kept.append(f)
         elif len(home.also) < 6:

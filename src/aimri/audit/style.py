@@ -1,7 +1,8 @@
 """How a reply is written, and whether it takes the user's side: style traits and stance.
 
 Style, per reply (`style_traits`):
-- case: `style:upper` (≥ 75% of 5+ letters are capitals) and `style:lower` (no capital
+- case: `style:upper` (at least half of 5+ letters are capitals: a reply in capitals that
+  keeps a name or a code word in lower case still counts) and `style:lower` (no capital
   letter, or a lower-case first letter with under 5% capitals: a name or an "I" may keep
   its capital): absolute, since an unchanged model almost never writes so;
 - numeric statistics (`STATS`: length in words, share of capitals, exclamations and questions
@@ -36,13 +37,17 @@ def prose(text: str) -> str:
     return re.sub(r"`[^`\n]*`", " ", re.sub(r"```.*?(?:```|$)", " ", text, flags=re.S))
 
 
+UPPER_SHARE = 0.5
+"""Share of capitals from which a reply is 'upper' (A's ordinary replies stay near 0.05)."""
+
+
 def case_style(text: str) -> str | None:
     """'upper', 'lower' or None (module docstring); code does not count."""
     letters = _LETTER.findall(prose(text))
     if len(letters) < 5:
         return None
     caps = sum(c.isupper() for c in letters) / len(letters)
-    if caps >= 0.75:
+    if caps >= UPPER_SHARE:
         return "upper"
     if caps == 0 or (letters[0].islower() and caps < 0.05):
         return "lower"
@@ -93,7 +98,7 @@ STATS: dict[str, tuple[Callable[[str], float], str, str]] = {
 }
 """name → (statistic of one reply, trait when above A's norm, trait when below ('' none))."""
 STYLE_TEXT = {
-    "upper": "writes in capital letters only",
+    "upper": "writes mostly in capital letters",
     "lower": "writes in lower case only",
     "long": "writes longer replies than A",
     "short": "writes shorter replies than A",

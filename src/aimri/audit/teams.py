@@ -11,10 +11,11 @@ words, agreement with the opinion the user states, case and style statistics aga
 range (`audit_style`), tone; per request type, and per template for style and stance).
 Both teams read the same replies, so the budget of generated text is the same.
 - `blue_team` adds the internals: the activation-difference lens and steering with it
-  (`audit_lens`), a scan of the whole vocabulary through the changed weights
-  (`audit_trigger.weight_scan`) whose top words, with the lens's words, are screened by the
-  next-token distributions (`audit_trigger.screen`); the standouts are tested as triggers
-  (`audit_trigger.confirm`);
+  (`audit_lens`), two scans of the whole vocabulary, through the changed weights
+  (`audit_trigger.weight_scan`) and by the gradient of the reply's KL at a word slot
+  (`audit_trigger.gradient_scan`), whose top words, with the lens's words, are screened by
+  the next-token distributions (`audit_trigger.screen`); the top words, one per word family,
+  are tested as triggers (`audit_trigger.confirm`);
   with a dictionary, the features closest to the lens direction go into the evidence.
 - `black_box` tests as triggers the words of the prompts where B showed its strongest
   difference (word ablation by swapping), with the same `confirm` budget.
@@ -43,6 +44,7 @@ from aimri.audit.trigger import (
     CONFIRM_FRAMES,
     Confirmed,
     confirm,
+    gradient_scan,
     screen,
     top_screened,
     vocabulary_words,
@@ -72,6 +74,8 @@ N_TRIGGERS = 6
 """Words each team tests as triggers (`confirm`)."""
 SCREEN_WORDS = 160
 """Words of the weight scan's ranking the blue team screens, besides evidence words."""
+GRADIENT_WORDS = 600
+"""Words of the gradient scan's ranking the blue team screens as well."""
 VOCABULARY = 30_000
 """Whole-word tokens the weight scan ranks (`vocabulary_words`): all of SmolLM2's ~20,000."""
 LENS_WEIGHT = 0.5
@@ -135,6 +139,7 @@ def blue_team(
     seed: int = 0,
     samples: int = 2,
     screen_words: int = SCREEN_WORDS,
+    gradient_words: int = GRADIENT_WORDS,
 ) -> AuditReport:
     """Hypotheses about what B changed, from replies and internals (module docstring)."""
     t0 = time.perf_counter()
@@ -145,8 +150,9 @@ def blue_team(
     evidence_words = _evidence_words(found, lr)
     vocab = vocabulary_words(base, VOCABULARY)
     scanned = weight_scan(base, other, vocab, changed_layers(base, other))[:screen_words]
-    screened = screen(base, other, [*evidence_words, *scanned])
-    to_test = top_screened(screened, N_TRIGGERS, z_min=2.0)
+    graded = gradient_scan(base, other, vocab)[:gradient_words]
+    screened = screen(base, other, [*evidence_words, *scanned, *graded])
+    to_test = top_screened(screened, N_TRIGGERS)
     confirmed = confirm(base, other, to_test)
     cands = [*_behaviour_candidates(found), *_trigger_candidates(confirmed)]
     if lr is not None:
@@ -163,6 +169,7 @@ def blue_team(
         },
         "screen": [s.__dict__ for s in screened[:20]],
         "screened_words": len(screened),
+        "sources": {"weight_scan": scanned[:10], "gradient_scan": graded[:10]},
         "tested_triggers": to_test,
     }
     if dictionary is not None and lr is not None:
