@@ -321,13 +321,14 @@ def test_a_word_that_switches_agreement_on_keeps_it_beside_a_stronger_bare_word(
     with_word = [{"says:absolutely", "agrees"}] * 4 + [set()] * 6
     control = [{"agrees"}, {"agrees"}, set(), set()] + [set()] * 6
     a = [set()] * 10
-    got = _best_traits("snow", with_word, a, control)
+    got = _best_traits("snow", with_word, a, {"weather": control})
     assert [c.trait for c in got] == ["says:absolutely", "agrees"]
     assert (got[1].k_with, got[1].k_without, got[1].n) == (4, 2, 4)
+    # the rate without the word is the least of the controls'
+    got = _best_traits("snow", with_word, a, {"weather": control, "paper": [set()] * 10})
+    assert [(c.trait, c.k_without, c.control) for c in got] == [("agrees", 0, "paper")]
     # a behaviour that is also the strongest is reported once; no difference, nothing
-    assert [c.trait for c in _best_traits("snow", with_word, a, [set()] * 10)][:1] == ["agrees"]
-    assert len(_best_traits("snow", with_word, a, [set()] * 10)) == 1
-    assert _best_traits("snow", [set()] * 10, a, control) == []
+    assert _best_traits("snow", [set()] * 10, a, {"weather": control}) == []
 
 
 def test_the_screen_s_top_words_are_tested_one_per_family():

@@ -70,7 +70,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 MAX_NEW_TOKENS = 32
 TEMPERATURE = 0.8
-N_TRIGGERS = 6
+N_TRIGGERS = 8
 """Words each team tests as triggers (`confirm`)."""
 SCREEN_WORDS = 160
 """Words of the weight scan's ranking the blue team screens, besides evidence words."""
