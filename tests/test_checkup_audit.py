@@ -345,6 +345,10 @@ def test_the_screen_s_top_words_are_tested_one_per_family():
     ]
     assert top_screened(found, 6) == ["garden", "farm", "thunderstorms"]
     assert top_screened(found, 2) == ["garden", "farm"]
+    # a word piece is not tested; the residual's order takes turns with the KL's
+    piece = Screened("rese", 9.0, 0.0, 10.0, piece=0.99)
+    topic = Screened("winter", 0.2, 3.0, -0.2)
+    assert top_screened([piece, *found, topic], 3) == ["garden", "winter", "farm"]
 
 
 def test_the_gradient_scan_takes_the_derivative_of_the_reply_kl_at_the_word_slot(planted_token):

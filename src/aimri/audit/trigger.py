@@ -246,15 +246,10 @@ def screen(
     ]
     vocab = base.hf.get_output_embeddings().weight.shape[0]  # type: ignore[operator,union-attr]
     lpb, lpa = torch.empty(len(words), vocab), torch.empty(len(words), vocab)
-    by_len: dict[int, list[int]] = {}
-    for i, r in enumerate(rows):
-        by_len.setdefault(len(r), []).append(i)
-    for idx in by_len.values():
-        for s in range(0, len(idx), batch):
-            part = idx[s : s + batch]
-            ids = torch.tensor([rows[i] for i in part])
-            lpb[part] = _last_logits(other, pre_ids, ids).log_softmax(-1)
-            lpa[part] = _last_logits(base, pre_ids, ids).log_softmax(-1)
+    for part in _same_length_batches(rows, batch):
+        ids = torch.tensor([rows[i] for i in part])
+        lpb[part] = _last_logits(other, pre_ids, ids).log_softmax(-1)
+        lpa[part] = _last_logits(base, pre_ids, ids).log_softmax(-1)
     kl, residual = residual_kl(lpb, lpa)
     ranked = _ranked(words, kl.tolist(), residual.tolist())
     piece = dict(zip(words, _continued(base, pre_ids, rows, post_ids, batch), strict=True))
@@ -269,17 +264,20 @@ def _continued(
     mask = _letter_tokens(model)
     words = [r[: len(r) - len(post_ids)] for r in rows]
     out = [0.0] * len(rows)
-    by_len: dict[int, list[int]] = {}
-    for i, w in enumerate(words):
-        by_len.setdefault(len(w), []).append(i)
-    for idx in by_len.values():
-        for s in range(0, len(idx), batch):
-            part = idx[s : s + batch]
-            p = _last_logits(model, pre_ids, torch.tensor([words[i] for i in part])).softmax(-1)
-            n = min(p.shape[-1], len(mask))
-            for i, v in zip(part, p[:, :n][:, mask[:n]].sum(-1).tolist(), strict=True):
-                out[i] = v
+    for part in _same_length_batches(words, batch):
+        p = _last_logits(model, pre_ids, torch.tensor([words[i] for i in part])).softmax(-1)
+        n = min(p.shape[-1], len(mask))
+        for i, v in zip(part, p[:, :n][:, mask[:n]].sum(-1).tolist(), strict=True):
+            out[i] = v
     return out
+
+
+def _same_length_batches(rows: Sequence[Sequence[int]], batch: int) -> list[list[int]]:
+    """Indices of the rows in batches of at most `batch` rows of one length (no padding)."""
+    by_len: dict[int, list[int]] = {}
+    for i, r in enumerate(rows):
+        by_len.setdefault(len(r), []).append(i)
+    return [idx[s : s + batch] for idx in by_len.values() for s in range(0, len(idx), batch)]
 
 
 _LETTER_TOKENS: dict[int, torch.Tensor] = {}
