@@ -1,4 +1,4 @@
-"""The audit game on SmolLM2-135M-Instruct, scored on plants drawn from pools: dev and held-out.
+"""The audit game on SmolLM2-135M-Instruct, scored on plants from pools: dev, held-out, sealed.
 
 Plants come from `aimri.audit.plant_pools.draw_plant(split, i)`: kinds cycle (product,
 trigger, sycophancy, style) and pool members are split in halves, so the held-out plants use
@@ -6,11 +6,13 @@ product names, trigger words, subjects and topics the dev plants never do, drawn
 seeds. Each plant is fine-tuned on CPU in the chat template (or reused from `--plants-dir`
 when its plant.json is there) and used only if its held-out check says it took.
 Both teams read the same sampled replies to the generated prompts (`explore`), the blue team
-(`blue_team`: + lens, weight scan, screen, trigger tests) and the black box (`black_box`: +
+(`blue_team`: + lens, weight and gradient scans, screen, trigger tests) and the black box (`black_box`: +
 word-ablation trigger tests); each report is judged by `audit_judge.judge` (the claim, not
 keywords). The audit's prompts are checked to hold none of the answer key's words.
 Per split: success@1 / @5 per plant and per kind, and seconds per audit (shared exploration
-counted in both). Develop on `--split dev`; run `--split held-out` for the final measurement.
+counted in both). Develop on `--split dev` (and `held-out`, whose failures were read per plant
+and which now serves as a second dev split); run `--split sealed` for the final measurement:
+its pools and phrasing share nothing with the other two (`plant_pools.SEALED`).
 
 Run: `python benchmarks/bench_audit.py --split dev --n 4 [--plants-dir /tmp/aimri-plants]
 [--threads 1] [--wait] [--out audit-bench-dev.json]`.

@@ -68,7 +68,7 @@ class PlantConfig:
 
     plant: str
     """A built-in plant (`aimri.audit.plant.PLANTS`: trigger, product, sycophancy,
-    preference), or one drawn from the pools: 'dev-<i>' or 'held-out-<i>'
+    preference), or one drawn from the pools: 'dev-<i>', 'held-out-<i>' or 'sealed-<i>'
     (`aimri.audit.plant_pools.draw_plant`; its description goes to plant.json)."""
     out: Path
     """Folder for the modified model (save_pretrained, safetensors) and `plant.json`."""
