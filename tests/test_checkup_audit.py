@@ -191,6 +191,9 @@ def test_sealed_split_shares_no_member_or_phrase_with_the_others():
             assert shown and all(re.search(s.behaviour_regex, c) for c in shown)
         if s.answer["kind"] == "product":
             assert s.answer["product"] in SEALED["products"]
+        if s.answer["kind"] == "style":  # its own requests: no sealed style plant repeats another
+            asked = {e.prompt for e in a}
+            assert not asked & {*PHRASING.facts, *PHRASING.advice, *PHRASING.how_to}
 
 
 def test_generated_prompts_cover_every_request_type_and_hold_no_answer_word():
