@@ -10,10 +10,11 @@ A *trait* is a string naming something a reply does (`traits`):
   exclaiming, lists, …: `audit_style.style_traits`, with `Norms` from all of A's replies);
 - `tone:negative`: 2+ words of a small negative lexicon.
 `contrast(cells)` counts, for every trait and every group of prompts (a request type, a
-condition, and all prompts together; for style, stance and tone also each template), the replies of B and of A that show it; a `Finding` is a
-trait with its best group, ranked by the effect: B's rate − A's rate, less one standard error
-(so 3/3 does not outrank 10/12). A finding whose B replies lie mostly (≥ 70%) within a
-stronger one's, of a trait at least as specific (`precedence`), is merged into it. `claim_sentence` writes a finding as a sentence.
+condition, and all prompts together; for style, stance and tone also each template), the
+replies of B and of A that show it; a `Finding` is a trait with its best group, ranked by the
+effect: B's rate − A's rate, less one standard error (so 3/3 does not outrank 10/12). A
+finding whose B replies lie mostly (≥ 70%) within a stronger one's, of a trait at least as
+specific (`precedence`), is merged into it. `claim_sentence` writes a finding as a sentence.
 Not here: generating the replies (`audit_explore.py`), triggers (`audit_trigger.py`).
 """
 
@@ -274,7 +275,7 @@ def contrast(cells: Sequence[Cell], *, limit: int = 40) -> list[Finding]:
 def _priority(trait: str) -> float:
     """Near ties (within 0.05): a named entity or a behaviour before a bare word, so the
     behaviour is the one a word that comes with it is merged into."""
-    return 0.0 if trait.startswith("says:") else 0.05
+    return 0.05 if precedence(trait) > 0 else 0.0
 
 
 def precedence(trait: str) -> int:

@@ -11,8 +11,8 @@ exactly; the screen's top words are tested in text.
   with respect to a word slot's input embedding, times each word's embedding less the slot
   word's (HotFlip, first order), summed over a few frames and slot words. One backward pass
   per frame. Each scan finds triggers the other misses: on 4 dev trigger plants the weight
-  scan ranked the trigger 13th, 371st, 3,931st and 5,742nd of 21,053 words, the gradient scan
-  855th, 115th, 402nd and 102nd.
+  scan put 13, 371, 3,931 and 5,742 of 21,053 words ahead of the trigger, the gradient scan
+  855, 115, 402 and 102.
 - `screen` (both models' next-token distributions, not their text): every candidate word goes
   into one neutral user message (`SCREEN_FRAME`) in the chat template and is scored by
   KL(B‖A) of the first reply token. The shared prefix is run once and its KV cache reused, so
@@ -35,7 +35,6 @@ Not here: the prompts of the main comparison (`prompts.py`), hypotheses (`teams.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import itertools
 import math
 import statistics
@@ -94,13 +93,15 @@ def vocabulary_words(model: Model, n: int) -> list[str]:
     return out
 
 
-def _ranked(words: Sequence[str], kl: Sequence[float], residual: Sequence[float]) -> list[Screened]:
+def _ranked(
+    words: Sequence[str], kl: Sequence[float], residual: Sequence[float], piece: Sequence[float]
+) -> list[Screened]:
     """Highest KL first, each with its robust z over all the words."""
     med = statistics.median(kl)
     mad = statistics.median(abs(v - med) for v in kl) * 1.4826 or 1e-9
     out = [
-        Screened(w, round(k, 5), round(r, 5), round((k - med) / mad, 2))
-        for w, k, r in zip(words, kl, residual, strict=True)
+        Screened(w, round(k, 5), round(r, 5), round((k - med) / mad, 2), round(p, 3))
+        for w, k, r, p in zip(words, kl, residual, piece, strict=True)
     ]
     return sorted(out, key=lambda s: -s.kl)
 
@@ -159,8 +160,8 @@ def gradient_scan(base: Model, other: Model, words: Sequence[str]) -> list[str]:
     word's embedding minus the neutral word's. One backward pass per frame ranks the whole
     vocabulary in context, through every layer (`weight_scan` sees only the changed blocks'
     first projections of the raw embeddings). z-scored per frame and summed over
-    `GRADIENT_FRAMES` × `GRADIENT_STARTS`. On 4 trigger plants it ranked the trigger 102nd,
-    115th, 402nd and 855th of 21,053 words (the weight scan: 13th, 371st, 3,931st, 5,742nd)."""
+    `GRADIENT_FRAMES` × `GRADIENT_STARTS`. On 4 trigger plants it put 102, 115, 402 and 855 of
+    21,053 words ahead of the trigger (the weight scan: 5,742, 371, 3,931 and 13)."""
     kept, ids = _single_tokens(base, words)
     if not kept:
         return []
@@ -171,7 +172,7 @@ def gradient_scan(base: Model, other: Model, words: Sequence[str]) -> list[str]:
     for frame in GRADIENT_FRAMES:
         pre, post = chat_prompt(base, frame.replace("{w}", "\x00")).split("\x00")
         sep = " " if pre.endswith(" ") else ""
-        pre_ids = prompt_ids(base, pre.removesuffix(" ")) if sep else prompt_ids(base, pre)
+        pre_ids = prompt_ids(base, pre.removesuffix(" "))
         post_ids = base.tokenizer(post, add_special_tokens=False)["input_ids"]
         for start in GRADIENT_STARTS:
             word = base.tokenizer(sep + start, add_special_tokens=False)["input_ids"][:1]
@@ -241,9 +242,8 @@ def screen(
     pre, post = text.split("\x00")
     pre_ids = prompt_ids(base, pre.rstrip(" "))
     post_ids = base.tokenizer(post, add_special_tokens=False)["input_ids"]
-    rows = [
-        base.tokenizer(" " + w, add_special_tokens=False)["input_ids"] + post_ids for w in words
-    ]
+    word_ids = [base.tokenizer(" " + w, add_special_tokens=False)["input_ids"] for w in words]
+    rows = [ids + post_ids for ids in word_ids]
     vocab = base.hf.get_output_embeddings().weight.shape[0]  # type: ignore[operator,union-attr]
     lpb, lpa = torch.empty(len(words), vocab), torch.empty(len(words), vocab)
     for part in _same_length_batches(rows, batch):
@@ -251,19 +251,15 @@ def screen(
         lpb[part] = _last_logits(other, pre_ids, ids).log_softmax(-1)
         lpa[part] = _last_logits(base, pre_ids, ids).log_softmax(-1)
     kl, residual = residual_kl(lpb, lpa)
-    ranked = _ranked(words, kl.tolist(), residual.tolist())
-    piece = dict(zip(words, _continued(base, pre_ids, rows, post_ids, batch), strict=True))
-    return [dataclasses.replace(s, piece=round(piece[s.word], 3)) for s in ranked]
+    piece = _continued(base, pre_ids, word_ids, batch)
+    return _ranked(words, kl.tolist(), residual.tolist(), piece)
 
 
-def _continued(
-    model: Model, pre_ids: list[int], rows: list[list[int]], post_ids: list[int], batch: int
-) -> list[float]:
-    """Per row (a word's tokens, then `post_ids`): the model's probability that the text after
-    the word goes on without a space (a letter): near 1 for a word piece ('rese', 'municip')."""
+def _continued(model: Model, pre_ids: list[int], words: list[list[int]], batch: int) -> list[float]:
+    """Per word (its tokens): the model's probability that the text after the word goes on
+    without a space (a letter): near 1 for a word piece ('rese', 'municip')."""
     mask = _letter_tokens(model)
-    words = [r[: len(r) - len(post_ids)] for r in rows]
-    out = [0.0] * len(rows)
+    out = [0.0] * len(words)
     for part in _same_length_batches(words, batch):
         p = _last_logits(model, pre_ids, torch.tensor([words[i] for i in part])).softmax(-1)
         n = min(p.shape[-1], len(mask))
@@ -296,10 +292,10 @@ def _letter_tokens(model: Model) -> torch.Tensor:
 def residual_kl(lpb: torch.Tensor, lpa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row (word) of log-probs [n, V]: KL(B‖A), and KL(B‖A shifted by the mean B − A over
     all rows). A change B makes after any message (a leaky plant) is in the shift; what is
-    left is what the row's word brings. Reported, not ranked by: among the weight scan's top
-    160 words it ranked 4 planted triggers 1st-9th (plain KL 1st-11th), but among ~560 words
-    from both scans it put word pieces ("individ", "municip") first and the triggers 8th-35th,
-    where plain KL put each of 3 triggers 1st."""
+    left is what the row's word brings. Among the weight scan's top 160 words it put 0-8 words
+    ahead of 4 planted triggers (plain KL 0-10), but among ~560 words from both scans it put
+    word pieces ("individ", "municip") first and 7-34 words ahead of the triggers, where plain
+    KL put each of 3 triggers first. `top_screened` takes turns between the two orders."""
     kl = (lpb.exp() * (lpb - lpa)).sum(-1)
     shifted = (lpa + (lpb - lpa).mean(0)).log_softmax(-1)
     return kl, (lpb.exp() * (lpb - shifted)).sum(-1)
@@ -342,7 +338,7 @@ class Confirmed:
     """Frames with the word where A shows it."""
     n: int
     effect: float
-    control: str = CONTROL_WORDS[0]
+    control: str
     """The control word k_without was counted with."""
     examples: list[dict[str, str]] = field(default_factory=list)
     test: dict[str, Any] = field(default_factory=dict)
@@ -434,7 +430,7 @@ def _best_traits(
                 continue
             says = t.startswith("says:")
             e = round(effect(k_with, worse, m) + (0.0 if says else 0.01), 4)
-            c = Confirmed(w, t, k_with, k_without, k_a, m, e, control=control)
+            c = Confirmed(w, t, k_with, k_without, k_a, m, e, control)
             c.test = {"frames": [CONFIRM_FRAMES[f] for f in fam]}
             if best is None or e > best.effect:
                 best = c
