@@ -242,7 +242,7 @@ def test_explain_text_shows_the_strongest_features_per_token(tmp_path, tiny_mode
     model, basis = tiny_model("llama"), sae_basis(seed=3)
     folder = save_dictionary(basis.dictionary, tmp_path / "dict")
     path = tmp_path / "c.sqlite"
-    with Catalog.create(path, run_identity(folder, basis, model)) as cat:
+    with Catalog.create(path, run_identity(folder, basis, model, catalog=path)) as cat:
         cat.add_labels(
             SAE.name, [Label(f, f"feature {f} label", "tokens") for f in range(0, 64, 2)]
         )
@@ -282,7 +282,8 @@ def test_explain_text_shows_the_strongest_features_per_token(tmp_path, tiny_mode
 def test_explain_text_cli_refuses_a_changed_dictionary(tmp_path, tiny_model, tiny_model_dir):
     model, basis = tiny_model("llama"), sae_basis()
     folder = save_dictionary(basis.dictionary, tmp_path / "dict")
-    with Catalog.create(tmp_path / "c.sqlite", run_identity(folder, basis, model)):
+    ident = run_identity(folder, basis, model, catalog=tmp_path / "c.sqlite")
+    with Catalog.create(tmp_path / "c.sqlite", ident):
         pass
     save_dictionary(sae_basis(seed=1).dictionary, folder)
     record = json.loads((folder / "aimri.json").read_text())

@@ -111,7 +111,12 @@ class RunIdentity:
     basis: BasisInfo
     """The dictionary's basis; every basis of the catalog (baselines too) is at its site."""
     dictionary: str
-    """Folder of the dictionary, so `explain-text` needs only the catalog and the model."""
+    """Folder of the dictionary, so `explain-text` needs only the catalog and the model. In a
+    catalog: relative to the catalog's folder, so a run folder moved or copied with its
+    dictionary inside still finds it (see `Catalog.dictionary_folder`)."""
+    dictionary_at: str | None = None
+    """In a catalog: the dictionary's absolute path when the catalog was built, tried when the
+    relative one is gone (the catalog moved, the dictionary stayed). None in older catalogs."""
     dictionary_sha256: str | None = None
     model: str
     """The model's spec, as given to `load_model`."""
@@ -169,12 +174,22 @@ def dictionary_sha256(folder: Path) -> str | None:
     return sha256_file(weights) if weights.is_file() else None
 
 
-def run_identity(dictionary: Path, basis: FeatureBasis, model: Model) -> RunIdentity:
-    """The identity of a run made from the dictionary folder `dictionary` and `model`."""
+def run_identity(
+    dictionary: Path, basis: FeatureBasis, model: Model, *, catalog: Path
+) -> RunIdentity:
+    """The identity of a run made from the dictionary folder `dictionary` and `model`, for the
+    catalog at `catalog`: the dictionary is named relative to the catalog's folder (the run moves
+    whole), with its absolute path beside it as a fallback."""
+    absolute = Path(dictionary).resolve()
+    try:
+        relative = os.path.relpath(absolute, Path(catalog).resolve().parent)
+    except ValueError:  # another drive (Windows): no relative path exists
+        relative = str(absolute)
     return RunIdentity(
         basis=basis.info,
-        dictionary=str(Path(dictionary).resolve()),
-        dictionary_sha256=dictionary_sha256(Path(dictionary)),
+        dictionary=relative,
+        dictionary_at=str(absolute),
+        dictionary_sha256=dictionary_sha256(absolute),
         model=model.info.spec,
         model_sha256=model.weights_sha256,
     )
@@ -260,6 +275,22 @@ class Catalog:
             conn.close()
             raise AimriError(f"catalog '{path}' cannot be opened: {problem}")
         return cls(conn, path, None)
+
+    def dictionary_folder(self) -> Path:
+        """The dictionary folder this catalog was built from: relative to the catalog's folder
+        first, then where it was when the catalog was built; refuses when neither is a folder."""
+        recorded = Path(self.identity.dictionary)
+        tried = [recorded if recorded.is_absolute() else self.path.resolve().parent / recorded]
+        if self.identity.dictionary_at:
+            tried.append(Path(self.identity.dictionary_at))
+        for folder in tried:
+            if folder.is_dir():
+                return folder
+        raise AimriError(
+            f"the dictionary of catalog '{self.path}' is gone from "
+            f"{' and '.join(repr(str(p)) for p in tried)}: put it back there (a run folder moves "
+            "whole, with its dictionary), or rebuild the catalog with the dictionary's new path"
+        )
 
     def __enter__(self) -> Catalog:
         return self
@@ -546,9 +577,10 @@ def search(cfg: SearchConfig) -> list[SearchHit]:
     with Catalog.open(cfg.catalog) as cat:
         hits = cat.search(cfg.query, cfg.limit)
         sha = cat.identity.model_sha256
-    folder = Path(cfg.catalog).resolve().parent
-    run = folder.parent if folder.name == "features" else folder
-    detail = {"query": cfg.query, "limit": cfg.limit, "catalog": str(cfg.catalog)}
+    path = Path(cfg.catalog).resolve()
+    run = path.parent.parent if path.parent.name == "features" else path.parent
+    # The run's own ledger names its catalog relative to the run, so the folder can move.
+    detail = {"query": cfg.query, "limit": cfg.limit, "catalog": os.path.relpath(path, run)}
     record_query(run, "search", model_sha256=sha, detail={**detail, "hits": len(hits)})
     return hits
 
@@ -561,12 +593,7 @@ def explain_text_cli(cfg: ExplainTextConfig) -> TextExplanation:
 
     with Catalog.open(cfg.catalog) as cat:
         ident = cat.identity
-        folder = Path(ident.dictionary)
-        if not folder.is_dir():
-            raise AimriError(
-                f"the dictionary of catalog '{cfg.catalog}' is gone from '{folder}': put it "
-                "back there, or rebuild the catalog with the dictionary's new path"
-            )
+        folder = cat.dictionary_folder()
         sha = dictionary_sha256(folder)
         if sha and ident.dictionary_sha256 and sha != ident.dictionary_sha256:
             raise AimriError(

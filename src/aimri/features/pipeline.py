@@ -138,7 +138,8 @@ def _write_catalog(
     results: list[BasisResult],
     summary: list[SummaryRow],
 ) -> None:
-    with Catalog.create(cfg.out, run_identity(cfg.dictionary, basis, model)) as catalog:
+    identity = run_identity(cfg.dictionary, basis, model, catalog=cfg.out)
+    with Catalog.create(cfg.out, identity) as catalog:
         for r in results:
             name = r.features.basis.name
             catalog.add_feature_set(r.features)
