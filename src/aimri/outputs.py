@@ -4,9 +4,11 @@ A command that writes calls `check_output` for each of its outputs first: the pa
 writable, must be a folder where a folder is written (and a file where a file is), and must
 not hold another artifact (or anything else) unless the user passed `--overwrite`. What counts
 as "the same kind" is told by `artifact_kind`, from file names alone (nothing is opened but a
-file's first bytes). `writer_lock` keeps two runs from writing one store or dictionary at once.
-Not here: what a command does with an existing artifact of its own kind (resume, refuse a
-different configuration): that is the command's own business.
+file's first bytes). `clear_for_overwrite` empties a folder that `--overwrite` replaces, so
+nothing of the old is left mixed in. `writer_lock` keeps two runs from writing one store or
+dictionary at once. Not here: which command writes what (`aimri.cli.outputs` declares it), or
+what a command does with an existing artifact of its own kind (resume, refuse a different
+configuration): that is the command's own business.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import contextlib
 import errno
 import fcntl
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -89,15 +93,17 @@ def check_output(
     shape: Literal["folder", "file"] = "folder",
     same_kind: tuple[str, ...] = (),
     overwrite: bool | None = None,
+    example: str = "out.json",
 ) -> None:
     """Refuse an output path before any work: unwritable, of the wrong shape, or holding
     something this command would replace or mix into.
 
     `kind` names what the command writes; an existing artifact whose kind is in `same_kind` is
     left to the command (it resumes it, or checks it matches). `overwrite` is the value of the
-    command's --overwrite flag, or None if it has none (then the fix is another path).
+    command's --overwrite flag, or None if it has none (then the fix is another path). `example`
+    is a file name to suggest where a file is written and a folder was given.
     """
-    check_writable(path, flag=flag, shape=shape)
+    check_writable(path, flag=flag, shape=shape, example=example)
     found = artifact_kind(path)
     if found is None or found in same_kind or overwrite:
         return
@@ -118,9 +124,12 @@ def _a(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def check_writable(path: Path, *, flag: str, shape: Literal["folder", "file"]) -> None:
+def check_writable(
+    path: Path, *, flag: str, shape: Literal["folder", "file"], example: str = "out.json"
+) -> None:
     """Refuse a path that cannot be written as a `shape` (a file where a folder goes, a
-    read-only disk, a parent that is a file)."""
+    read-only disk, a parent that is a file, /proc). `example` is a file name to suggest when a
+    file is asked for and a folder given. Tried for real: a file is created and removed."""
     if shape == "folder" and path.exists() and not path.is_dir():
         raise AimriError(
             f"{flag} '{path}' is a file, but a folder is written there: nothing was changed; "
@@ -128,8 +137,8 @@ def check_writable(path: Path, *, flag: str, shape: Literal["folder", "file"]) -
         )
     if shape == "file" and path.is_dir():
         raise AimriError(
-            f"{flag} '{path}' is a folder, but a file is written there: give a file's path, "
-            f"e.g. '{path / 'catalog.sqlite'}'"
+            f"{flag} '{path}' is a folder, but a file is written there: give a file's path as "
+            f"{flag}, e.g. '{path / example}' (nothing was changed)"
         )
     # A file is replaced by renaming onto it, so its folder must be writable; a folder must be.
     existing = path if shape == "folder" and path.exists() else path.parent
@@ -140,11 +149,71 @@ def check_writable(path: Path, *, flag: str, shape: Literal["folder", "file"]) -
             f"{flag} '{path}' cannot be created: '{existing}' is a file, not a folder; "
             f"choose another {flag}"
         )
-    if not os.access(existing, os.W_OK | os.X_OK):
+    if not _can_create_in(existing) or (shape == "file" and not _can_append(path)):
         raise AimriError(
             f"{flag} '{path}' is not writable ('{existing}' is read-only or not yours): "
             f"nothing was changed; choose a {flag} on a writable disk"
         )
+
+
+def _can_create_in(folder: Path) -> bool:
+    """Whether a file can be made in `folder`: asked of the system itself, since permission bits
+    say nothing of root, /proc, /sys, immutable folders or read-only mounts."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".aimri-probe-", dir=folder)
+    except OSError:
+        return False
+    os.close(fd)
+    os.unlink(name)
+    return True
+
+
+def _can_append(path: Path) -> bool:
+    """Whether an existing file can be opened for writing (opening changes nothing)."""
+    if not path.is_file():
+        return True
+    try:
+        with open(path, "ab"):
+            return True
+    except OSError:
+        return False
+
+
+def inside(path: Path, folder: Path) -> bool:
+    """Whether `path` is `folder` or lies under it (both resolved)."""
+    return path.resolve().is_relative_to(folder.resolve())
+
+
+def clear_for_overwrite(folder: Path, *, flag: str, keep: Iterable[Path] = ()) -> None:
+    """Empty `folder`, which --overwrite replaces, so the new output is not mixed with the old.
+
+    Refused when that would delete something still needed: the folder the command runs in (or
+    one above it), the home folder, an input of the command (`keep`), or a folder another aimri
+    process is writing (its writer lock is held while clearing).
+    """
+    if not folder.is_dir():
+        return
+    home = Path.home()
+    for needed, what in [(Path.cwd(), "the folder you are working in"), (home, "your home")]:
+        if inside(needed, folder):
+            raise AimriError(
+                f"{flag} '{folder}' holds {what}; --overwrite would delete it: nothing was "
+                f"changed; choose another {flag}"
+            )
+    for path in keep:
+        if inside(path, folder):
+            raise AimriError(
+                f"{flag} '{folder}' holds '{path}', which this command reads; --overwrite would "
+                f"delete it: nothing was changed; choose another {flag}"
+            )
+    with writer_lock(folder, what="folder"):
+        for entry in folder.iterdir():
+            if entry.name == LOCK:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
 
 @contextlib.contextmanager
@@ -159,6 +228,11 @@ def writer_lock(folder: Path, *, what: str, enabled: bool = True) -> Iterator[No
         return
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    if (folder / LOCK).is_dir():
+        raise AimriError(
+            f"'{folder / LOCK}' is a folder, but aimri keeps its writer lock file there: nothing "
+            f"was changed; remove that folder (rmdir '{folder / LOCK}') and run the command again"
+        )
     fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         try:

@@ -8,10 +8,13 @@ handlers, so `aimri --help` never imports torch. This package is the only code t
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import logging
 import math
 import os
+import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,9 +24,12 @@ from typing import TypeVar
 import tyro
 
 from aimri.cli.checkup import CHECKUP_COMMANDS, dispatch_checkup, with_pair_positional
+from aimri.cli.outputs import WRITES as _WRITES
 from aimri.cli.outputs import absolute_inputs as _absolute_inputs
 from aimri.cli.outputs import check_inputs as _check_inputs
 from aimri.cli.outputs import check_outputs as _check_outputs
+from aimri.cli.outputs import declared_outputs as _declared_outputs
+from aimri.cli.outputs import replace_outputs as _replace_outputs
 from aimri.config import (
     CircuitConfig,
     CollectConfig,
@@ -70,6 +76,8 @@ GROUPS = {
 }
 # A first bare argument of these subcommands fills this field: `aimri features search dogs`.
 POSITIONAL = {"search": "--query", "explain-text": "--text"}
+# What each command writes (cli/outputs.py); `sites` only prints.
+WRITES = {**_WRITES, SitesConfig: lambda cfg: ()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,8 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = _parse(args)  # a flag refused by a config's __post_init__ raises AimriError here
         _setup_logging()
         cfg = _absolute_inputs(cfg)
-        _check_outputs(cfg)
+        outputs = _declared_outputs(cfg, WRITES)
+        _check_outputs(cfg, outputs)
         _check_inputs(cfg)
+        _replace_outputs(cfg, outputs)  # only with --overwrite, and only after every check
         _dispatch(cfg)
     except AimriError as e:
         if show_traceback:
@@ -111,6 +121,60 @@ def _one_line(message: str) -> str:
 
 
 def _parse(args: list[str]) -> object:
+    """The config `args` describe. tyro's errors (a value of the wrong type, an unknown flag, a
+    missing value) come back as one AimriError line instead of its boxed panel; --help still
+    prints and exits as tyro does."""
+    err = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(err):
+            cfg = _parse_with_tyro(args)
+    except SystemExit as e:
+        if e.code not in (0, None):
+            raise AimriError(_parse_error(err.getvalue(), args)) from None
+        sys.stderr.write(err.getvalue())
+        raise
+    sys.stderr.write(err.getvalue())  # warnings, if any
+    return cfg
+
+
+def _parse_error(panel: str, args: list[str]) -> str:
+    """tyro's error panel as one sentence: its title, each section's text with the flags listed
+    under it (their help texts dropped), and where the help is."""
+    unboxed = (re.sub(r"^[│╭╰]\s?|\s*[│╮╯]$", "", line.rstrip()) for line in panel.splitlines())
+    lines = [line for line in unboxed if line.strip()]
+    title = lines[0].strip("─ ").lower() if lines else "cannot read the command line"
+    sections: list[list[str]] = [[]]
+    for line in lines[1:]:
+        if set(line.strip()) <= set("-─"):
+            sections.append([])
+        else:
+            sections[-1].append(line)
+    parts = [_section_text(s) for s in sections if s and not s[0].strip().startswith(_SKIPPED)]
+    command = " ".join(a for a in args[:2] if a in COMMANDS or a in GROUPS or _in_group(args, a))
+    detail = "; ".join(p for p in parts if p) or "the command line cannot be read"
+    if detail.lower().startswith(title):  # "unrecognized options: Unrecognized options: …"
+        return f"{detail}; see `aimri {command + ' ' if command else ''}--help` for the flags"
+    return f"{title}: {detail}; see `aimri {command + ' ' if command else ''}--help` for the flags"
+
+
+_SKIPPED = ("For full helptext", "Argument helptext")
+
+
+def _in_group(args: list[str], arg: str) -> bool:
+    return bool(args) and args[0] in GROUPS and arg in GROUPS[args[0]]
+
+
+def _section_text(section: list[str]) -> str:
+    """A panel section's head (with its wrapped continuation) and the first word of each entry
+    indented under it: `Missing from aimri train: --site, --out`."""
+    depth = [len(line) - len(line.lstrip()) for line in section]
+    head = " ".join(line.strip() for line, d in zip(section, depth, strict=True) if d == depth[0])
+    entry = min((d for d in depth if d > depth[0]), default=None)
+    names = [line.split()[0] for line, d in zip(section, depth, strict=True) if d == entry]
+    return f"{head} {', '.join(dict.fromkeys(names))}" if names else head
+
+
+def _parse_with_tyro(args: list[str]) -> object:
     if args and args[0] in GROUPS:
         group, rest = args[0], args[1:]
         if len(rest) >= 2 and rest[0] in POSITIONAL and not rest[1].startswith("-"):

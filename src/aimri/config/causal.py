@@ -7,6 +7,7 @@ CLI is generated from them (tyro), so flags and API cannot drift; nothing heavy 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -48,6 +49,11 @@ class SteerConfig:
 
     def __post_init__(self) -> None:
         at_least_one(self, "max_new_tokens")
+        if not all(math.isfinite(s) for s in self.strengths):
+            raise AimriError(
+                f"--strengths {' '.join(f'{s:g}' for s in self.strengths)}: every strength must "
+                "be a finite number, e.g. --strengths 0 4 8"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -76,6 +82,8 @@ class CircuitConfig:
     validate: bool = True
     """Check the strongest edges by ablation in the real model."""
     model: ModelConfig = field(default_factory=ModelConfig)
+    overwrite: bool = False
+    """Replace a graph already at `<out>/<slug>.json` instead of refusing."""
 
     def __post_init__(self) -> None:
         at_least_one(self, "max_n_logits", "batch_size")

@@ -34,6 +34,8 @@ class ProbeConfig:
     """Steer and ablate each flagged direction on held-out prompts, against random directions."""
     out: Path = Path("probes")
     """Folder for `probes.json` (results), the directions (safetensors) and `ledger.jsonl`."""
+    overwrite: bool = False
+    """Replace earlier results at --out instead of refusing (checked before any work)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -59,6 +61,8 @@ class DiffConfig:
     runs_dir: Path = Path("runs")
     name: str | None = None
     """Run name (a folder under `runs_dir`); default: `diff-<date>-<time>`."""
+    overwrite: bool = False
+    """Replace an earlier diff of the same --name instead of refusing (checked before any work)."""
 
 
 @dataclass(frozen=True, kw_only=True)
