@@ -18,11 +18,20 @@ from aimri.features.explain import (
     TokensExplainer,
     make_explainer,
 )
-from aimri.features.records import Example, FeatureStats, TokenEffect, explain_split, score_split
+from aimri.features.records import (
+    Example,
+    ExampleKind,
+    FeatureStats,
+    TokenEffect,
+    explain_split,
+    score_split,
+)
 from tests.scripted import ScriptedClient
 
 
-def window(tokens: list[str], fire: dict[int, float], kind="top", bucket=0, context=0):
+def window(
+    tokens: list[str], fire: dict[int, float], kind: ExampleKind = "top", bucket=0, context=0
+) -> Example:
     acts = [fire.get(i, 0.0) for i in range(len(tokens))]
     return Example(tokens, acts, context=context, start=0, kind=kind, bucket=bucket)
 
@@ -64,8 +73,8 @@ def test_tokens_explainer_names_the_token_that_carries_the_mass():
     (label,) = TokensExplainer().explain([import_feature()])
     assert label.explainer == "tokens"
     # " import" always follows a newline here, so the context selects nothing: not named.
-    assert label.text == 'tokens " import"'
-    assert label.meta["mass_share"] == 1.0
+    assert label.text == 'fires on "import"'
+    assert label.meta["explain_r"] > 0.9  # 1 on " import" against graded activations
 
 
 def test_tokens_explainer_names_a_context_only_where_it_selects():
@@ -76,7 +85,7 @@ def test_tokens_explainer_names_a_context_only_where_it_selects():
         examples.append(window(toks, {2: 3.0 + 0.1 * i}, context=i))
     (label,) = TokensExplainer().explain([feature(examples)])
     # it fires on half its occurrences, which passes the precision bar (0.5)
-    assert label.text == 'tokens " it" (after " of")', label.text
+    assert label.text == 'fires on "it" after "of"', label.text
 
 
 def test_tokens_explainer_lists_several_tokens_of_a_concept():
@@ -86,9 +95,9 @@ def test_tokens_explainer_lists_several_tokens_of_a_concept():
         for i in range(9)
     ]
     (label,) = TokensExplainer().explain([feature(examples)])
-    assert label.text.startswith("tokens ")
-    assert all(f'"{w}"' in label.text for w in words), label.text
-    assert '" in"' not in label.text
+    assert label.text.startswith("fires on ")
+    assert all(f'"{w.strip()}"' in label.text for w in words), label.text
+    assert '"in"' not in label.text
 
 
 def test_tokens_explainer_prefers_over_represented_tokens_to_frequent_ones():
@@ -99,7 +108,7 @@ def test_tokens_explainer_prefers_over_represented_tokens_to_frequent_ones():
         fire = {3: 4.0} if i % 2 else {0: 4.0}
         examples.append(window(toks, fire, context=i))
     (label,) = TokensExplainer().explain([feature(examples)])
-    assert re.match(r'(the token|tokens) " Rome"', label.text), label.text
+    assert re.match(r'fires on "Rome"', label.text), label.text
 
 
 def test_tokens_explainer_without_active_examples_says_so():
@@ -114,7 +123,7 @@ def test_logits_explainer_names_whole_words_only():
     promoted += [TokenEffect(" meticul", 2.0), TokenEffect(" Rome", 0.1), TokenEffect(" ##", 1.0)]
     f = dataclasses.replace(import_feature(), promoted=promoted)
     (label,) = LogitsExplainer().explain([f])
-    assert label.text == 'promotes " Paris", " London", " Rome"'
+    assert label.text == 'promotes "Paris", "London", "Rome"'
     assert label.meta["values"] == [3.0, 1.5, 0.1]
     pieces = [TokenEffect("ducive", 2.5), TokenEffect(" meticul", 2.0), TokenEffect("ancip", 1.0)]
     (none,) = LogitsExplainer().explain([dataclasses.replace(f, promoted=pieces)])

@@ -11,13 +11,8 @@ import pytest
 from aimri.features.chat import ChatReply, TokenLogprob
 from aimri.features.records import Example, FeatureStats, Label, explain_split
 from aimri.features.score import make_scorer
-from aimri.features.simulate import (
-    SimulationScorer,
-    parse_digits,
-    pooled_pearson,
-    simulation_windows,
-    token_claims,
-)
+from aimri.features.simulate import SimulationScorer, parse_digits, simulation_windows
+from aimri.features.words import claims, pooled_pearson
 from tests.scripted import ScriptedClient
 
 VOCAB = [f" w{i}" for i in range(40)]
@@ -75,7 +70,7 @@ def test_a_label_naming_an_absent_token_predicts_nothing():
 def test_case_and_spaces_are_ignored_and_context_is_required():
     f = one_token_feature()
     assert score('tokens "paris"', f).value > 0.9
-    assert token_claims('tokens " it" (after " of"), "X"') == [("it", "of"), ("x", None)]
+    assert claims('tokens " it" (after " of"), "X"') == [("it", "of"), ("x", None)]
     # A context that never precedes the token: the claim predicts nothing.
     assert score('tokens " Paris" (after " nowhere")', f).value == 0.0
 

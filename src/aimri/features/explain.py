@@ -1,8 +1,9 @@
 """Explainers: turn what a feature does into a short natural-language `Label`.
 
 Each explainer is registered by name in `EXPLAINERS` and labels a batch of features at once:
-`tokens` (offline: the tokens that carry most of the activation mass, with their preceding
-token where that context selects them), `logits` (offline: the whole words the feature's output
+`tokens` (offline: the words, whitespace and special tokens that carry the activation mass, word
+pieces merged into their word and the preceding unit named where that context selects them, in
+the notation of `words.py`), `logits` (offline: the whole words the feature's output
 direction promotes) and `llm` (asks a `ChatClient` for one phrase
 from marked examples). Held-out discipline: explainers read only `records.explain_split(f)`,
 never `score_split`, so the examples that score a label were not seen when making it. A reply
@@ -23,6 +24,7 @@ from typing import NamedTuple, Protocol, final
 
 from aimri.config import LLMConfig
 from aimri.errors import AimriError
+from aimri.features import words
 from aimri.features.chat import ChatClient, ChatReply, Message
 from aimri.features.llm import ChatRequest, complete_many, make_client
 from aimri.features.records import Example, FeatureStats, Label, explain_split
@@ -39,167 +41,145 @@ class Explainer(Protocol):
         ...
 
 
-def show(token: str) -> str:
-    """A token as a quoted, escaped literal: `" import"`, `"\\n"`."""
-    return json.dumps(token, ensure_ascii=False)
-
-
-_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
-
-
-def named_tokens(label: str) -> list[str]:
-    """The tokens a label names, read back from `show`'s notation (JSON escapes undone):
-    `tokens " import", "\\n"` → [" import", "\n"]."""
-    out = []
-    for q in _QUOTED.findall(label):
-        try:
-            out.append(json.loads(f'"{q}"'))
-        except json.JSONDecodeError:
-            out.append(q)
-    return out
-
-
 # --- tokens ---------------------------------------------------------------------------------
 
 
-class PeakTokens(NamedTuple):
-    at_peak: Counter[str]
-    """How often each token sits at a peak (activation ≥ `peak` × the example's maximum)."""
-    before: dict[str, Counter[str]]
-    """For each peak token, the tokens right before it."""
-    background: Counter[str]
-    """Every token of the same windows."""
+class Candidate(NamedTuple):
+    """A word the feature may be labelled with, and what the explain split says of it."""
 
-
-def peak_tokens(examples: Sequence[Example], peak: float = 0.5) -> PeakTokens:
-    at_peak: Counter[str] = Counter()
-    before: dict[str, Counter[str]] = defaultdict(Counter)
-    background: Counter[str] = Counter()
-    for e in examples:
-        background.update(e.tokens)
-        cut = peak * e.max_act
-        for i, (tok, act) in enumerate(zip(e.tokens, e.acts, strict=True)):
-            if act > 0 and act >= cut:
-                at_peak[tok] += 1
-                if i > 0:
-                    before[tok][e.tokens[i - 1]] += 1
-    return PeakTokens(at_peak, before, background)
-
-
-def over_represented(p: PeakTokens) -> list[tuple[str, float]]:
-    """Peak tokens ranked by count × log(share at peaks / share in the windows); tokens no more
-    frequent at peaks than around them come last, by count."""
-    n_peak, n_bg = p.at_peak.total(), p.background.total()
-
-    def score(tok: str) -> float:
-        ratio = (p.at_peak[tok] / n_peak) / (p.background[tok] / n_bg)
-        return p.at_peak[tok] * math.log(ratio)
-
-    ranked = sorted(p.at_peak, key=lambda t: (score(t) > 0, score(t), p.at_peak[t]), reverse=True)
-    return [(t, p.at_peak[t] / n_peak) for t in ranked]
+    unit: str
+    """The word's `words.key`."""
+    surface: str
+    """Its most frequent form, as written (case kept)."""
+    mass: float
+    """Summed peak activation over its occurrences in the explain split."""
+    contexts: list[str]
+    """Surface forms of the units right before it, by activation mass, highest first."""
 
 
 @final
 class TokensExplainer:
-    """Offline: the smallest set of tokens that carries most of the activation mass on the
-    explainer's examples, each with its preceding token where that context is what fires it.
+    """Offline: the words (pieces merged into the word they form in context, see `words.py`)
+    whose activation mass is largest on the explainer's examples, whitespace and special tokens
+    included, each with the unit before it where that context is what fires it.
 
-    Tokens are grouped case- and space-insensitively (the form shown is the most frequent);
-    a token is named only if the feature fires on at least `min_precision` of its occurrences
-    in the windows (so a frequent token the feature merely sits beside is not named). Tokens are
-    added by mass until they cover `coverage` of it or `max_tokens` are named. A token gets
-    `(after "x")` when at least `context_share` of its mass comes after "x" and "x" is no
-    more than `context_share` of its occurrences' contexts by count (the context selects)."""
+    Candidates come by mass; a word is named only if the feature fires on at least
+    `min_precision` of its occurrences (in its context, where one is given), so a frequent word
+    the feature merely sits beside is not named. Each candidate is tried bare and after its
+    heaviest preceding unit; the context is kept where it raises the simulation score
+    (`words.pooled_pearson` of `words.predict`) on the explainer's own examples. Naming stops
+    at the first candidate that raises that score by less than `min_gain`, or at `max_items`."""
 
     name = "tokens"
 
     def __init__(
         self,
         *,
-        coverage: float = 0.8,
-        max_tokens: int = 6,
+        max_items: int = 6,
         min_precision: float = 0.5,
-        context_share: float = 0.8,
+        min_gain: float = 0.01,
+        max_candidates: int = 12,
     ) -> None:
-        self.coverage = coverage
-        self.max_tokens = max_tokens
+        self.max_items = max_items
         self.min_precision = min_precision
-        self.context_share = context_share
+        self.min_gain = min_gain
+        self.max_candidates = max_candidates
 
     def explain(self, features: Sequence[FeatureStats]) -> list[Label]:
         return [self._one(f) for f in features]
 
     def _one(self, f: FeatureStats) -> Label:
-        examples = [e for e in explain_split(f) if e.active]
-        if not examples:
+        examples = explain_split(f)
+        if not any(e.active for e in examples):
             return Label(f.index, "", self.name, {"error": "no active examples to explain"})
-        m = token_mass(examples)
-        total = sum(m.mass.values())
+        windows = [words.parse(e.tokens) for e in examples]
+        occurrences = word_occurrences(examples)
         named: list[str] = []
-        covered = 0.0
-        for key in sorted(m.mass, key=lambda k: -m.mass[k]):
-            if covered >= self.coverage or len(named) == self.max_tokens:
+        r = 0.0  # a label naming nothing predicts a constant: r = 0
+        for c in candidates(occurrences)[: self.max_candidates]:
+            tries = [words.item(c.surface)] + [words.item(c.surface, x) for x in c.contexts[:1]]
+            tries = [t for t in tries if _precision(occurrences, t) >= self.min_precision]
+            if not tries:
+                continue
+            # A context is named only where it raises the score: bare is the plainer claim.
+            chosen, best = tries[0], self._r([*named, tries[0]], windows, examples)
+            for t in tries[1:]:
+                r_t = self._r([*named, t], windows, examples)
+                if r_t >= best + self.min_gain:
+                    chosen, best = t, r_t
+            if best < r + self.min_gain:
                 break
-            if m.fired[key] < self.min_precision * m.count[key]:
-                continue
-            named.append(self._item(m, key))
-            covered += m.mass[key] / total
+            named.append(chosen)
+            r = best
+            if len(named) == self.max_items:
+                break
         if not named:
-            return Label(f.index, "", self.name, {"error": "no token fires reliably"})
-        meta = {"mass_share": round(covered, 4), "n_examples": len(examples)}
-        return Label(f.index, "tokens " + ", ".join(named), self.name, meta)
+            return Label(f.index, "", self.name, {"error": "no word predicts where it fires"})
+        meta = {"explain_r": round(r, 4), "n_examples": len(examples)}
+        return Label(f.index, words.FIRES_ON + ", ".join(named), self.name, meta)
 
-    def _item(self, m: TokenMass, key: str) -> str:
-        text = show(m.surface[key].most_common(1)[0][0])
-        prev = m.before_mass[key]
-        if not prev:
-            return text
-        ctx, mass = max(prev.items(), key=lambda kv: kv[1])
-        share_by_count = m.before_count[key][ctx] / m.count[key]
-        if mass >= self.context_share * m.mass[key] and share_by_count <= self.context_share:
-            return f"{text} (after {show(m.before_surface[ctx])})"
-        return text
+    @staticmethod
+    def _r(items: list[str], windows: list[words.Parsed], examples: list[Example]) -> float:
+        label = words.FIRES_ON + ", ".join(items)
+        r = words.pooled_pearson([words.predict(label, w) for w in windows], examples)
+        return r if math.isfinite(r) else 0.0
 
 
-class TokenMass(NamedTuple):
-    mass: defaultdict[str, float]
-    """Normalised token → its summed activation over the windows."""
-    count: Counter[str]
-    """Normalised token → its occurrences in the windows."""
-    fired: Counter[str]
-    """Normalised token → occurrences where the feature fires."""
-    surface: dict[str, Counter[str]]
-    """Normalised token → how often each surface form occurs."""
-    before_mass: defaultdict[str, defaultdict[str, float]]
-    """Normalised token → normalised preceding token → activation mass."""
-    before_count: dict[str, Counter[str]]
-    before_surface: dict[str, str]
-    """Normalised preceding token → a surface form of it."""
+class Occurrence(NamedTuple):
+    """One word of one explain-split window."""
+
+    unit: str
+    """Its `words.key`."""
+    surface: str
+    """Its visible form, case kept."""
+    before: str | None
+    """The key of the unit right before it (None at a window's start)."""
+    before_surface: str | None
+    peak: float
+    """The feature's largest activation on the word's tokens."""
 
 
-def token_mass(examples: Sequence[Example]) -> TokenMass:
-    m = TokenMass(defaultdict(float), Counter(), Counter(), defaultdict(Counter),
-                  defaultdict(lambda: defaultdict(float)), defaultdict(Counter), {})  # fmt: skip
+def word_occurrences(examples: Sequence[Example]) -> list[Occurrence]:
+    out = []
     for e in examples:
-        keys = [t.strip().lower() for t in e.tokens]
-        for i, (tok, key, act) in enumerate(zip(e.tokens, keys, e.acts, strict=True)):
-            if not key:
-                continue
-            m.count[key] += 1
-            m.surface[key][tok] += 1
-            if act > 0:
-                m.mass[key] += act
-                m.fired[key] += 1
-            if i > 0:
-                m.before_count[key][keys[i - 1]] += 1
-                m.before_mass[key][keys[i - 1]] += max(act, 0.0)
-                m.before_surface.setdefault(keys[i - 1], e.tokens[i - 1])
-    return m
+        prev: words.Unit | None = None
+        for u in words.units(e.tokens):
+            peak = max(e.acts[u.start : u.end])
+            before = None if prev is None else words.key(prev.text)
+            shown = None if prev is None else words.visible(prev.text)
+            out.append(Occurrence(words.key(u.text), words.visible(u.text), before, shown, peak))
+            prev = u
+    return out
+
+
+def candidates(occurrences: Sequence[Occurrence]) -> list[Candidate]:
+    """Words the feature fires on, by summed peak activation, highest first."""
+    mass: defaultdict[str, float] = defaultdict(float)
+    surface: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    context: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for o in occurrences:
+        surface[o.unit][o.surface] += 1
+        if o.peak > 0:
+            mass[o.unit] += o.peak
+            if o.before_surface is not None:
+                context[o.unit][o.before_surface] += o.peak
+    return [
+        Candidate(
+            k, surface[k].most_common(1)[0][0], m, sorted(context[k], key=lambda x: -context[k][x])
+        )
+        for k, m in sorted(mass.items(), key=lambda kv: -kv[1])
+        if k
+    ]
+
+
+def _precision(occurrences: Sequence[Occurrence], item: str) -> float:
+    """Share of the item's occurrences (in its context, where given) on which it fires."""
+    ((unit, after),) = words.claims(item)
+    hits = [o for o in occurrences if o.unit == unit and (after is None or o.before == after)]
+    return sum(o.peak > 0 for o in hits) / len(hits) if hits else 0.0
 
 
 # --- logits ---------------------------------------------------------------------------------
-
-NO_OUTPUT = "no readable output effect"
 
 
 @final
@@ -225,8 +205,8 @@ class LogitsExplainer:
         ranked = sorted(f.promoted, key=lambda e: e.value, reverse=True)
         top = [e for e in ranked if readable_word(e.token)][: self.max_tokens]
         if not top:
-            return Label(f.index, NO_OUTPUT, self.name, {"n_promoted": len(ranked)})
-        text = "promotes " + ", ".join(show(e.token) for e in top)
+            return Label(f.index, words.NO_OUTPUT, self.name, {"n_promoted": len(ranked)})
+        text = words.PROMOTES + ", ".join(words.quote(e.token) for e in top)
         return Label(f.index, text, self.name, {"values": [round(e.value, 4) for e in top]})
 
 
@@ -274,7 +254,7 @@ def render_example(e: Example, scale: float) -> str:
         shown = tok.replace("\n", "\\n")
         parts.append(f"<<{shown}>>" if level > 0 else shown)
         if level > 0:
-            marked.append(f"{show(tok)} {level}")
+            marked.append(f"{json.dumps(tok, ensure_ascii=False)} {level}")
     text = "".join(parts).replace(">><<", "")  # neighbours share one mark
     return f"{text}\nActivations: {', '.join(marked)}"
 

@@ -44,10 +44,10 @@ from torch import Tensor
 from aimri.errors import AimriError
 from aimri.features.chat import ChatClient, ChatReply, Message
 from aimri.features.embed import Embedder, load_embedder
-from aimri.features.explain import named_tokens
 from aimri.features.llm import ChatRequest, complete_many
 from aimri.features.records import Example, FeatureStats, Label, Score, score_split
 from aimri.features.summary import auroc, binary_metrics
+from aimri.features.words import PROMOTES, claims, parse, predict
 
 log = logging.getLogger(__name__)
 
@@ -174,34 +174,35 @@ class EmbeddingScorer(Scorer):
 
 
 class TokenRuleScorer(Scorer):
-    """Offline check of a label that names tokens (the `tokens` explainer's claims, or any label
-    with quoted tokens): predict "fires in this window" iff a named token occurs in it (case and
-    surrounding spaces ignored); balanced accuracy on held-out windows. A label naming no token
-    gets nan with `no_token_claim`. Cheap, exact, and blind to meaning beyond the tokens."""
+    """Offline check of a label that names words (the `tokens` explainer's claims, or any label
+    with quoted words, see `words.py`): predict "fires in this window" iff a named word occurs
+    in it, in its context where the label gives one (case ignored); balanced accuracy on
+    held-out windows. A label naming no word gets nan with `no_token_claim`. Cheap, exact, and
+    blind to meaning beyond the words."""
 
     name = "rule"
 
     def measure(self, tasks: Sequence[Task]) -> list[Measure]:
         out = []
         for t in tasks:
-            claim = {_norm(tok) for tok in named_tokens(t.label)}
-            claim.discard("")
-            if not claim:
+            if not claims(t.label):
                 out.append(Measure(math.nan, {"no_token_claim": 1.0}))
                 continue
             s = score_split(t.feature)
             truth = [True] * len(s.positives) + [False] * len(s.negatives)
-            said = [any(_norm(tok) in claim for tok in e.tokens) for e in s.positives + s.negatives]
+            said = [_occurs(t.label, e) for e in s.positives + s.negatives]
             m = binary_metrics(truth, said)
             if s.hard:  # share of hard negatives the rule wrongly says fire (reported apart)
-                wrong = sum(any(_norm(tok) in claim for tok in e.tokens) for e in s.hard)
-                m["hard_false_positive_rate"] = wrong / len(s.hard)
+                m["hard_false_positive_rate"] = sum(_occurs(t.label, e) for e in s.hard) / len(
+                    s.hard
+                )
             out.append(Measure(m["balanced_accuracy"], m))
         return out
 
 
-def _norm(token: str) -> str:
-    return token.strip().lower()
+def _occurs(label: str, e: Example) -> bool:
+    """Does a word the label names occur in the window (in its context, where given)?"""
+    return any(predict(label.removeprefix(PROMOTES), parse(e.tokens)))
 
 
 class Item(NamedTuple):

@@ -10,10 +10,10 @@ where X is absent, where the feature fires on something else, and where it is we
 constant prediction scores 0; so does a label that names tokens that never occur.
 
 Simulators, chosen per label:
-- offline, for labels in token notation (`explain.show`): `tokens " it", " them" (after " of")`
-  predicts 1 on each named token (with its preceding token, where one is given) and 0 elsewhere;
-  `promotes " Paris", " London"` (an output label) predicts 1 on a token *before* one of them;
-  case and surrounding spaces are ignored, as in the `rule` scorer;
+- offline, for labels in the notation of `words.py`: `fires on "codecs", "⏎" after ":"`
+  predicts 1 on every token of each named word in context (with the unit before it, where one
+  is given) and 0 elsewhere, whitespace and special tokens included; `promotes "Paris"` (an
+  output label) predicts 1 on a token *before* one of them; case is ignored, as in `rule`;
 - an LLM, for free-text labels: per window, the model sees the label and the numbered tokens
   and answers one digit 0-9 per token ("all at once"); with logprobs each prediction is the
   expected digit under the model's distribution at that answer, else the digit it wrote. With no
@@ -31,24 +31,14 @@ import re
 from collections.abc import Sequence
 from typing import NamedTuple, final
 
-import torch
-
 from aimri.features.chat import ChatClient, ChatReply, Message
 from aimri.features.llm import ChatRequest, complete_many
 from aimri.features.records import Example, FeatureStats, score_split
 from aimri.features.score import Measure, Scorer, Task
+from aimri.features.words import is_token_label, pooled_pearson, simulate_tokens
 
 N_EXPLAIN_TOP = 10
 """Top examples the explainers see (`records.explain_split`'s default); the rest are held out."""
-
-_ITEM = re.compile(r'"((?:[^"\\]|\\.)*)"(?:\s*\(after\s+"((?:[^"\\]|\\.)*)"\))?')
-
-
-class TokenClaim(NamedTuple):
-    token: str
-    """Normalised (stripped, lower-cased) token the label names."""
-    after: str | None
-    """Normalised preceding token the claim needs, or None for any context."""
 
 
 class Simulation(NamedTuple):
@@ -63,65 +53,6 @@ def simulation_windows(f: FeatureStats, seed: int = 0) -> list[Example]:
     `N_EXPLAIN_TOP`, the held-out half of the quantile windows, and the random windows."""
     split = score_split(f, seed)
     return f.of_kind("top")[N_EXPLAIN_TOP:] + split.positives + split.negatives
-
-
-def pooled_pearson(predicted: Sequence[Sequence[float]], windows: Sequence[Example]) -> float:
-    """Pearson r of predicted with true activations over every token of every window; 0 when
-    the prediction is constant (it predicts nothing), nan when the truth is."""
-    p = torch.tensor([v for row in predicted for v in row], dtype=torch.float64)
-    t = torch.tensor([v for e in windows for v in e.acts], dtype=torch.float64)
-    if len(t) < 2 or float(t.std()) == 0:
-        return math.nan
-    if float(p.std()) == 0:
-        return 0.0
-    return float(torch.corrcoef(torch.stack([p, t]))[0, 1])
-
-
-def norm_token(token: str) -> str:
-    return token.strip().lower()
-
-
-def token_claims(label: str) -> list[TokenClaim]:
-    """The tokens (and contexts) a label in token notation names."""
-    out = []
-    for tok, after in _ITEM.findall(label):
-        token = norm_token(_unquote(tok))
-        if token:
-            out.append(TokenClaim(token, norm_token(_unquote(after)) if after else None))
-    return out
-
-
-def is_token_label(label: str) -> bool:
-    """Labels the offline simulator reads: the `tokens` and `logits` explainers' notation."""
-    return label.startswith(("tokens ", "the token ", "promotes ", "no readable output"))
-
-
-def simulate_tokens(label: str, windows: Sequence[Example]) -> Simulation:
-    """The offline simulator (see the module docstring)."""
-    claims = token_claims(label)
-    output = label.startswith("promotes ")
-    plain = {c.token for c in claims if c.after is None}
-    ctx = {(c.after, c.token) for c in claims if c.after is not None}
-    rows = []
-    for e in windows:
-        toks = [norm_token(t) for t in e.tokens]
-        row = []
-        for i, tok in enumerate(toks):
-            if output:  # an output label: the feature fires where a named token comes next
-                hit = i + 1 < len(toks) and toks[i + 1] in plain
-            else:
-                prev = toks[i - 1] if i > 0 else None
-                hit = tok in plain or (prev, tok) in ctx
-            row.append(1.0 if hit else 0.0)
-        rows.append(row)
-    return Simulation(rows)
-
-
-def _unquote(s: str) -> str:
-    try:
-        return json.loads(f'"{s}"')
-    except json.JSONDecodeError:
-        return s
 
 
 @final
@@ -139,7 +70,7 @@ class SimulationScorer(Scorer):
     def measure(self, tasks: Sequence[Task]) -> list[Measure]:
         windows = [simulation_windows(t.feature) for t in tasks]
         sims: list[Simulation | None] = [
-            simulate_tokens(t.label, w) if is_token_label(t.label) else None
+            Simulation(simulate_tokens(t.label, w)) if is_token_label(t.label) else None
             for t, w in zip(tasks, windows, strict=True)
         ]
         free = [k for k, s in enumerate(sims) if s is None]
