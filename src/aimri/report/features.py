@@ -45,7 +45,8 @@ class FeaturesView:
     groups: list[SummaryGroup]
     density_chart: Markup | None
     data_json: Markup
-    """`stage["features"]`, for the dashboards' `<script type="application/json">` block."""
+    """`stage["features"]` with each label's `scores_nothing` (see `with_verdicts`), for the
+    dashboards' `<script type="application/json">` block."""
     meta_json: Markup
     """What the cards need besides: the summary's thresholds, {explainer: {scorer: threshold}}."""
     n_features: int
@@ -72,10 +73,50 @@ def features_view(stage: dict[str, Any]) -> FeaturesView:
         bases=_by_kind_order(bases),
         groups=summary_groups(summary, bases),
         density_chart=density_chart(bases),
-        data_json=json_for_script(features),
+        data_json=json_for_script(with_verdicts(features)),
         meta_json=json_for_script({"thresholds": thresholds}),
         n_features=len(features),
     )
+
+
+CHANCE = {"simulation": 0.0}
+"""A scorer's chance level where it is not 0.5 (AUROC and balanced accuracy)."""
+MARGIN = 0.05
+"""How far above chance a score must be to say anything."""
+
+
+def scores_nothing(scores: list[dict[str, Any]]) -> bool:
+    """A label's scores say nothing when there is at least one and none is a number above both
+    its scorer's chance level (by `MARGIN`) and its shuffled-label baseline: `promotes …` at
+    simulation r 0.00, or a label no better than another feature's."""
+    if not scores:
+        return False  # never scored: nothing is known either way
+
+    def says(s: dict[str, Any]) -> bool:
+        v, base = s.get("value"), s.get("baseline")
+        if not isinstance(v, int | float) or not math.isfinite(v):
+            return False
+        floor = CHANCE.get(str(s.get("scorer")), 0.5) + MARGIN
+        beats_base = not isinstance(base, int | float) or not math.isfinite(base) or v > base
+        return v > floor and beats_base
+
+    return not any(says(s) for s in scores)
+
+
+def with_verdicts(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The features with `scores_nothing` on each label, from the scores of its explainer (the
+    dashboards show such a label as scoring nothing, not in bold). The input is not changed."""
+    out = []
+    for f in features:
+        scores = f.get("scores") or []
+        labels = [
+            {**lab, "scores_nothing": scores_nothing(
+                [s for s in scores if s.get("explainer") == lab.get("explainer")]
+            )}
+            for lab in f.get("labels") or []
+        ]  # fmt: skip
+        out.append({**f, "labels": labels})
+    return out
 
 
 def features_scripts(view: FeaturesView) -> tuple[str, ...]:

@@ -6,7 +6,13 @@
 (function () {
   "use strict";
   var PAGE = 25, SHOWN_TOP = 5;
-  var el = aimriDom.el, svg = aimriDom.svg, fmt = aimriDom.fmt, showTok = aimriDom.showTok;
+  var el = aimriDom.el, svg = aimriDom.svg, fmt = aimriDom.fmt;
+  // Tokens as the labels show them (features/words.py): ⏎ newline, ⇥ tab, special tokens by name.
+  function showTok(t) {
+    var s = String(t), special = /^<\|([^<>|]+)\|>$/.exec(s);
+    if (special) return "\u27e8" + special[1] + "\u27e9";
+    return s.replace(/\r?\n/g, "\u23ce").replace(/\t/g, "\u21e5");
+  }
   var feats = JSON.parse(document.getElementById("features-data").textContent);
   var meta = JSON.parse(document.getElementById("features-meta").textContent);
   var byIndex = new Map();
@@ -104,9 +110,14 @@
     var box = el("div", "labels");
     var labels = f.labels || [], scores = f.scores || [], used = new Set();
     labels.forEach(function (l) {
-      var row = el("div", "label");
+      var row = el("div", l.scores_nothing ? "label nil" : "label");
       row.appendChild(el("span", "ltext", l.text));
       row.appendChild(el("span", "expl", l.explainer));
+      if (l.scores_nothing) {
+        var nil = el("span", "nilnote", "scores nothing");
+        nil.title = "no score of this label beats chance and a label taken from another feature";
+        row.appendChild(nil);
+      }
       scores.forEach(function (s, k) {
         if (s.explainer === l.explainer) { row.appendChild(chip(s)); used.add(k); }
       });
