@@ -53,8 +53,9 @@ class Candidate(NamedTuple):
     """Its most frequent form, as written (case kept)."""
     mass: float
     """Summed peak activation over its occurrences in the explain split."""
-    contexts: list[str]
-    """Surface forms of the units right before it, by activation mass, highest first."""
+    context: str | None
+    """The surface form of the unit right before it that carries at least half its mass (over
+    two or more firing occurrences), if one does: the only context worth naming."""
 
 
 @final
@@ -66,7 +67,8 @@ class TokensExplainer:
     Candidates come by mass; a word is named only if the feature fires on at least
     `min_precision` of its occurrences (in its context, where one is given), so a frequent word
     the feature merely sits beside is not named. Each candidate is tried bare and after its
-    heaviest preceding unit; the context is kept where it raises the simulation score
+    preceding unit that carries most of its mass, if one does; the context is kept where it
+    raises the simulation score
     (`words.pooled_pearson` of `words.predict`) on the explainer's own examples. Naming stops
     at the first candidate that raises that score by less than `min_gain`, or at `max_items`."""
 
@@ -97,7 +99,8 @@ class TokensExplainer:
         named: list[str] = []
         r = 0.0  # a label naming nothing predicts a constant: r = 0
         for c in candidates(occurrences)[: self.max_candidates]:
-            tries = [words.item(c.surface)] + [words.item(c.surface, x) for x in c.contexts[:1]]
+            tries = [words.item(c.surface)]
+            tries += [words.item(c.surface, c.context)] if c.context is not None else []
             tries = [t for t in tries if _precision(occurrences, t) >= self.min_precision]
             if not tries:
                 continue
@@ -156,20 +159,25 @@ def candidates(occurrences: Sequence[Occurrence]) -> list[Candidate]:
     """Words the feature fires on, by summed peak activation, highest first."""
     mass: defaultdict[str, float] = defaultdict(float)
     surface: defaultdict[str, Counter[str]] = defaultdict(Counter)
-    context: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+    ctx_mass: defaultdict[str, defaultdict[str, float]] = defaultdict(lambda: defaultdict(float))
+    ctx_fired: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for o in occurrences:
         surface[o.unit][o.surface] += 1
         if o.peak > 0:
             mass[o.unit] += o.peak
             if o.before_surface is not None:
-                context[o.unit][o.before_surface] += o.peak
-    return [
-        Candidate(
-            k, surface[k].most_common(1)[0][0], m, sorted(context[k], key=lambda x: -context[k][x])
-        )
-        for k, m in sorted(mass.items(), key=lambda kv: -kv[1])
-        if k
-    ]
+                ctx_mass[o.unit][o.before_surface] += o.peak
+                ctx_fired[o.unit][o.before_surface] += 1
+    out = []
+    for k, m in sorted(mass.items(), key=lambda kv: -kv[1]):
+        if not k:
+            continue
+        heaviest = max(ctx_mass[k].items(), key=lambda kv: kv[1], default=None)
+        context = None
+        if heaviest and heaviest[1] >= 0.5 * m and ctx_fired[k][heaviest[0]] >= 2:
+            context = heaviest[0]
+        out.append(Candidate(k, surface[k].most_common(1)[0][0], m, context))
+    return out
 
 
 def _precision(occurrences: Sequence[Occurrence], item: str) -> float:
