@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from aimri.cli import main
@@ -61,10 +63,14 @@ def test_every_basis_is_labelled_scored_and_catalogued(described):
         assert cat.feature(r.dictionary.features.basis.name, f.index) == f
 
 
+def named_words(label: str) -> list[str]:
+    """The words a label names (not its notation: `fires on`, `after`)."""
+    return [w for w in re.findall(r'"([^"]*)"', label) if w.isalpha() and len(w) > 1]
+
+
 def test_cli_search_and_explain_text(described, capsys):
     cfg, r = described
-    label = next(lab for lab in r.dictionary.labels if any(c.isalpha() for c in lab.text))
-    word = next(w for w in label.text.replace('"', " ").split() if w.isalpha() and len(w) > 2)
+    word = next(w for lab in r.dictionary.labels for w in named_words(lab.text))
     assert main(["features", "search", word, "--catalog", str(cfg.out)]) == 0
     assert word.lower() in capsys.readouterr().out.lower()
     code = main(

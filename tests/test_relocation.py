@@ -16,6 +16,7 @@ from aimri.errors import AimriError
 from aimri.features.catalog import Catalog
 from aimri.features.pipeline import describe
 from aimri.ledger import read_ledger
+from tests.test_features_pipeline import named_words
 
 SITE = "blocks.1.hook_resid_post"
 
@@ -63,8 +64,8 @@ def test_a_moved_or_copied_run_still_explains_text_and_searches(run_folder, tmp_
     run, cfg = run_folder
     with Catalog.open(cfg.out) as cat:
         name = cat.identity.basis.name
-        label = next(lab.text for i in range(8) for lab in cat.labels(name, i) if lab.text)
-    word = next(w for w in label.replace('"', " ").split() if w.isalpha())
+        labels = [lab.text for i in range(8) for lab in cat.labels(name, i)]
+    word = next(w for label in labels for w in named_words(label))
     elsewhere = tmp_path / "elsewhere" / "y"
     elsewhere.parent.mkdir()
     (shutil.move if how == "move" else shutil.copytree)(run, elsewhere)
