@@ -59,5 +59,5 @@ def test_cuda_request_without_gpu(tiny_model_dir):
 
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(AimriError, match="no CUDA GPU is visible: use --device cpu"):
+    with pytest.raises(AimriError, match="no CUDA GPU is visible: use --model.device cpu"):
         aimri.load_model(str(tiny_model_dir("llama")), device="cuda")

@@ -216,6 +216,21 @@ def clear_for_overwrite(folder: Path, *, flag: str, keep: Iterable[Path] = ()) -
                 entry.unlink()
 
 
+def lock_holder(folder: Path) -> str | None:
+    """The pid of the aimri process writing `folder` now, or None when no one is."""
+    try:
+        fd = os.open(folder / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        return os.pread(fd, 64, 0).decode(errors="replace").strip() or "?"
+    finally:
+        os.close(fd)  # closing releases a shared lock taken just to look
+    return None
+
+
 @contextlib.contextmanager
 def writer_lock(folder: Path, *, what: str, enabled: bool = True) -> Iterator[None]:
     """Hold `<folder>/.aimri.lock` while writing `folder`; a second writer is refused at once.

@@ -45,6 +45,7 @@ from aimri.outputs import (
     check_output,
     check_writable,
     clear_for_overwrite,
+    lock_holder,
 )
 from aimri.store.manifest import check_store_before_work
 
@@ -234,7 +235,14 @@ def _paths_in(cfg: object) -> Iterator[Path]:
 
 def check_inputs(cfg: object) -> None:
     """Open a command's --dictionary now, so that a broken one is refused in a second rather
-    than after the model is loaded or, in a scan, after minutes of collection."""
+    than after the model is loaded or, in a scan, after minutes of collection; refuse a store
+    that is still being collected."""
+    store = cfg.store if isinstance(cfg, TrainConfig) else None
+    if store is not None and (pid := lock_holder(store)) is not None:
+        raise AimriError(
+            f"--store '{store}' is being collected right now (aimri process {pid}): nothing was "
+            "changed; wait for that `aimri collect` to finish, then run the same command again"
+        )
     dictionary = getattr(cfg, "dictionary", None)
     if isinstance(dictionary, Path):
         from aimri.dicts.formats import load_dictionary

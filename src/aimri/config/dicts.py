@@ -48,7 +48,10 @@ class DictConfig:
         if min(self.d_in, self.d_sae, self.k) < 1:
             raise AimriError("d_in, d_sae and k must be positive")
         if self.k > self.d_sae:
-            raise AimriError(f"k={self.k} exceeds the dictionary width d_sae={self.d_sae}")
+            raise AimriError(
+                f"k={self.k} exceeds the dictionary width d_sae={self.d_sae}: lower --k below "
+                f"{self.d_sae}, or raise --expansion (d_sae = expansion × the site's width)"
+            )
         if (self.skip or self.site_out) and not self.transcoder:
             raise AimriError("skip and site_out are for transcoders: also pass --transcoder")
 

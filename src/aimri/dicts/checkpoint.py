@@ -105,7 +105,7 @@ def read_checkpoint(
     if meta["identity"] != expected_identity:
         raise AimriError(
             f"'{cfg.out}' holds a checkpoint of a training run with another configuration: use "
-            "another --out, or delete its checkpoint folder to start over"
+            f"another --out, or pass --overwrite to start over there (from Python: delete '{ckpt}')"
         )
     return meta, read_safetensors(ckpt / "state.safetensors", fix)
 

@@ -183,7 +183,8 @@ def _checked_steps(cfg: TrainConfig, dict_cfg: DictConfig, store: BatchSource) -
     if steps < 1 or _usable_tokens(cfg, store) < cfg.optim.batch_size:
         raise AimriError(
             f"the store holds too few tokens for one batch of {cfg.optim.batch_size}: lower "
-            "--optim.batch-size or collect more tokens"
+            "--optim.batch-size or collect more tokens (raise --corpus.max-tokens; in a scan, "
+            "raise --dict-tokens)"
         )
     return steps
 

@@ -148,7 +148,20 @@ def _from_pretrained(where: str, cfg: ModelConfig) -> tuple[Any, Any]:
             _check_hub_reachable(cfg.spec)
             tok = AutoTokenizer.from_pretrained(where)
             hf = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except (ValueError, KeyError) as e:  # e.g. a model_type this transformers does not know
+        raise AimriError(
+            f"model '{cfg.spec}' could not be loaded by transformers ({_first_line(e)}): its "
+            "config.json names an architecture (model_type) this version cannot build; upgrade "
+            "transformers (pip install -U transformers), or give --model.spec a model of a "
+            "supported family"
+        ) from e
     except OSError as e:
+        if Path(where).is_dir():
+            raise AimriError(
+                f"model folder '{where}' could not be loaded ({_first_line(e)}): a file in it "
+                "is damaged or missing (config.json, the weights, the tokenizer); fix or replace "
+                "the folder, or give --model.spec another model"
+            ) from e
         raise AimriError(
             f"model '{cfg.spec}' could not be loaded: it is neither cached nor reachable "
             f"({str(e).splitlines()[0]}); download it where there is network, or use a local "
@@ -178,5 +191,15 @@ def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise AimriError(f"device '{name}' requested but no CUDA GPU is visible: use --device cpu")
+        raise AimriError(
+            f"device '{name}' requested but no CUDA GPU is visible: use --model.device cpu "
+            "(device='cpu' in Python), or --model.device auto"
+        )
+    index = torch.device(name).index if name.startswith("cuda") else None
+    if index is not None and index >= torch.cuda.device_count():
+        n = torch.cuda.device_count()
+        raise AimriError(
+            f"device '{name}' requested but only {n} CUDA GPU(s) are visible (cuda:0 to "
+            f"cuda:{n - 1}): use --model.device cuda:0, or --model.device auto"
+        )
     return torch.device(name)
