@@ -32,11 +32,11 @@ from aimri.features.score import (
     DetectionScorer,
     EmbeddingScorer,
     FuzzingScorer,
-    make_scorer,
     parse_verdicts,
     show,
     shuffled_label_texts,
 )
+from aimri.features.scorers import make_scorer
 from aimri.features.summary import (
     auroc,
     format_summary,
@@ -421,7 +421,7 @@ def test_wilson_interval_matches_its_formula_and_narrows_with_n():
 
 def test_token_rule_scorer_checks_the_named_tokens_on_held_out_windows():
     from aimri.features.records import Example, FeatureStats, Label
-    from aimri.features.score import make_scorer
+    from aimri.features.scorers import make_scorer
 
     def ex(words: list[str], kind: str, bucket: int = 0, fire: bool = False) -> Example:
         acts = [1.0 if fire and w == " import" else 0.0 for w in words]

@@ -10,7 +10,7 @@ import pytest
 
 from aimri.features.chat import ChatReply, TokenLogprob
 from aimri.features.records import Example, FeatureStats, Label, explain_split
-from aimri.features.score import make_scorer
+from aimri.features.scorers import make_scorer
 from aimri.features.simulate import SimulationScorer, parse_digits, simulation_windows
 from aimri.features.words import claims, pooled_pearson
 from tests.scripted import ScriptedClient

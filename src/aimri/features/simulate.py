@@ -18,7 +18,7 @@ Simulators, chosen per label:
   and answers one digit 0-9 per token ("all at once"); with logprobs each prediction is the
   expected digit under the model's distribution at that answer, else the digit it wrote. With no
   LLM given, a free-text label gets nan (`needs_llm`).
-`SimulationScorer` (registered as `simulation` in `score.SCORERS`) puts them together; its
+`SimulationScorer` (registered as `simulation` in `scorers.SCORERS`) puts them together; its
 headline is the pooled r, with r on the top windows alone and the windows' counts in metrics.
 Not here: the `Scorer` base and the shuffled-label baseline (`score.py`), summaries.
 """
