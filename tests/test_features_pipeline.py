@@ -40,7 +40,11 @@ def described(tiny_model, tiny_model_dir, tmp_path_factory):
 def test_every_basis_is_labelled_scored_and_catalogued(described):
     cfg, r = described
     kinds = [r.dictionary.features.basis.kind, *(b.features.basis.kind for b in r.baselines)]
-    assert kinds == ["sae", "neurons", "random"]
+    assert kinds == ["sae", "mlp_neurons", "random_dictionary", "residual", "random"]
+    mlp, untrained = r.baselines[0].features.basis, r.baselines[1].features.basis
+    assert mlp.site == "blocks.1.ln2.hook_normalized" and mlp.n_features == 64  # d_mlp
+    assert (untrained.site, untrained.n_features) == (SITE, 40)
+    assert [len(b.features.features) for b in r.baselines] == [6] * 4  # n_baseline each
     alive = {f.index for f in r.dictionary.features.features if f.density > 0}
     assert {lab.feature for lab in r.dictionary.labels} == alive
     assert {(s.explainer, s.scorer) for s in r.dictionary.scores} == {
@@ -51,14 +55,20 @@ def test_every_basis_is_labelled_scored_and_catalogued(described):
         ("logits", "embedding"),
     }
     # one summary row per basis × (explainer, scorer), counting every scored feature
-    assert len(r.summary) == 3 * 5
+    assert len(r.summary) == 5 * 5
     for row in r.summary:
         basis = next(b for b in [r.dictionary, *r.baselines] if b.features.basis.name == row.basis)
         assert row.n == sum(
             1 for s in basis.scores if s.explainer == row.explainer and s.scorer == row.scorer
         )
     with Catalog.open(cfg.out) as cat:
-        assert [b.kind for b in cat.bases()] == ["sae", "neurons", "random"]
+        assert [b.kind for b in cat.bases()] == [
+            "sae",
+            "mlp_neurons",
+            "random_dictionary",
+            "residual",
+            "random",
+        ]
         f = r.dictionary.features.features[0]
         assert cat.feature(r.dictionary.features.basis.name, f.index) == f
 

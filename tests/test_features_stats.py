@@ -8,7 +8,7 @@ import torch
 from aimri.config import CorpusConfig, DictConfig
 from aimri.dicts.dictionary import build_dictionary
 from aimri.errors import AimriError
-from aimri.features.basis import DictionaryBasis, NeuronBasis, RandomBasis
+from aimri.features.basis import DictionaryBasis, RandomBasis, ResidualBasis
 from aimri.features.effects import logit_effects
 from aimri.features.records import explain_split, score_split
 from aimri.features.sources import ModelContexts
@@ -109,12 +109,12 @@ def test_logit_effects_rank_tokens_as_the_unembedding_does(setup):
     assert torch.equal(eff.suppressed, (-full).topk(5, dim=-1).indices)
 
 
-def test_neurons_and_random_directions_run_through_the_same_code(setup):
+def test_residual_coordinates_and_random_directions_run_through_the_same_code(setup):
     model, corpus, _ = setup
     src = ModelContexts(model, corpus, SITE)
     mean = torch.zeros(32)
     spec = ExampleSpec(n_top=5, per_bucket=2, n_random_negative=4)
-    for basis in (NeuronBasis(SITE, mean), RandomBasis(SITE, mean, 16)):
+    for basis in (ResidualBasis(SITE, mean), RandomBasis(SITE, mean, 16)):
         fs = feature_statistics(basis, model, src, features=range(4), spec=spec)
         assert fs.basis.kind == basis.info.kind
         for f in fs.features:

@@ -1,8 +1,8 @@
 """The feature catalog: one SQLite file per run holding every analysed feature's statistics,
 examples, labels and scores, with full-text search (FTS5) over the labels.
 
-Several bases live in one catalog (the dictionary and its neuron and random baselines, all at the
-run's site), keyed by name. Integer columns `basis` refer to `bases.id`; JSON columns hold lists
+Several bases live in one catalog (the dictionary and its baselines, all at the run's layer:
+the MLP neurons read the MLP's input, the others the run's site), keyed by name. Integer columns `basis` refer to `bases.id`; JSON columns hold lists
 and dicts exactly as the records have them, so `FeatureSet → catalog → FeatureStats` is lossless.
 
 Safety: `Catalog.create` builds in a temporary file beside the target and renames it into place
@@ -42,6 +42,7 @@ from aimri.features.records import (
     TokenEffect,
 )
 from aimri.ledger import record_query
+from aimri.model.sites import parse_site
 
 if TYPE_CHECKING:
     from aimri.features.basis import FeatureBasis
@@ -109,7 +110,7 @@ class RunIdentity:
     """Which run a catalog describes: the dictionary it was made from and the model it reads."""
 
     basis: BasisInfo
-    """The dictionary's basis; every basis of the catalog (baselines too) is at its site."""
+    """The dictionary's basis; every basis of the catalog (baselines too) is at its layer."""
     dictionary: str
     """Folder of the dictionary, so `explain-text` needs only the catalog and the model. In a
     catalog: relative to the catalog's folder, so a run folder moved or copied with its
@@ -383,9 +384,10 @@ class Catalog:
         """Add (or replace) a basis's statistics and examples, in one transaction."""
         info, run = fs.basis, self.identity.basis
         known = {b.name: b for b in self.bases()}
-        if info.site != run.site or known.get(info.name, info) != info:
+        same_layer = parse_site(info.site).layer == parse_site(run.site).layer
+        if not same_layer or known.get(info.name, info) != info:
             raise AimriError(
-                f"{info} does not fit catalog '{self.path}': its bases are at site "
+                f"{info} does not fit catalog '{self.path}': its bases are at the layer of site "
                 f"'{run.site}' and it already holds {list(known.values())}"
             )
         with self._tx() as c:

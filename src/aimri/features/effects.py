@@ -24,8 +24,9 @@ class LogitEffects(NamedTuple):
 
 
 def decoder_neighbours(basis: FeatureBasis, sel: Tensor, k: int) -> tuple[Tensor, Tensor] | None:
-    """(cosines [S, k], feature ids [S, k]) of the nearest decoder directions; None for neurons."""
-    if basis.info.kind == "neurons" or basis.n_features < 2:
+    """(cosines [S, k], feature ids [S, k]) of the nearest decoder directions; None for the
+    residual coordinates (orthogonal axes: every cosine is 0)."""
+    if basis.info.kind == "residual" or basis.n_features < 2:
         return None
     W = basis.write_directions().float()
     W = W / W.norm(dim=-1, keepdim=True).clamp_min(1e-8)

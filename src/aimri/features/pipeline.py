@@ -1,9 +1,10 @@
 """`aimri features describe`: statistics → labels → held-out scores → catalog, with baselines.
 
 One function, `describe`, runs the stage for a dictionary: the dictionary's features, and (the
-honest comparison) neurons and random directions at the same site, each through the same
-statistics, explainers and scorers. Everything lands in one SQLite catalog. Not here: the
-parts themselves (`stats.py`, `explain.py`, `score.py`, `catalog.py`).
+honest comparison) its baselines, each through the same statistics, explainers and scorers:
+the MLP neurons of the same layer, an untrained dictionary of the same width and k, the site's
+residual coordinates and random directions (see `basis.py`). Everything lands in one SQLite
+catalog. Not here: the parts themselves (`stats.py`, `explain.py`, `score.py`, `catalog.py`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -20,18 +22,26 @@ from aimri.config import FeaturesConfig
 from aimri.dicts.dictionary import Dictionary
 from aimri.dicts.formats import load_dictionary
 from aimri.errors import AimriError
-from aimri.features.basis import DictionaryBasis, FeatureBasis, NeuronBasis, RandomBasis
+from aimri.features.basis import (
+    DictionaryBasis,
+    FeatureBasis,
+    MLPNeuronBasis,
+    RandomBasis,
+    ResidualBasis,
+    random_dictionary,
+)
 from aimri.features.catalog import Catalog, run_identity
 from aimri.features.chat import ChatClient
 from aimri.features.explain import make_explainer
 from aimri.features.llm import make_client
 from aimri.features.records import FeatureSet, Label, Score
 from aimri.features.scorers import make_scorer
-from aimri.features.sources import ContextSource, ModelContexts, StoreContexts
+from aimri.features.sources import ContextSource, ModelContexts, StoreContexts, at_site
 from aimri.features.stats import ExampleSpec, feature_statistics
 from aimri.features.summary import SummaryRow, interpretability_summary
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
+from aimri.model.sites import parse_site
 from aimri.store.reader import ActivationStore
 
 log = logging.getLogger(__name__)
@@ -71,25 +81,59 @@ def describe(
     basis.check_fits(model)
     source = source or _source(cfg, model, basis.site)
     chosen = features if features is not None else _first(basis.n_features, cfg.n_features)
-    bases: list[tuple[FeatureBasis, list[int]]] = [(basis, chosen)]
+    bases = [BasisRun(basis, chosen, source)]
     if cfg.baselines:
-        mean = site_mean(source)
-        n = cfg.n_baseline
-        neurons = NeuronBasis(basis.site, mean)
-        picked = torch.randperm(neurons.n_features, generator=_gen(cfg.seed))[:n].sort().values
-        bases += [
-            (neurons, picked.tolist()),
-            (RandomBasis(basis.site, mean, n, seed=cfg.seed), list(range(n))),
-        ]
+        bases += baselines(cfg, model, basis, source)
     spec = spec or ExampleSpec(seed=cfg.seed)
     # One client for the whole run: explainer and judges share its cache and its accounts.
     client = make_client(cfg.llm) if LLM_PARTS & {*cfg.explainers, *cfg.scorers} else None
-    results = [_one_basis(cfg, b, f, model, source, spec, client) for b, f in bases]
+    results = [_one_basis(cfg, r.basis, r.features, model, r.source, spec, client) for r in bases]
     summary = interpretability_summary(
         {r.features.basis.name: r.scores for r in results}, threshold=None
     )
     _write_catalog(cfg, model, basis, results, summary)
     return DescribeResult(cfg.out, results[0], results[1:], summary)
+
+
+class BasisRun(NamedTuple):
+    basis: FeatureBasis
+    features: list[int]
+    """The units to analyse."""
+    source: ContextSource
+    """The contexts of the basis's site."""
+
+
+def baselines(
+    cfg: FeaturesConfig, model: Model, basis: DictionaryBasis, source: ContextSource
+) -> list[BasisRun]:
+    """The baselines of `basis`, each with `cfg.n_baseline` units, all on the same contexts: a
+    seeded sample of the same layer's MLP neurons (left out, with a warning, where the MLP has
+    no single down projection), an untrained dictionary of the same width and k, a seeded
+    sample of the site's residual coordinates, and random directions."""
+    mean = site_mean(source)
+    n = cfg.n_baseline
+    runs: list[BasisRun] = []
+    mlp = _mlp_neurons(model, basis.site)
+    if mlp is not None:
+        picked = _sample(mlp.n_features, n, cfg.seed + 1)
+        runs.append(BasisRun(mlp, picked, at_site(source, model, mlp.site)))
+    untrained = DictionaryBasis(
+        random_dictionary(basis.dictionary, mean, seed=cfg.seed + 1), untrained=True
+    )
+    # Untrained latents are exchangeable: the first n are as good a sample as any.
+    runs.append(BasisRun(untrained, _first(untrained.n_features, n), source))
+    residual = ResidualBasis(basis.site, mean)
+    runs.append(BasisRun(residual, _sample(residual.n_features, n, cfg.seed), source))
+    runs.append(BasisRun(RandomBasis(basis.site, mean, n, seed=cfg.seed), list(range(n)), source))
+    return runs
+
+
+def _mlp_neurons(model: Model, site: str) -> MLPNeuronBasis | None:
+    try:
+        return MLPNeuronBasis(model, parse_site(site).layer)
+    except AimriError as e:
+        log.warning("no MLP-neuron baseline: %s", e)
+        return None
 
 
 def _one_basis(
@@ -173,5 +217,7 @@ def _first(n_total: int, n: int | None) -> list[int]:
     return list(range(n_total if n is None else min(n, n_total)))
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _sample(n_total: int, n: int, seed: int) -> list[int]:
+    """A seeded sample of n of n_total units, in index order."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_total, generator=g)[:n].sort().values.tolist()

@@ -16,7 +16,22 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
-BasisKind = Literal["sae", "transcoder", "neurons", "random"]
+BasisKind = Literal["sae", "transcoder", "mlp_neurons", "random_dictionary", "residual", "random"]
+"""What a basis is: a trained dictionary (`sae`, `transcoder`) or a baseline (the rest).
+Catalogs written before the MLP baseline call the residual coordinates `neurons`."""
+KIND_NAMES: dict[str, str] = {
+    "sae": "SAE features",
+    "transcoder": "transcoder features",
+    "mlp_neurons": "MLP neurons",
+    "random_dictionary": "a random sparse dictionary",
+    "residual": "residual coordinates",
+    "random": "random directions",
+    "neurons": "residual coordinates",
+}
+"""Basis kind → what a person reads for it."""
+BASELINE_KINDS = ("mlp_neurons", "random_dictionary", "residual", "random")
+"""Baselines in the order the features stage runs them: the model's own neurons at the layer,
+an untrained dictionary of the same shape and k, the site's coordinates, random directions."""
 ExampleKind = Literal["top", "quantile", "random_negative", "hard_negative"]
 
 
@@ -96,7 +111,7 @@ class FeatureStats:
 
 @dataclass(frozen=True)
 class BasisInfo:
-    """Which set of directions the features are: a dictionary, neurons or random directions."""
+    """Which set of directions the features are: a dictionary or one of the baselines."""
 
     kind: BasisKind
     site: str

@@ -3,11 +3,13 @@ interpretable a basis is, in one row per (basis, explainer, scorer) of scores.
 
 A row's headline is `frac_above`, the share of features whose label clears a threshold, with a
 Wilson 95% interval, beside `frac_above_baseline`, the same share for the shuffled-label
-baselines. Rows of one site side by side (a dictionary's features, the site's neurons, random
-directions) are how superposition shows: if the dictionary's features are monosemantic, many
-more of them clear the bar than neurons or random directions do, and far more than their
-baselines. A nan score (empty label, failed judge) counts in `n` and as not clearing the bar.
-Not here: how labels are judged (`score.py`), plots; the CLI prints `format_summary`.
+baselines. Rows of one layer side by side (a dictionary's features, the MLP's neurons, an
+untrained dictionary of the same shape, the site's residual coordinates, random directions) are
+how superposition shows: if the dictionary's features are monosemantic, many more of them clear
+the bar than any baseline's units do. A finding is worded by the strictest baseline, the one
+whose units clear the bar most often (`compare_with_strictest`). A nan score (empty label,
+failed judge) counts in `n` and as not clearing the bar. Not here: how labels are judged
+(`score.py`), plots; the CLI prints `format_summary`.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ class SummaryRow:
     """The scores of one explainer's labels on one basis, by one scorer."""
 
     basis: str
-    """The key of `scores_by_basis`, e.g. `sae`, `neurons`, `random`."""
+    """The key of `scores_by_basis`: in `describe`, the basis's name, e.g. `sae
+    blocks.15.hook_resid_post (4608)`, `MLP neurons blocks.15.mlp (1536)`."""
     explainer: str
     scorer: str
     n: int
@@ -157,6 +160,75 @@ def _row(basis: str, explainer: str, scorer: str, scores: list[Score], bar: floa
 def _mean(xs: Sequence[float]) -> float:
     finite = [x for x in xs if math.isfinite(x)]
     return sum(finite) / len(finite) if finite else math.nan
+
+
+def strictest_baseline(rows: Sequence[SummaryRow], *, dictionary: str) -> SummaryRow | None:
+    """The row, among `rows` of one explainer and scorer, of the baseline (any basis but
+    `dictionary`) whose units clear the bar most often (ties: the higher upper bound of the
+    interval, then the higher mean): the one a claim about the dictionary has to beat. None
+    when there is no baseline row."""
+    groups = {(r.explainer, r.scorer) for r in rows}
+    if len(groups) > 1:
+        raise AimriError(
+            f"strictest_baseline compares rows of one explainer and scorer, got {len(groups)} "
+            f"({', '.join(sorted(f'{e}/{s}' for e, s in groups))}): pass one group's rows"
+        )
+    others = [r for r in rows if r.basis != dictionary]
+    return max(
+        others,
+        key=lambda r: (r.frac_above, r.ci_high, r.mean if math.isfinite(r.mean) else -math.inf),
+        default=None,
+    )
+
+
+class BaselineComparison(NamedTuple):
+    ours: SummaryRow
+    """The dictionary's row."""
+    strictest: SummaryRow | None
+    """The strictest baseline's row (None without baselines)."""
+    verdict: str
+    """`above`, `below` or `not measurably different from` (by the 95% intervals), or `no
+    baseline`."""
+    sentence: str
+    """The finding in words, e.g. '24% of sae … clear simulation ≥ 0.5 (95% CI 18%–31%); the
+    strictest baseline, MLP neurons blocks.15.mlp (1536), reaches 3% (95% CI 1%–8%): above
+    it'."""
+
+
+def compare_with_strictest(
+    rows: Sequence[SummaryRow], *, dictionary: str, explainer: str, scorer: str
+) -> BaselineComparison:
+    """The dictionary's (explainer, scorer) row against the strictest baseline of that group:
+    `above` only where the dictionary's interval lies wholly above the baseline's."""
+    group = [r for r in rows if (r.explainer, r.scorer) == (explainer, scorer)]
+    ours = next((r for r in group if r.basis == dictionary), None)
+    if ours is None:
+        raise AimriError(
+            f"no summary row for '{dictionary}' with explainer '{explainer}' and scorer "
+            f"'{scorer}' (rows: {', '.join(sorted({f'{r.explainer}/{r.scorer}' for r in rows}))})"
+            ": pick a group the dictionary was scored in"
+        )
+    best = strictest_baseline(group, dictionary=dictionary)
+    head = (
+        f"{ours.frac_above:.0%} of {dictionary} clear {scorer} ≥ {ours.threshold:g} ({_ci(ours)})"
+    )
+    if best is None:
+        return BaselineComparison(ours, None, "no baseline", f"{head}; no baseline to compare")
+    if ours.ci_low > best.ci_high:
+        verdict = "above"
+    elif ours.ci_high < best.ci_low:
+        verdict = "below"
+    else:
+        verdict = "not measurably different from"
+    sentence = (
+        f"{head}; the strictest baseline, {best.basis}, reaches {best.frac_above:.0%} "
+        f"({_ci(best)}): {verdict} it"
+    )
+    return BaselineComparison(ours, best, verdict, sentence)
+
+
+def _ci(r: SummaryRow) -> str:
+    return f"95% CI {r.ci_low:.0%}–{r.ci_high:.0%}"
 
 
 def format_summary(rows: Sequence[SummaryRow]) -> str:
