@@ -182,7 +182,7 @@ def test_a_completed_run_drops_its_checkpoint_and_a_rerun_trains_nothing(toy, tm
 def test_resumed_training_equals_uninterrupted(toy, tmp_path, monkeypatch):
     cfg = toy_config(toy, tmp_path / "whole", optim=OptimConfig(batch_size=1024, tokens=100 * 1024))
     train(cfg)
-    import aimri.dicts.train as train_mod
+    import aimri.dicts.trainer as train_mod
 
     cut = toy_config(toy, tmp_path / "cut", optim=OptimConfig(batch_size=1024, tokens=100 * 1024))
     real_step = train_mod._step
@@ -211,7 +211,7 @@ def test_resumed_training_equals_uninterrupted(toy, tmp_path, monkeypatch):
 
 
 def test_nan_activations_stop_training_and_keep_the_checkpoint(toy, tmp_path, monkeypatch):
-    import aimri.dicts.train as train_mod
+    import aimri.dicts.trainer as train_mod
 
     real = train_mod._scaled_share
 

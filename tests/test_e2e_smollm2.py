@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from aimri import CorpusConfig, ScanConfig, scan
+from aimri.model.precision import cpu_has_bf16
 from aimri.report.render import render_report
 from aimri.scanner.stages import SECTIONS
 
@@ -66,11 +67,18 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         assert (r.run_dir / name).is_file(), name
     doc = json.loads(r.scan_json.read_text())
     removed = {x["path"] for x in doc["storage"]["removed"]}
-    assert removed == {"activations", "activations-dict", "activations-transcoders"}
+    assert removed == {"activations", "activations-dict"}
     assert not any((r.run_dir / name).exists() for name in removed), "caches are removed"
     assert not list(r.run_dir.rglob("checkpoint")), "finished training keeps no checkpoint"
     assert doc["schema_version"] == 2 and doc["model"]["weights_sha256"] == smollm2.weights_sha256
     assert doc["stages"]["activations"]["n_tokens"] == 1024
+    read = doc["stages"]["activations"]["read"]
+    assert read["dtype"] == ("bfloat16" if cpu_has_bf16() else "float32")
+    # one read fed all four consumers, each its own budget (trainers: a little more, as sinks
+    # and special tokens are left out of training)
+    assert read["consumers"]["statistics"] == 1024 and read["consumers"]["feature examples"] == 8192
+    assert read["consumers"]["SAE"] >= 8192 and read["consumers"]["transcoders"] >= 4096
+    assert read["n_tokens"] == max(read["consumers"].values())
     stats = {s["site"]: s for s in doc["stages"]["statistics"]["sites"]}
     assert (
         stats["blocks.29.hook_resid_post"]["norm_mean"]
@@ -96,7 +104,13 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
         < dict_stage["baselines"]["random"]["reconstruction_quality"]["fvu"]
     )
     feats = doc["stages"]["features"]
-    assert [b["info"]["kind"] for b in feats["bases"]] == ["sae", "neurons", "random"]
+    assert [b["info"]["kind"] for b in feats["bases"]] == [
+        "sae",
+        "mlp_neurons",
+        "random_dictionary",
+        "residual",
+        "random",
+    ]
     assert feats["sampled"] == 48 and len(feats["features"]) == 48
     assert (r.run_dir / feats["catalog"]).is_file()
     scored = {(row["explainer"], row["scorer"]) for row in feats["summary"]}
@@ -104,13 +118,15 @@ def test_scan_writes_a_run_directory_and_report(smollm2, tmp_path):
     headline = [
         r for r in feats["summary"] if (r["explainer"], r["scorer"]) == ("tokens", "simulation")
     ]
-    assert len(headline) == 3 and all(r["n"] > 0 for r in headline)  # sae, neurons, random
+    assert len(headline) == 5 and all(r["n"] > 0 for r in headline)  # sae and four baselines
     for row in feats["summary"]:
         assert 0 <= row["frac_above"] <= 1 and row["n"] > 0
     steering = doc["stages"]["steering"]
     assert "skipped" in steering or steering["verdict"].startswith(("Demonstrated", "No demo"))
     circuits = doc["stages"]["circuits"]
     assert circuits["transcoders"]["n_layers"] == 30
+    held_out_fvu = circuits["transcoders"]["held_out_fvu"]
+    assert len(held_out_fvu) == 30 and all(0 < f < 2 for f in held_out_fvu)
     assert [g["target"]["token"] for g in circuits["graphs"]] == [" Paris", " Spanish", "ik"]
     for g in circuits["graphs"]:
         assert (r.run_dir / "graphs" / f"{g['slug']}.json").is_file()

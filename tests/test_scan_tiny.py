@@ -36,7 +36,7 @@ def test_a_scan_of_a_tiny_model_runs_every_stage_and_tidies_its_folder(tiny_mode
     assert len(stages["features"]["features"]) == 8
     assert (r.run_dir / stages["concepts"]["directions"]).is_dir()
     assert {x["path"] for x in doc["storage"]["removed"]} == {
-        "activations", "activations-dict", "activations-transcoders"
+        "activations", "activations-dict"
     }  # fmt: skip
     assert not list(r.run_dir.rglob("checkpoint")) and not (r.run_dir / "activations").exists()
     assert set(doc["timings_s"]) >= set(stages)

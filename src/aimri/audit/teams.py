@@ -22,7 +22,7 @@ Both teams read the same replies, so the budget of generated text is the same.
 A hypothesis is a sentence with its claim (`Hypothesis.claim`: behaviour, what, when, counts),
 examples (A's and B's replies side by side) and a test to rerun (`rerun`), ranked by effect
 (B's rate − A's, less one standard error); lens hypotheses (A steered, not B) count half.
-Not here: scoring against a plant (`audit_judge.py`), planting (`plant.py`).
+Not here: scoring against a plant (`judge.py`), planting (`plant.py`).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ LENS_WEIGHT = 0.5
 def neutral_texts(n: int = 32, max_chars: int = 400, seed: int = 1) -> list[str]:
     """The first n built-in corpus documents, each cut to max_chars: text neither model was
     fine-tuned on (the lens reads only their first tokens)."""
-    docs = iter_documents(CorpusConfig(source="builtin", seed=seed))
+    docs = iter_documents(CorpusConfig(source="pydoc", seed=seed))
     return [d[:max_chars] for d in itertools.islice(docs, n)]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from aimri._io import write_json_atomic
-from aimri.circuits.annotate import logit_labels, supernodes
+from aimri.circuits.annotate import FiringIndex, logit_labels, supernodes, word_labels
 from aimri.circuits.attribute import AttributionSettings, attribute, logit_vectors
 from aimri.circuits.graph import Graph, graph_json, strongest_links
 from aimri.circuits.qk import qk_attribution
@@ -67,6 +67,7 @@ def trace_prompt(
     settings: AttributionSettings | None = None,
     *,
     check: bool = True,
+    firing: FiringIndex | None = None,
 ) -> TraceResult:
     settings = settings or AttributionSettings(progress=False)
     transcoders = as_stack(transcoders)
@@ -78,8 +79,9 @@ def trace_prompt(
         model, rep, graph, logit_vectors(rep, graph.logit_ids[:1]), graph.node_id(top_logit)
     )
     labels = logit_labels(model, transcoders, graph)
+    words = word_labels(model, firing, graph, labels) if firing is not None else labels
     data = graph_json(
-        graph, slug=slug, scan=model.info.spec, labels=labels, supernodes=supernodes(graph, labels)
+        graph, slug=slug, scan=model.info.spec, labels=words, supernodes=supernodes(graph, labels)
     )
     path = out / f"{slug}.json"
     out.mkdir(parents=True, exist_ok=True)

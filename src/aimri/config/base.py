@@ -44,7 +44,10 @@ class CorpusConfig:
     """Where text comes from and how it becomes fixed-length token contexts."""
 
     source: str = "builtin"
-    """`builtin` (Python's own documentation and sources; no download), a `.txt`/`.jsonl`/
+    """`builtin` (what a chat model is used on: conversation turns in its chat template and
+    general-knowledge prose, written by SmolLM2 from a seeded list of topics and shipped with
+    aimri), `builtin-held-out` (the same kinds of text on other topics, asked in other words: for
+    evaluation), `pydoc` (Python's own documentation and sources), a `.txt`/`.jsonl`/
     `.parquet` file or a folder of them, a `datasets` folder saved with `save_to_disk`, or
     `hf:NAME[:CONFIG]` for a Hugging Face dataset (cached, or online)."""
     text_field: str = "text"

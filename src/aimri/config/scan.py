@@ -28,6 +28,14 @@ class ScanConfig:
     """Parent folder of run directories."""
     name: str | None = None
     """Run name (a folder under `runs_dir`); default: `<model>-<date>-<time>`."""
+    depth: Literal["quick", "standard", "deep"] = "standard"
+    """How many tokens the dictionaries train on: quick (81,920 for the SAE, 16,384 for the
+    transcoders), standard (262,144 and 81,920; ≤ 600 s on 2 CPU cores), deep (1,048,576 and
+    327,680; about an hour on 2 CPU cores, minutes on a GPU)."""
+    read_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """Precision of the read that feeds the statistics and the dictionaries: `auto` is bf16
+    where the CPU (AVX-512 BF16, AMX) or GPU computes it natively, else float32. Steering,
+    circuits and the check-up run at --model.dtype."""
     store_dtype: DType = "float16"
     """Dtype activations are stored in."""
     batch_size: int = 16
@@ -35,12 +43,14 @@ class ScanConfig:
     overwrite: bool = False
     """Replace a stored activation set made with another configuration."""
     keep_activations: bool = False
-    """Keep the activation caches the stages trained on (about 1.7 GB at the defaults) in the
-    run folder; by default they are removed once the report is written (the report says so)."""
+    """Keep the two activation stores the read wrote (statistics and feature examples, about
+    660 MB at the defaults) in the run folder; by default they are removed once the report is
+    written (the report says so). The dictionaries train on the stream and need no store."""
     dict_site: str = ""
     """Site to train (or load) a dictionary for; default: the middle layer's resid_post."""
-    dict_tokens: int = 81_920
-    """Tokens collected for the dictionary (it trains on several passes over them)."""
+    dict_tokens: int | None = None
+    """Distinct tokens the SAE trains on, in one pass; default: the --depth's (standard:
+    262,144)."""
     dictionary: Path | None = None
     """Load this dictionary (SAELens layout) instead of training one."""
     n_features: int = 256
@@ -59,9 +69,9 @@ class ScanConfig:
     intervention (trains a small transcoder per layer unless --transcoders is given)."""
     transcoders: Path | None = None
     """Load this transcoder set (`layer_<L>/` folders) instead of training one."""
-    tc_tokens: int = 16_384
-    """Tokens the scan's transcoders train on (one pass of the model; 3 passes over the data,
-    width 4 × d_model, k = 16: `aimri.dicts.transcoder_set.set_recipe`)."""
+    tc_tokens: int | None = None
+    """Distinct tokens the scan's transcoders train on, in one pass (width 4 × d_model, k = 16);
+    default: the --depth's (standard: 81,920)."""
     circuit_prompts: tuple[str, ...] = ()
     """More prompts to trace, beside the built-in demonstrations."""
     concepts: bool = True
@@ -76,7 +86,14 @@ class ScanConfig:
     """An earlier version of the model (a spec as for --model.spec): add a diff against it."""
 
     def __post_init__(self) -> None:
-        at_least_one(self, "batch_size", "n_features", "dict_tokens", "tc_tokens")
+        at_least_one(self, "batch_size", "n_features")
+        for name in ("dict_tokens", "tc_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 1024:
+                raise AimriError(
+                    f"--{name.replace('_', '-')} {value}: a dictionary needs at least 1,024 "
+                    "tokens to train; raise it or leave it to --depth"
+                )
         if self.concept_random < 2:
             raise AimriError(
                 f"--concept-random {self.concept_random}: the random baseline needs at least 2 "

@@ -1,4 +1,5 @@
-"""Documents from a corpus source: built-in, text/JSONL/Parquet files, `datasets`.
+"""Documents from a corpus source: built-in (chat corpus, Python docs), text/JSONL/Parquet
+files, `datasets`.
 
 Each source yields plain strings (documents) in a deterministic order for a seed. File sources
 go through a seeded, bounded shuffle buffer so big files stream in bounded memory.
@@ -9,28 +10,37 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from aimri.config import CorpusConfig
 from aimri.corpus.builtin import builtin_documents
+from aimri.corpus.chat import chat_documents
 from aimri.errors import AimriError
 
 SHUFFLE_BUFFER = 10_000
+BUILTIN_SOURCES: dict[str, Callable[[int], Iterator[str]]] = {
+    "builtin": lambda seed: chat_documents("train", seed),
+    "builtin-held-out": lambda seed: chat_documents("held-out", seed),
+    "pydoc": builtin_documents,
+}
+"""Corpora that ship with aimri (no download): the chat corpus's training and held-out splits
+(`chat.py`), and Python's own documentation and sources (`builtin.py`)."""
 FILE_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 
 def iter_documents(cfg: CorpusConfig) -> Iterator[str]:
     """Documents of `cfg.source`, non-empty, in a deterministic order for `cfg.seed`."""
-    if cfg.source == "builtin":
-        return builtin_documents(cfg.seed)
+    if cfg.source in BUILTIN_SOURCES:
+        return BUILTIN_SOURCES[cfg.source](cfg.seed)
     if cfg.source.startswith("hf:"):
         return _shuffled(_hub_dataset(cfg), cfg.seed)
     path = Path(cfg.source).expanduser()
     if not path.exists():
         raise AimriError(
-            f"corpus '{cfg.source}' not found: give 'builtin', a .txt/.jsonl/.parquet file or "
+            f"corpus '{cfg.source}' not found: give {', '.join(map(repr, BUILTIN_SOURCES))}, a "
+            ".txt/.jsonl/.parquet file or "
             "a folder of them, a saved `datasets` folder, or 'hf:NAME[:CONFIG]'"
         )
     return _shuffled(_file_documents(path, cfg), cfg.seed)

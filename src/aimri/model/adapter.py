@@ -17,6 +17,7 @@ A read sees the value after any patch at the same site.
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -98,6 +99,14 @@ class Model:
     @property
     def device(self) -> torch.device:
         return next(self.hf.parameters()).device
+
+    def at_dtype(self, dtype: torch.dtype) -> Model:
+        """This model at another dtype: itself if already there, else a copy (the original keeps
+        its weights; the copy shares the tokenizer)."""
+        if next(self.hf.parameters()).dtype == dtype:
+            return self
+        hf = copy.deepcopy(self.hf).to(dtype)
+        return Model(hf, self.tokenizer, spec=self.info.spec, source=self.info.source)
 
     def expand_sites(self, patterns: Sequence[str]) -> list[str]:
         """Names and globs → this model's site names in forward-pass order."""

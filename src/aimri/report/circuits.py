@@ -97,8 +97,13 @@ def circuits_view(section: dict[str, Any]) -> CircuitsView:
     n_layers = tc.get("n_layers") if isinstance(tc.get("n_layers"), int) else None
     graphs = [g for g in section.get("graphs") or [] if isinstance(g.get("graph"), dict)]
     heads = section.get("heads") or {}
+    facts = {k: v for k, v in tc.items() if isinstance(v, str | int | float | bool)}
+    held_out = [x for x in tc.get("held_out_fvu") or [] if isinstance(x, int | float)]
+    if held_out:
+        facts["held_out_fvu_mean"] = sum(held_out) / len(held_out)
+        facts["held_out_fvu_min"], facts["held_out_fvu_max"] = min(held_out), max(held_out)
     return CircuitsView(
-        transcoders={k: v for k, v in tc.items() if isinstance(v, str | int | float | bool)},
+        transcoders=facts,
         graphs=[graph_panel(g) for g in graphs],
         heads=[
             (kind, top_heads(rows))

@@ -25,7 +25,15 @@ from markupsafe import Markup
 from aimri.report.svg import line_chart
 
 # Dictionaries first, then the baselines they are compared with.
-_KIND_ORDER = {"sae": 0, "transcoder": 0, "neurons": 1, "random": 2}
+_KIND_ORDER = {
+    "sae": 0,
+    "transcoder": 0,
+    "mlp_neurons": 1,
+    "random_dictionary": 2,
+    "residual": 3,
+    "neurons": 3,
+    "random": 4,
+}
 
 
 @dataclass(frozen=True)
@@ -167,7 +175,7 @@ def summary_groups(
         groups.setdefault((r["explainer"], r["scorer"]), []).append(row)
     ordered = sorted(groups.items(), key=lambda kv: kv[0][1] != "simulation")  # headline first
     return [
-        SummaryGroup(e, s, sorted(rows, key=lambda r: _KIND_ORDER.get(r["kind"], 3)))
+        SummaryGroup(e, s, sorted(rows, key=lambda r: _KIND_ORDER.get(r["kind"], 5)))
         for (e, s), rows in ordered
     ]
 

@@ -10,13 +10,12 @@ import dataclasses
 from typing import Any, TypedDict
 
 from aimri._io import to_jsonable
-from aimri.config import CollectConfig
 from aimri.report.internals import logit_lens_view, statistics_view
 from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.read import ReadInfo, scan_read
 from aimri.scanner.stage import Method, Result, Stage
-from aimri.store.collect import collect
 from aimri.store.lens import lens_over_store, lens_table, residual_sites
 from aimri.store.reader import ActivationStore
 from aimri.store.stats import site_statistics
@@ -41,6 +40,8 @@ class ActivationsResult(TypedDict):
     tokens_per_second: float
     resumed_shards: int
     sample_contexts: list[str]
+    read: ReadInfo
+    """The one read that fed these statistics and the dictionaries."""
 
 
 class StatisticsResult(TypedDict):
@@ -55,31 +56,26 @@ class LensResult(TypedDict):
 
 
 def activations_stage(run: ScanRun) -> ActivationsResult:
+    """The one read (`read.py`): stores for the statistics and feature examples, and the SAE
+    and transcoders trained on the same pass."""
     cfg, model = run.cfg, run.model
-    collect_cfg = CollectConfig(
-        out=run.layout.activations,
-        model=cfg.model,
-        corpus=cfg.corpus,
-        sites=cfg.sites,
-        dtype=cfg.store_dtype,
-        batch_size=cfg.batch_size,
-        overwrite=cfg.overwrite,
-    )
-    r = collect(collect_cfg, model=model)
-    store = ActivationStore(r.path)
+    run.read = scan_read(cfg, model, run.layout.root)
+    store = ActivationStore(run.layout.activations)
     tokens = store.load("tokens", 0)
     ctx_len = cfg.corpus.ctx_len
     samples = [model.tokenizer.decode(tokens[i * ctx_len : (i + 1) * ctx_len]) for i in range(3)]
+    info = run.read.info
     return {
         "path": run.layout.relative(run.layout.activations),
         "corpus": to_jsonable(cfg.corpus),
         "sites": store.identity["sites"],
         "dtype": cfg.store_dtype,
-        "n_tokens": r.n_tokens,
-        "n_shards": r.n_shards,
-        "tokens_per_second": round(r.tokens_per_second, 1),
-        "resumed_shards": r.resumed_shards,
+        "n_tokens": store.n_tokens,
+        "n_shards": store.n_shards,
+        "tokens_per_second": info["tokens_per_second"],
+        "resumed_shards": 0,
         "sample_contexts": samples,
+        "read": info,
     }
 
 
@@ -170,12 +166,16 @@ ACTIVATIONS = Stage(
     "activations",
     activations_stage,
     checked=lambda r: (
-        f"{r['n_tokens']:,} tokens of {r['corpus']['source']} text read at {len(r['sites'])} sites"
+        f"{r['read']['n_tokens']:,} tokens of {r['corpus']['source']} text read once "
+        f"(at {r['read']['dtype']}), feeding the statistics of {len(r['sites'])} sites "
+        f"({r['n_tokens']:,} tokens) and the dictionaries"
     ),
     method=lambda r, c: Method(
         "activations",
-        "forward passes with read-only hooks",
-        f"sites {c.get('sites')}, stored as {r['dtype']}",
+        "one read: forward passes with read-only hooks, each batch handed to every consumer "
+        "(statistics store, feature examples, SAE and transcoder training)",
+        f"sites {c.get('sites')}, read at {r['read']['dtype']}, stored as {r['dtype']}; "
+        f"depth {r['read']['depth']}",
     ),
 )
 STATISTICS = Stage(

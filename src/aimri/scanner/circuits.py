@@ -1,6 +1,7 @@
 """The scan's circuits stage: how the model reaches three answers, traced and checked.
 
-Trains (or loads) a transcoder per layer from one pass of the model, then for each
+Uses the transcoder per layer the activations stage's one read trained (or loads a set), then
+for each
 demonstration prompt the model gets right (a factual recall, a two-hop recall, an induction
 copy) builds the attribution graph, prunes it, checks its strongest edges by ablation in the
 real model, names its features by what they write towards, and writes the graph in the JSON
@@ -11,43 +12,38 @@ Not here: attribution, validation, head scores themselves (`aimri.circuits`).
 
 from __future__ import annotations
 
-import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TypedDict
 
 import torch
 
+from aimri.circuits.annotate import firing_index
 from aimri.circuits.heads import score_heads
 from aimri.circuits.run import trace_prompt
-from aimri.config import CollectConfig, ScanConfig
-from aimri.dicts.train import train_many
-from aimri.dicts.transcoder_set import load_transcoder_set, set_recipe
+from aimri.config import CorpusConfig, ScanConfig
+from aimri.corpus.contexts import special_tokens
+from aimri.dicts.dictionary import Transcoder
+from aimri.dicts.transcoder_set import load_transcoder_set
 from aimri.model.adapter import Model
 from aimri.report.circuits import circuits_scripts, circuits_view
 from aimri.report.view import View
+from aimri.scanner.dictionary import eval_corpus
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.read import TranscoderTraining
 from aimri.scanner.stage import Method, Result, Skipped, Stage
-from aimri.store.collect import collect
 from aimri.store.lens import lens_table
-from aimri.store.reader import ActivationStore
+from aimri.store.reader import ActivationStore, forward_batches
+from aimri.store.sinks import find_sinks, special_ids
 
+HELD_OUT_TOKENS = 4096
+LABEL_CONTEXTS = 64
+"""Contexts of the scan's text the graph features' words are read from (8,192 tokens)."""
 DEMOS = (
     ("capital-france", "Factual recall", "The capital of France is"),
     ("two-hop-madrid", "Two-hop recall", "People in the country whose capital is Madrid speak"),
     ("induction-name", "Induction (copying)", "Anna Krolikowska met Tom. Later, Anna Krol"),
 )
-
-
-class TranscoderTraining(TypedDict):
-    tokens: int
-    passes: float
-    expansion: int
-    k: int
-    fvu: list[float]
-    """Per layer, over the last 10% of training steps."""
-    l0: list[float]
-    dead_fraction: list[float]
-    seconds: float
 
 
 class TranscodersInfo(TypedDict):
@@ -57,6 +53,11 @@ class TranscodersInfo(TypedDict):
     k: int
     architecture: str
     training: TranscoderTraining | None
+    held_out_fvu: list[float]
+    """Per layer, on held-out text (sinks left out): what each transcoder misses of its MLP's
+    output, the error nodes' share."""
+    held_out: str
+    """The held-out text, in words."""
 
 
 class PromptLens(TypedDict):
@@ -81,19 +82,24 @@ def circuits_stage(run: ScanRun) -> CircuitsResult | Skipped:
         return {"skipped": "turned off with --no-circuits"}
     if cfg.transcoders is not None:
         path, training = cfg.transcoders, None
-    else:
+    else:  # trained by the activations stage's one read
         path = layout.transcoders
-        training = _train(cfg, model, layout.transcoder_activations, path)
+        training = run.read.transcoders if run.read is not None else None
     transcoders = load_transcoder_set(path, n_layers=model.info.n_layers)
     demos = [
         *DEMOS,
         *((f"prompt-{i}", "Your prompt", p) for i, p in enumerate(cfg.circuit_prompts)),
     ]
-    graphs = [trace_prompt(model, transcoders, layout.graphs, *d).record for d in demos]
+    # The words each graph feature fires on, from one pass over the scan's own text.
+    firing = firing_index(model, transcoders, _text_ids(cfg, layout.activations, LABEL_CONTEXTS))
+    graphs = [
+        trace_prompt(model, transcoders, layout.graphs, *d, firing=firing).record for d in demos
+    ]
     for g in graphs:
         g["file"] = layout.relative(layout.graphs / g["file"])
     heads = score_heads(model, _text_ids(cfg, layout.activations))
     first = transcoders[0].cfg
+    held_out = eval_corpus(cfg.corpus, HELD_OUT_TOKENS)
     return {
         "transcoders": {
             "path": layout.relative(path),
@@ -102,6 +108,8 @@ def circuits_stage(run: ScanRun) -> CircuitsResult | Skipped:
             "k": first.k,
             "architecture": first.architecture,
             "training": training,
+            "held_out_fvu": transcoder_fvu(model, transcoders, held_out),
+            "held_out": f"{HELD_OUT_TOKENS:,} tokens of {held_out.source} (seed {held_out.seed})",
         },
         "graphs": graphs,
         "heads": {
@@ -115,44 +123,40 @@ def circuits_stage(run: ScanRun) -> CircuitsResult | Skipped:
     }
 
 
-def _text_ids(cfg: ScanConfig, store: Path) -> torch.Tensor:
-    """Up to 8 contexts of the scan's corpus, as token ids [n, ctx_len]."""
+@torch.no_grad()
+def transcoder_fvu(
+    model: Model, transcoders: Sequence[Transcoder], corpus: CorpusConfig
+) -> list[float]:
+    """Each layer's transcoder on `corpus`: 1 - R² of its MLP-output prediction, sinks and
+    special tokens left out (as in training)."""
+    layers = range(len(transcoders))
+    sites = [
+        s for L in layers for s in (f"blocks.{L}.ln2.hook_normalized", f"blocks.{L}.hook_mlp_out")
+    ]
+    special = special_ids(model.tokenizer, [special_tokens(model.tokenizer, True).separator])
+    err = [0.0 for _ in layers]
+    ys: list[list[torch.Tensor]] = [[] for _ in layers]
+    for b in forward_batches(model, corpus, sites, batch_size=16):
+        positions = torch.arange(len(b.tokens)) % corpus.ctx_len
+        parts = [b.acts[s].float() for s in sites]
+        keep = ~find_sinks(b.tokens, positions, parts, special).sink
+        for L in layers:
+            x, y = parts[2 * L][keep], parts[2 * L + 1][keep]
+            d = transcoders[L]
+            err[L] += float((d.decode(d.encode(x), x) - y).pow(2).sum())
+            ys[L].append(y)
+    out = []
+    for L in layers:
+        y = torch.cat(ys[L])
+        out.append(round(err[L] / float((y - y.mean(0)).pow(2).sum()), 4))
+    return out
+
+
+def _text_ids(cfg: ScanConfig, store: Path, n: int = 8) -> torch.Tensor:
+    """Up to `n` contexts of the scan's corpus, as token ids [n, ctx_len]."""
     tokens = ActivationStore(store).load("tokens", 0)
     ctx = cfg.corpus.ctx_len
-    return torch.as_tensor(tokens[: 8 * ctx]).long().view(-1, ctx)
-
-
-def _train(cfg: ScanConfig, model: Model, store: Path, out: Path) -> TranscoderTraining:
-    corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.tc_tokens, seed=cfg.corpus.seed + 2)
-    collect(
-        CollectConfig(
-            out=store,
-            model=cfg.model,
-            corpus=corpus,
-            sites=("blocks.*.ln2.hook_normalized", "blocks.*.hook_mlp_out"),
-            dtype=cfg.store_dtype,
-            batch_size=cfg.batch_size,
-            overwrite=cfg.overwrite,
-        ),
-        model=model,
-    )
-    recipe = set_recipe(out, store=store)
-    optim = recipe.train.optim
-    assert optim.tokens is not None
-    train_tokens = optim.tokens * cfg.tc_tokens // recipe.tokens
-    scaled = dataclasses.replace(optim, tokens=train_tokens)
-    train_cfg = dataclasses.replace(recipe.train, optim=scaled, device=cfg.model.device)
-    results = train_many(train_cfg)
-    return {
-        "tokens": cfg.tc_tokens,
-        "passes": round(train_tokens / cfg.tc_tokens, 2),
-        "expansion": train_cfg.expansion,
-        "k": train_cfg.k,
-        "fvu": [r.fvu for r in results],
-        "l0": [r.l0 for r in results],
-        "dead_fraction": [r.dead_fraction for r in results],
-        "seconds": round(max(r.seconds for r in results), 1),  # one shared run
-    }
+    return torch.as_tensor(tokens[: n * ctx]).long().view(-1, ctx)
 
 
 def _prompt_lens(model: Model, prompt: str, token_id: int) -> PromptLens:

@@ -1,57 +1,32 @@
-"""The scan's dictionary stage: train (or load) an SAE for one site and evaluate it.
+"""The scan's dictionary stage: evaluate the SAE the read trained (or the one given with
+--dictionary) on held-out text, against PCA and random baselines of the same size.
 
-Collects the site alone (the forward pass stops there), trains a TopK SAE on several passes
-over those tokens, and evaluates it on other text against PCA and random baselines of the same
-size. Small by design (a few minutes on a laptop CPU): it shows the pipeline and honest
-numbers, not a production dictionary. Not here: the training and evaluation themselves.
+The SAE was trained by the activations stage's one read (`read.py`: a TopK SAE, one pass over
+fresh tokens of the scan's corpus). Evaluation reads other text: for the built-in corpus its
+held-out split (other topics, other wording), else the same source in another order.
+Not here: the training and evaluation themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, TypedDict
 
-from aimri.config import (
-    CollectConfig,
-    EvalConfig,
-    OptimConfig,
-    ScanConfig,
-    TrainConfig,
-)
+from aimri.config import CorpusConfig, EvalConfig
 from aimri.dicts.evaluate import evaluate
 from aimri.dicts.formats import load_dictionary
-from aimri.dicts.train import train
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.report.internals import dictionary_view
 from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.read import DictTraining, dict_site
 from aimri.scanner.stage import Method, Result, Stage
-from aimri.store.collect import collect
 from aimri.store.manifest import read_manifest
 
-PASSES = 3
-"""Passes over the collected tokens: 3 keeps the default scan within 600 s on 2 cores (4 passes
-cost ~35 s more for a slightly lower FVU)."""
-BATCH = 1024
 EVAL_TOKENS = 4096
-
-
-class DictTraining(TypedDict):
-    architecture: str
-    d_sae: int
-    k: int
-    steps: int
-    tokens: int
-    passes: int
-    tokens_per_second: float
-    fvu: float
-    l0: float
-    dead_fraction: float
-    curve: dict[str, list[float]]
 
 
 class SinksLeftOut(TypedDict):
@@ -73,6 +48,8 @@ class DictionaryResult(TypedDict):
     path: str
     trained_here: bool
     training: DictTraining | None
+    eval_corpus: str
+    """The text the evaluation read."""
     eval: dict[str, Any]
     """`dicts.evaluate` metrics, SAEBench's groups, FVU on ordinary tokens."""
     baselines: dict[str, Any]
@@ -82,9 +59,9 @@ class DictionaryResult(TypedDict):
 
 def dictionary_stage(run: ScanRun) -> DictionaryResult:
     cfg, model, layout = run.cfg, run.model, run.layout
-    site = cfg.dict_site or f"blocks.{model.info.n_layers // 2}.hook_resid_post"
+    site = dict_site(cfg, model)
     model.expand_sites([site])  # a clear error for a site this model lacks
-    training: DictTraining | None = None
+    training = run.read.sae if run.read is not None else None
     if cfg.dictionary is not None:
         path = cfg.dictionary
         loaded = load_dictionary(path)
@@ -95,19 +72,26 @@ def dictionary_stage(run: ScanRun) -> DictionaryResult:
         site = loaded.cfg.site or site
     else:
         path = layout.dictionary(site)
-        training = _train(cfg, model, layout.dict_activations, site, path)
-    corpus = dataclasses.replace(cfg.corpus, max_tokens=EVAL_TOKENS, seed=cfg.corpus.seed + 1)
+    corpus = eval_corpus(cfg.corpus, EVAL_TOKENS)
     result = evaluate(EvalConfig(dictionary=path, model=cfg.model, corpus=corpus), model=model)
     return {
         "site": site,
         "path": layout.relative(path),
-        "trained_here": training is not None,
+        "trained_here": cfg.dictionary is None,
         "training": training,
+        "eval_corpus": f"{corpus.source} (seed {corpus.seed})",
         "eval": result.metrics,
         "baselines": result.baselines,
         "eval_tokens": EVAL_TOKENS,
-        "sinks": _sinks(layout.dict_activations, site, model) if training else None,
+        "sinks": _sinks(layout.dict_activations, site, model) if cfg.dictionary is None else None,
     }
+
+
+def eval_corpus(corpus: CorpusConfig, max_tokens: int) -> CorpusConfig:
+    """Text the dictionaries did not train on: the built-in corpus's held-out split (other
+    topics, other wording), or for other sources the same source in another order."""
+    held_out = "builtin-held-out" if corpus.source == "builtin" else corpus.source
+    return dataclasses.replace(corpus, source=held_out, max_tokens=max_tokens, seed=corpus.seed + 1)
 
 
 def _sinks(store: Path, site: str, model: Model) -> SinksLeftOut | None:
@@ -129,69 +113,21 @@ def _sinks(store: Path, site: str, model: Model) -> SinksLeftOut | None:
     }
 
 
-def _train(cfg: ScanConfig, model: Model, store: Path, site: str, out: Path) -> DictTraining:
-    corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.dict_tokens)
-    collect(
-        CollectConfig(
-            out=store,
-            model=cfg.model,
-            corpus=corpus,
-            sites=(site,),
-            dtype=cfg.store_dtype,
-            batch_size=cfg.batch_size,
-            overwrite=cfg.overwrite,
-        ),
-        model=model,
-    )
-    optim = OptimConfig(
-        batch_size=BATCH,
-        tokens=PASSES * cfg.dict_tokens * (cfg.corpus.ctx_len - 1) // cfg.corpus.ctx_len,
-    )
-    r = train(
-        TrainConfig(
-            store=store,
-            site=site,
-            out=out,
-            architecture="topk",
-            expansion=8,
-            k=32,
-            optim=optim,
-            device=cfg.model.device,
-        )
-    )
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return {
-        "architecture": "topk",
-        "d_sae": 8 * model.info.d_model,
-        "k": 32,
-        "steps": r.steps,
-        "tokens": r.tokens,
-        "passes": PASSES,
-        "tokens_per_second": round(r.tokens_per_second, 1),
-        "fvu": r.fvu,
-        "l0": r.l0,
-        "dead_fraction": r.dead_fraction,
-        "curve": {key: [row[key] for row in rows] for key in ("step", "fvu", "l0", "dead_frac")},
-    }
-
-
 def _findings(stage: Result) -> list[Finding]:
     m = stage["eval"]
-    score = lambda x: x["model_performance_preservation"]["ce_loss_score"]  # noqa: E731
     fvu = lambda x: x["reconstruction_quality"]["fvu"]  # noqa: E731
     pca = stage["baselines"].get("pca")
-    versus = (
-        f"; PCA of the same size: FVU {fvu(pca):.3f}, {100 * score(pca):.0f}% recovered"
-        if pca
-        else ""
-    )
+    versus = f"; PCA of the same size: FVU {fvu(pca):.3f}, +{_ce_cost(pca):.2f} nats" if pca else ""
     return [
         Finding(
             id="dictionary-quality",
-            title=f"A sparse dictionary for {stage['site']}",
+            title=f"A sparse dictionary for {stage['site']}: splicing it in costs "
+            f"{_ce_cost(m):.2f} nats per token",
             severity="info",
-            summary=f"Spliced into the model it recovers {100 * score(m):.0f}% of the loss that "
-            f"zero-ablating the site costs, with FVU {fvu(m):.3f} at L0 {m['sparsity']['l0']:.0f}{versus}.",
+            summary=f"On held-out text, with the dictionary's reconstruction in place of the site, "
+            f"the model's loss rises by {_ce_cost(m):.2f} nats per token (KL "
+            f"{m['model_behavior_preservation']['kl_div_with_sae']:.2f}), with FVU "
+            f"{fvu(m):.3f} at L0 {m['sparsity']['l0']:.0f}{versus}.",
             evidence={
                 "dictionary": m["model_performance_preservation"],
                 "baselines": {
@@ -202,6 +138,12 @@ def _findings(stage: Result) -> list[Finding]:
     ]
 
 
+def _ce_cost(m: dict[str, Any]) -> float:
+    """Nats per token the spliced-in reconstruction adds to the model's loss."""
+    p = m["model_performance_preservation"]
+    return p["ce_loss_with_sae"] - p["ce_loss_without_sae"]
+
+
 DICTIONARY = Stage(
     "dictionary",
     dictionary_stage,
@@ -210,15 +152,21 @@ DICTIONARY = Stage(
         f"a sparse dictionary at {r['site']}, against PCA and random baselines of the same size"
     ),
     sure=lambda r: (
-        f"Spliced into the model in place of {r['site']}, the dictionary recovers "
-        f"{100 * r['eval']['model_performance_preservation']['ce_loss_score']:.0f}% of the loss "
-        "that zeroing the site costs."
+        f"Spliced into the model in place of {r['site']}, the dictionary raises its loss by "
+        f"{_ce_cost(r['eval']):.2f} nats per token on held-out text (FVU "
+        f"{r['eval']['reconstruction_quality']['fvu']:.2f})."
     ),
     method=lambda r, c: Method(
         "sparse dictionary",
         "TopK SAE; FVU, L0, CE loss spliced in, against PCA and random; attention sinks and "
         "massive activations left out (their FVU shown apart)",
-        f"site {r['site']}, {c.get('dict_tokens')} tokens",
+        f"site {r['site']}, "
+        + (
+            f"{r['training']['distinct_tokens']:,} tokens in one pass"
+            if r.get("training")
+            else "loaded"
+        )
+        + f"; evaluated on {r.get('eval_corpus', 'other text')}",
     ),
     view=View("dictionary.html.j2", dictionary_view, nav="Dictionary"),
 )

@@ -18,6 +18,7 @@ import torch
 
 from aimri.config import FeaturesConfig, ScanConfig
 from aimri.features.pipeline import BasisResult, describe
+from aimri.features.records import KIND_NAMES
 from aimri.features.sources import ContextSource, ModelContexts, StoreContexts
 from aimri.features.stats import ExampleSpec
 from aimri.model.adapter import Model
@@ -32,6 +33,7 @@ from aimri.scanner.findings import (
     pct,
 )
 from aimri.scanner.layout import ScanRun
+from aimri.scanner.read import FEATURE_TOKENS
 from aimri.scanner.stage import Method, Result, Stage
 from aimri.store.manifest import read_manifest
 from aimri.store.reader import ActivationStore
@@ -59,7 +61,8 @@ class FeaturesResult(TypedDict):
     n_features_total: int
     sampled: int
     bases: list[BasisInfo]
-    """The dictionary, then the neuron and random-direction baselines."""
+    """The dictionary, then its baselines (MLP neurons, random sparse dictionary, residual
+    coordinates, random directions)."""
     summary: list[dict[str, Any]]
     """One interpretability row per basis × explainer × scorer."""
     features: list[dict[str, Any]]
@@ -108,7 +111,7 @@ def _source(cfg: ScanConfig, model: Model, store: Path, site: str) -> ContextSou
         s = ActivationStore(store)
         if site in s.sites:
             return StoreContexts(s, site)
-    corpus = dataclasses.replace(cfg.corpus, max_tokens=cfg.dict_tokens)
+    corpus = dataclasses.replace(cfg.corpus, max_tokens=FEATURE_TOKENS)
     return ModelContexts(model, corpus, site)
 
 
@@ -141,13 +144,14 @@ def _dashboards(r: BasisResult) -> list[dict[str, Any]]:
 
 
 def _findings(stage: Result) -> list[Finding]:
-    """Dictionary features vs neurons vs random directions: the interpretable fraction."""
+    """Dictionary features against every baseline: the interpretable fraction, worded by the
+    strictest baseline."""
     labelled = best_label_rows(stage)
     if labelled is None:
         return []
     best, same, by_kind = labelled
     others = "; ".join(
-        f"{k} {pct(r)} ({ci(r)}, mean score {r['mean'] or 0:.2f})"
+        f"{KIND_NAMES.get(k, k)} {pct(r)} ({ci(r)}, mean score {r['mean'] or 0:.2f})"
         for k, r in by_kind.items()
         if k not in ("sae", "transcoder")
     )
@@ -179,7 +183,7 @@ def _sure(r: Result) -> str:
         return "No feature labels were scored."
     best = labelled.best
     verdict = interpretability_verdict(best, labelled.by_kind)
-    weak = "above random" not in verdict
+    weak = not verdict.startswith("above")
     return (
         f"{100 * (best['frac_above'] or 0):.0f}% of sampled features have a label that predicts "
         f"them on held-out text ({best['scorer']} ≥ {best['threshold']:g}; 95% CI "
@@ -194,14 +198,16 @@ FEATURES = Stage(
     findings=_findings,
     checked=lambda r: (
         f"{r['sampled']} of {r['n_features_total']:,} features labelled and "
-        "scored on held-out text, against neurons and random directions"
+        "scored on held-out text, against the layer's MLP neurons, a random sparse dictionary, "
+        "residual coordinates and random directions"
     ),
     sure=_sure,
     method=lambda r, c: Method(
         "feature labels",
         "token and logit explainers, scored by simulation (pooled Pearson r of predicted vs "
         "real per-token activations on held-out top, decile and random windows) and a token "
-        "rule, against shuffled labels; neurons and random directions as baselines; sinks "
+        "rule, against shuffled labels; baselines: the layer's MLP neurons, an untrained sparse "
+        "dictionary of the same width and k, residual coordinates, random directions; sinks "
         "left out",
         f"{r['sampled']} sampled features, labeler {c.get('labeler')}",
     ),

@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+from aimri.features.records import BASELINE_KINDS, KIND_NAMES
+
 
 class LabelRows(NamedTuple):
     best: dict[str, Any]
@@ -18,7 +20,7 @@ class LabelRows(NamedTuple):
     rows: list[dict[str, Any]]
     """Every basis's row for the same explainer and scorer."""
     by_kind: dict[str, dict[str, Any]]
-    """Basis kind (sae, neurons, random...) → its row among `rows`."""
+    """Basis kind (sae, mlp_neurons, random_dictionary, residual, random) → its row."""
 
 
 HEADLINE_SCORER = "simulation"
@@ -57,18 +59,27 @@ def ci(r: dict[str, Any]) -> str:
     return f"95% CI {pct(r, 'ci_low')}–{pct(r, 'ci_high')}"
 
 
+def strictest_kind(by_kind: dict[str, dict[str, Any]]) -> str | None:
+    """The baseline most often interpretable (ties: the higher upper bound): the one a finding
+    is worded by."""
+    present = [k for k in BASELINE_KINDS if k in by_kind]
+    if not present:
+        return None
+    return max(
+        present,
+        key=lambda k: (by_kind[k]["frac_above"] or 0, by_kind[k]["ci_high"] or 0),
+    )
+
+
 def interpretability_verdict(best: dict[str, Any], by_kind: dict[str, dict[str, Any]]) -> str:
-    """How the dictionary's share compares with each baseline's, by the 95% intervals: 'above'
-    only where the dictionary's interval lies wholly above the baseline's."""
-    parts = []
-    for k in ("neurons", "random"):
-        r = by_kind.get(k)
-        if r is None:
-            continue
-        if (best["ci_low"] or 0) > (r["ci_high"] or 0):
-            parts.append(f"above {k}")
-        elif (best["ci_high"] or 0) < (r["ci_low"] or 0):
-            parts.append(f"below {k}")
-        else:
-            parts.append(f"not measurably different from {k}")
-    return ", ".join(parts) or "no baselines to compare with"
+    """How the dictionary's share compares with the strictest baseline's (`strictest_kind`), by
+    the 95% intervals: 'above' only where the dictionary's interval lies wholly above it."""
+    k = strictest_kind(by_kind)
+    if k is None:
+        return "no baselines to compare with"
+    r, name = by_kind[k], KIND_NAMES.get(k, k)
+    if (best["ci_low"] or 0) > (r["ci_high"] or 0):
+        return f"above the strictest baseline, {name} ({pct(r)})"
+    if (best["ci_high"] or 0) < (r["ci_low"] or 0):
+        return f"below the strictest baseline, {name} ({pct(r)})"
+    return f"not measurably different from the strictest baseline, {name} ({pct(r)})"

@@ -4,8 +4,7 @@
 <run>/run.json                    config, model identity, versions, timings (written first)
 <run>/ledger.jsonl                every query on this model (aimri.ledger)
 <run>/activations/                the scan's activation store (statistics, lens, heads)
-<run>/activations-dict/           the dictionary's training tokens
-<run>/activations-transcoders/    the transcoders' training tokens
+<run>/activations-dict/           the SAE's site on its first tokens (feature examples)
 <run>/dicts/<site>/               the scan's SAE
 <run>/transcoders/layer_<L>/      a transcoder per layer
 <run>/features/catalog.sqlite     labelled features
@@ -29,6 +28,7 @@ from aimri.config import ScanConfig
 from aimri.dicts.dictionary import Dictionary
 from aimri.dicts.formats import load_dictionary
 from aimri.model.adapter import Model
+from aimri.scanner.read import ReadProducts
 
 
 @dataclass(frozen=True)
@@ -56,13 +56,9 @@ class RunLayout:
         return self.root / "activations-dict"
 
     @property
-    def transcoder_activations(self) -> Path:
-        return self.root / "activations-transcoders"
-
-    @property
     def caches(self) -> tuple[Path, ...]:
         """The activation stores, removed at the end unless --keep-activations."""
-        return (self.activations, self.dict_activations, self.transcoder_activations)
+        return (self.activations, self.dict_activations)
 
     def dictionary(self, site: str) -> Path:
         return self.root / "dicts" / site
@@ -107,6 +103,8 @@ class ScanRun:
     model: Model
     layout: RunLayout
     results: dict[str, Any] = field(default_factory=dict)
+    read: ReadProducts | None = None
+    """What the activations stage's one read trained (`read.py`), for the stages after it."""
     _dictionary: Dictionary | None = field(default=None, repr=False)
 
     def dictionary(self) -> Dictionary | None:

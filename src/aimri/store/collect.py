@@ -75,7 +75,7 @@ def _collect(cfg: CollectConfig, model: Model | None) -> CollectResult:
     identity = store_identity(cfg, model, widths)
     per_shard = identity["shard_contexts"]
     if w.rank == 0:
-        _prepare(cfg.out, identity, cfg.overwrite)
+        prepare_store(cfg.out, identity, cfg.overwrite)
     barrier()
     done = read_sidecars(cfg.out)
     dtype = getattr(torch, cfg.dtype)
@@ -120,7 +120,7 @@ def _collect(cfg: CollectConfig, model: Model | None) -> CollectResult:
 def store_identity(cfg: CollectConfig, model: Model, widths: dict[str, int]) -> dict[str, Any]:
     """Everything that determines the stored numbers; a resumed run must match it exactly."""
     corpus = dataclasses.asdict(cfg.corpus)
-    if cfg.corpus.source == "builtin":  # the built-in corpus is read from this Python
+    if cfg.corpus.source == "pydoc":  # the Python docs corpus is read from this Python
         corpus["python"] = platform.python_version()
     special = special_tokens(model.tokenizer, cfg.corpus.prepend_bos)
     return {
@@ -143,7 +143,7 @@ def _shard_contexts(cfg: CollectConfig, widths: dict[str, int]) -> int:
     return max(1, SHARD_TARGET_BYTES // bytes_per_context)
 
 
-def _prepare(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
+def prepare_store(out: Path, identity: dict[str, Any], overwrite: bool) -> None:
     """Create the store, or check that an existing one was made with the same identity."""
     check_existing_store(out, identity, overwrite)
     out.mkdir(parents=True, exist_ok=True)

@@ -309,6 +309,43 @@ def stream_batches(
     return mix(chunks, batch_size, torch.Generator().manual_seed(seed), buffer_tokens)
 
 
+class Mixer:
+    """Fixed-size batches from pushed [n, width] chunks, shuffled at token level through a
+    buffer of about `buffer_tokens` rows when a generator is given (push-based: the shared
+    read hands chunks over; `mix` pulls them)."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        generator: torch.Generator | None,
+        buffer_tokens: int = DEFAULT_BUFFER_TOKENS,
+    ) -> None:
+        self.batch_size = batch_size
+        self.generator = generator
+        self.buffer_tokens = max(buffer_tokens, 2 * batch_size)
+        self.buf: Tensor | None = None
+
+    def push(self, chunk: Tensor) -> Iterator[Tensor]:
+        self.buf = chunk if self.buf is None else torch.cat([self.buf, chunk])
+        while len(self.buf) >= self.buffer_tokens:
+            self._shuffle()
+            n_out = (len(self.buf) // 2) // self.batch_size * self.batch_size
+            yield from self.buf[:n_out].split(self.batch_size)
+            self.buf = self.buf[n_out:]
+
+    def flush(self) -> Iterator[Tensor]:
+        if self.buf is None:
+            return
+        self._shuffle()
+        n_out = len(self.buf) // self.batch_size * self.batch_size
+        yield from self.buf[:n_out].split(self.batch_size)
+        self.buf = None
+
+    def _shuffle(self) -> None:
+        if self.generator is not None and self.buf is not None:
+            self.buf = self.buf[torch.randperm(len(self.buf), generator=self.generator)]
+
+
 def mix(
     chunks: Iterator[Tensor],
     batch_size: int,
@@ -317,17 +354,7 @@ def mix(
 ) -> Iterator[Tensor]:
     """Serve fixed-size batches from a stream of [n, width] chunks; shuffle at token level
     through a buffer of about `buffer_tokens` rows when a generator is given."""
-    buf: Tensor | None = None
+    mixer = Mixer(batch_size, generator, buffer_tokens)
     for chunk in chunks:
-        buf = chunk if buf is None else torch.cat([buf, chunk])
-        while len(buf) >= max(buffer_tokens, 2 * batch_size):
-            if generator is not None:
-                buf = buf[torch.randperm(len(buf), generator=generator)]
-            n_out = (len(buf) // 2) // batch_size * batch_size
-            yield from buf[:n_out].split(batch_size)
-            buf = buf[n_out:]
-    if buf is not None:
-        if generator is not None:
-            buf = buf[torch.randperm(len(buf), generator=generator)]
-        n_out = len(buf) // batch_size * batch_size
-        yield from buf[:n_out].split(batch_size)
+        yield from mixer.push(chunk)
+    yield from mixer.flush()
