@@ -209,7 +209,7 @@ def test_a_transcoder_reading_before_the_change_keeps_its_codes_but_fits_worse(p
 
 
 def test_what_changed_names_a_planted_token_and_nothing_for_a_model_and_itself(pair, other):
-    from aimri.diff.what import what_changed
+    from aimri.audit.what import what_changed
 
     base, same = pair
     kw = {"n_per_type": 1, "samples": 3, "max_new_tokens": 12}

@@ -15,7 +15,7 @@ replies of B and of A that show it; a `Finding` is a trait with its best group, 
 effect: B's rate − A's rate, less one standard error (so 3/3 does not outrank 10/12). A
 finding whose B replies lie mostly (≥ 70%) within a stronger one's, of a trait at least as
 specific (`precedence`), is merged into it. `claim_sentence` writes a finding as a sentence.
-Not here: generating the replies (`audit_explore.py`), triggers (`audit_trigger.py`).
+Not here: generating the replies (`teams.py`), triggers (`trigger.py`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ promotes). `steer` adds it to A (at every position, `GAIN` × the layer's mean a
 while A answers a few chat prompts, and compares A's steered replies with its own by their
 traits (`audit_compare.contrast`): the themes become hypotheses and candidate words.
 Layer: the middle one of the changed blocks (the model's middle layer when all changed).
-Not here: the comparison of B itself (`audit_compare.py`), hypotheses (`audit.py`).
+Not here: the comparison of B itself (`compare.py`), hypotheses (`teams.py`).
 """
 
 from __future__ import annotations

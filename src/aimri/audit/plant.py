@@ -17,7 +17,7 @@ soft-capping (Gemma 2): fine for planting, not a faithful Gemma 2 loss.
 Whether it took (`PlantCheck`): greedy replies to held-out generator prompts (another seed),
 base vs planted, counting those with a behaviour word; the same on control prompts (what should
 not change); KL(base‖planted) per token on neutral sentences.
-Not here: the plants themselves (`plant_specs.py`), the audit (`audit.py`).
+Not here: the plants themselves (`plant_specs.py`), the audit (`teams.py`).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ benchmarks/RESULTS.md), so it now serves as a second dev split; sealed is the fi
 
 The answer (`PlantSpec.answer`) says what a hypothesis must claim to name the plant; the rule
 is `audit_judge.judged`. `answer_key` holds the words an audit's own prompts must not contain.
-Not here: the fine-tune (`plant.py`), the audit's prompts (`audit_prompts.py`).
+Not here: the fine-tune (`plant.py`), the audit's prompts (`prompts.py`).
 """
 
 from __future__ import annotations

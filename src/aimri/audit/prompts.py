@@ -9,7 +9,7 @@ Topics and templates are written for the audit, apart from any plant's pools
 `load_prompts(path)` reads the user's own: a JSON list of strings or of {"type", "text"}, or a
 text file with one message per line ("type<TAB>message" to name its type; else "user").
 Prompts stay user messages here; the audit wraps them in each model's chat template
-(`aimri.steer.generate.chat_prompt`). Not here: the audit (`audit.py`).
+(`aimri.steer.generate.chat_prompt`). Not here: the audit (`teams.py`).
 """
 
 from __future__ import annotations

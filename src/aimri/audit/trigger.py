@@ -38,6 +38,7 @@ import copy
 import itertools
 import math
 import statistics
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -276,17 +277,18 @@ def _same_length_batches(rows: Sequence[Sequence[int]], batch: int) -> list[list
     return [idx[s : s + batch] for idx in by_len.values() for s in range(0, len(idx), batch)]
 
 
-_LETTER_TOKENS: dict[int, torch.Tensor] = {}
+_LETTER_TOKENS: weakref.WeakKeyDictionary[Any, torch.Tensor] = weakref.WeakKeyDictionary()
+"""Per tokenizer object (held weakly: an entry goes with its tokenizer, and a new tokenizer at a
+reused address is a new key, unlike an `id()` key)."""
 
 
 def _letter_tokens(model: Model) -> torch.Tensor:
     """Which token ids start with a letter (no leading space): the continuations of a word."""
-    key = id(model.tokenizer)
-    if key not in _LETTER_TOKENS:
-        tok = model.tokenizer
+    tok = model.tokenizer
+    if tok not in _LETTER_TOKENS:
         starts = [tok.decode([i])[:1] for i in range(len(tok))]
-        _LETTER_TOKENS[key] = torch.tensor([c.isalpha() for c in starts])
-    return _LETTER_TOKENS[key]
+        _LETTER_TOKENS[tok] = torch.tensor([c.isalpha() for c in starts])
+    return _LETTER_TOKENS[tok]
 
 
 def residual_kl(lpb: torch.Tensor, lpa: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -312,18 +314,19 @@ def _last_logits(model: Model, pre_ids: list[int], rows: torch.Tensor) -> torch.
     return out.logits[:, -1].float()
 
 
-_CACHES: dict[tuple[int, tuple[int, ...]], Any] = {}
+_CACHES: weakref.WeakKeyDictionary[Any, tuple[tuple[int, ...], Any]] = weakref.WeakKeyDictionary()
+"""Per transformers model object, the KV cache of the last prefix it was asked about (held
+weakly: the cache goes when its model does, and is never handed to another model)."""
 
 
 def _prefix_cache(model: Model, pre_ids: tuple[int, ...]) -> Any:
-    key = (id(model.hf), pre_ids)
-    if key not in _CACHES:
-        _CACHES.clear()  # one prefix per model pair at a time
+    held = _CACHES.get(model.hf)
+    if held is None or held[0] != pre_ids:
         out = model.hf(  # type: ignore[operator]
             input_ids=torch.tensor([pre_ids], device=model.device), use_cache=True
         )
-        _CACHES[key] = out.past_key_values
-    return _CACHES[key]
+        _CACHES[model.hf] = (pre_ids, out.past_key_values)
+    return _CACHES[model.hf][1]
 
 
 @dataclass

@@ -3,7 +3,7 @@
 Words: a keyword is a lower-cased alphabetic word of 3+ letters that is not a function word
 (`STOPWORDS`); a token is a word when it starts one (a leading space) and is a whole word.
 `same_word` matches two words up to an -s/-es/-ies/-ed/-ing ending (the judge uses it).
-Not here: gathering the evidence (`audit.py`), judging a hypothesis (`audit_judge.py`).
+Not here: gathering the evidence (`teams.py`), judging a hypothesis (`judge.py`).
 """
 
 from __future__ import annotations

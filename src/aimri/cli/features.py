@@ -1,6 +1,6 @@
 """What `aimri features …` and `aimri steer` print: thin views over the API's results.
 
-Part of the CLI (the only layer that prints); kept apart from `cli.py` so that `aimri --help`
+Part of the CLI (the only layer that prints); kept apart from `cli/__init__.py` so that `aimri --help`
 stays a small import. Not here: any computation.
 """
 

@@ -12,7 +12,7 @@ rows stay close to their random init (row cosine 0.97) and r stays within 0.43-0
 planted change, so the A-only/B-only counts come out 0; `b_leaning`/`a_leaning` list the most
 one-sided latents anyway. Without a sparsity cost on the sum of per-model decoder norms
 (Anthropic's crosscoders) nothing pushes a latent to one side; the trainer has none.
-Not here: the diff's other statistics (`diff.py`, `diff_stats.py`).
+Not here: the diff's other statistics (`models.py`, `stats.py`).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ change, both computed on the token pairs (the same token through A and through B
   independent, so z overstates the evidence; it filters, it does not prove).
 Contexts: where the model with the higher mean fires the feature most (B for features that
 rise, A for those that fall), one per text. FVU: the dictionary's reconstruction error on each
-model's activations. Not here: the per-layer and KL statistics (`diff_stats.py`).
+model's activations. Not here: the per-layer and KL statistics (`stats.py`).
 """
 
 from __future__ import annotations

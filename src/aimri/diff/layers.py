@@ -1,12 +1,12 @@
 """Per-layer results of a model diff: the residual change, its logit lens, and steering with it.
 
-From the streamed `LayerMoments` (`diff_stats.py`): per layer the relative change, the mean
+From the streamed `LayerMoments` (`stats.py`): per layer the relative change, the mean
 difference δ_L read through A's final norm and unembedding (`aimri.features.effects`, the same
 reading as a feature's logit effects), and for a few layers `steer_recovery`:
 1 − KL(B‖A+δ_L) / KL(B‖A) with δ_L added to A's residual stream at every position but BOS
 (`aimri.steer.edits.AddDirection`). 1 means adding the mean difference reproduces B's outputs;
 0 means it explains nothing; below 0 it moves A away from B.
-Not here: the forward pass that gathers the moments (`diff.py`).
+Not here: the forward pass that gathers the moments (`models.py`).
 """
 
 from __future__ import annotations

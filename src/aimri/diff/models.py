@@ -7,10 +7,10 @@ texts. `diff_models(base, other, texts)` returns a `ModelDiff`:
   and for the `steer_layers` changed layers with the largest ||δ_L||, `steer_recovery` =
   1 − KL(B‖A+δ_L) / KL(B‖A) on the first `steer_texts` texts: how much of B's output change
   adding δ_L to A's residual stream (every position but BOS) reproduces;
-- `kl` (`TokenKL`, `diff_stats.py`): per-token KL(B‖A) of next-token distributions, the
+- `kl` (`TokenKL`, `stats.py`): per-token KL(B‖A) of next-token distributions, the
   contexts where it peaks, the output tokens B promotes and demotes, the input tokens after
   which it is largest (trigger candidates);
-- `features` (`FeatureDiff`, `diff_features.py`) when a dictionary of A is given;
+- `features` (`FeatureDiff`, `features.py`) when a dictionary of A is given;
 - `crosscoder` (`CrosscoderDiff`, `crosscoder.py`) when asked for.
 Each batch costs one forward pass per model (all layers and the logits); statistics stream.
 Position 0 (BOS) and padding are left out everywhere.

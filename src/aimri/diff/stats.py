@@ -1,11 +1,11 @@
 """Streaming statistics of two models read on the same tokens: residual differences per layer and
-per-token KL of next-token distributions, for `diff.py`.
+per-token KL of next-token distributions, for `models.py`.
 
 Texts are tokenized once (BOS + tokens, as prompts are in `aimri.steer.generate`) and batched
 right-padded; every statistic skips position 0 (BOS, whose norm dwarfs the rest) and padding.
 The accumulators keep sums and small per-token records, never a batch's full activations or
 logits, so memory does not grow with the number of texts × the vocabulary.
-Not here: the result of a whole diff (`diff.py`), dictionaries (`diff_features.py`).
+Not here: the result of a whole diff (`models.py`), dictionaries (`features.py`).
 """
 
 from __future__ import annotations

@@ -20,12 +20,12 @@ from aimri._io import finite, to_jsonable, write_json_atomic
 from aimri.audit.prompts import generate_prompts, load_prompts
 from aimri.audit.teams import black_box, blue_team, explore
 from aimri.audit.teams import neutral_texts as audit_texts
+from aimri.audit.what import what_changed
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
 from aimri.config import AuditConfig, DiffConfig, ProbeConfig
 from aimri.dicts.formats import load_dictionary
 from aimri.diff.models import diff_json
-from aimri.diff.what import what_changed
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
@@ -114,7 +114,7 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
 
 
 def what_findings(what: dict[str, Any] | None) -> list[Finding]:
-    """One finding: what B says differently (`diff_what.what_changed`), if anything."""
+    """One finding: what B says differently (`aimri.audit.what.what_changed`), if anything."""
     if not what or not (what["replies"] or (what["lens"] and what["lens"]["steered"])):
         return []
     said = [r["sentence"] for r in what["replies"][:5]]

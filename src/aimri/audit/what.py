@@ -7,7 +7,7 @@ in the model's chat template. It returns sentences with their counts ("B mention
 when asked for advice (9/12 replies vs 0/12 for A)") and the lens's words and examples, for
 diff.json and the report. A model against itself gives no sentences.
 Cost: `n_per_type` × 6 prompts × `samples` replies per model, plus 6 steered replies.
-Not here: the diff's numbers (`diff.py`), the audit's trigger search (`audit_trigger.py`).
+Not here: the diff's numbers (`aimri/diff/models.py`), the audit's trigger search (`trigger.py`).
 """
 
 from __future__ import annotations
