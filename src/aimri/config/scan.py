@@ -30,7 +30,7 @@ class ScanConfig:
     """Run name (a folder under `runs_dir`); default: `<model>-<date>-<time>`."""
     depth: Literal["quick", "standard", "deep"] = "standard"
     """How many tokens the dictionaries train on: quick (81,920 for the SAE, 16,384 for the
-    transcoders), standard (262,144 and 81,920; ≤ 600 s on 2 CPU cores), deep (1,048,576 and
+    transcoders), standard (245,760 and 65,536; ≤ 600 s on 2 CPU cores), deep (1,048,576 and
     327,680; about an hour on 2 CPU cores, minutes on a GPU)."""
     read_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Precision of the read that feeds the statistics and the dictionaries: `auto` is bf16
@@ -50,7 +50,7 @@ class ScanConfig:
     """Site to train (or load) a dictionary for; default: the middle layer's resid_post."""
     dict_tokens: int | None = None
     """Distinct tokens the SAE trains on, in one pass; default: the --depth's (standard:
-    262,144)."""
+    245,760)."""
     dictionary: Path | None = None
     """Load this dictionary (SAELens layout) instead of training one."""
     n_features: int = 256
@@ -71,7 +71,7 @@ class ScanConfig:
     """Load this transcoder set (`layer_<L>/` folders) instead of training one."""
     tc_tokens: int | None = None
     """Distinct tokens the scan's transcoders train on, in one pass (width 4 × d_model, k = 16);
-    default: the --depth's (standard: 81,920)."""
+    default: the --depth's (standard: 65,536)."""
     circuit_prompts: tuple[str, ...] = ()
     """More prompts to trace, beside the built-in demonstrations."""
     concepts: bool = True

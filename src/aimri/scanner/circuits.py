@@ -26,6 +26,7 @@ from aimri.corpus.contexts import special_tokens
 from aimri.dicts.dictionary import Transcoder
 from aimri.dicts.transcoder_set import load_transcoder_set
 from aimri.model.adapter import Model
+from aimri.model.precision import read_dtype
 from aimri.report.circuits import circuits_scripts, circuits_view
 from aimri.report.view import View
 from aimri.scanner.dictionary import eval_corpus
@@ -37,8 +38,8 @@ from aimri.store.reader import ActivationStore, forward_batches
 from aimri.store.sinks import find_sinks, special_ids
 
 HELD_OUT_TOKENS = 4096
-LABEL_CONTEXTS = 64
-"""Contexts of the scan's text the graph features' words are read from (8,192 tokens)."""
+LABEL_CONTEXTS = 32
+"""Contexts of the scan's text the graph features' words are read from (4,096 tokens)."""
 DEMOS = (
     ("capital-france", "Factual recall", "The capital of France is"),
     ("two-hop-madrid", "Two-hop recall", "People in the country whose capital is Madrid speak"),
@@ -91,7 +92,9 @@ def circuits_stage(run: ScanRun) -> CircuitsResult | Skipped:
         *((f"prompt-{i}", "Your prompt", p) for i, p in enumerate(cfg.circuit_prompts)),
     ]
     # The words each graph feature fires on, from one pass over the scan's own text.
-    firing = firing_index(model, transcoders, _text_ids(cfg, layout.activations, LABEL_CONTEXTS))
+    # Read-only passes (the words, the held-out FVU) run at the read's precision.
+    reader = model.at_dtype(read_dtype(cfg.read_dtype, model.device))
+    firing = firing_index(reader, transcoders, _text_ids(cfg, layout.activations, LABEL_CONTEXTS))
     graphs = [
         trace_prompt(model, transcoders, layout.graphs, *d, firing=firing).record for d in demos
     ]
@@ -108,7 +111,7 @@ def circuits_stage(run: ScanRun) -> CircuitsResult | Skipped:
             "k": first.k,
             "architecture": first.architecture,
             "training": training,
-            "held_out_fvu": transcoder_fvu(model, transcoders, held_out),
+            "held_out_fvu": transcoder_fvu(reader, transcoders, held_out),
             "held_out": f"{HELD_OUT_TOKENS:,} tokens of {held_out.source} (seed {held_out.seed})",
         },
         "graphs": graphs,

@@ -61,11 +61,11 @@ class Depth:
 
 DEPTHS: dict[str, Depth] = {
     "quick": Depth(dict_tokens=81_920, tc_tokens=16_384),
-    "standard": Depth(dict_tokens=262_144, tc_tokens=81_920),
+    "standard": Depth(dict_tokens=245_760, tc_tokens=65_536),
     "deep": Depth(dict_tokens=1_048_576, tc_tokens=327_680),
 }
-"""`--depth`: quick (the budgets of earlier scans), standard (the default, ≤ 600 s on 2 CPU
-cores), deep (about an hour on 2 CPU cores; the built-in corpus holds about 300k tokens, so
+"""`--depth`: quick (the budgets of earlier scans), standard (the default: 3 × and 4 × quick's,
+the most that fits 600 s on 2 CPU cores; 5 × for the transcoders took the scan to 647 s), deep (about an hour on 2 CPU cores; the built-in corpus holds about 300k tokens, so
 deep repeats it: tokens beyond that are passes, not new text)."""
 
 
