@@ -37,7 +37,9 @@ def main() -> None:
     settings = GenerationSettings(batch_size=args.batch_size)
     out = corpus_path(args.split)
     partial = Path(str(out) + ".partial.jsonl")
-    done = [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    done = (
+        [json.loads(line) for line in partial.read_text().splitlines()] if partial.exists() else []
+    )
     t = time.perf_counter()
     if not args.finish:
         with open(partial, "a") as f:
@@ -51,8 +53,10 @@ def main() -> None:
     n_tok = sum(len(model.tokenizer(d["text"]).input_ids) for d in docs)
     n_batches = -(-len(requests_of(gen)) // settings.batch_size)
     write_corpus(out, docs, gen, settings, model.weights_sha256, batches=(len(done), n_batches))
-    print(f"{len(docs)} documents, {n_tok} tokens, {len(done)} of {n_batches} batches, "
-          f"{time.perf_counter() - t:.0f} s")
+    print(
+        f"{len(docs)} documents, {n_tok} tokens, {len(done)} of {n_batches} batches, "
+        f"{time.perf_counter() - t:.0f} s"
+    )
 
 
 if __name__ == "__main__":
