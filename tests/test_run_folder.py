@@ -9,7 +9,7 @@ from aimri.scanner.run import tidy_run_folder
 from aimri.scanner.stages import SECTIONS
 from tests.test_report import base_scan
 
-CACHES = ("activations", "activations-dict", "activations-transcoders")
+CACHES = ("activations", "activations-dict")
 
 
 def _run_folder(tmp_path):
