@@ -40,7 +40,7 @@ def test_keep_activations_keeps_every_cache(tmp_path):
     storage = tidy_run_folder(RunLayout(run), keep_activations=True)
     assert storage["removed"] == [] and storage["activations_kept"]
     assert all((run / name).is_dir() for name in CACHES)
-    assert storage["run_folder_mb"] == 3.5
+    assert storage["run_folder_mb"] == 2.5
 
 
 def test_findings_are_typed_and_keep_their_json_shape():
@@ -78,7 +78,7 @@ def test_the_shipped_schema_is_the_one_the_stage_types_generate_and_it_can_fail(
     dictionary = stages["dictionary"]
     assert "fvu" not in dictionary["required"] and "eval" in dictionary["required"]
     doc = {"site": "blocks.1.hook_resid_post", "path": "dicts/x", "trained_here": False,
-           "training": None, "eval": {}, "baselines": {}, "eval_tokens": 64, "sinks": None}  # fmt: skip
+           "training": None, "eval_corpus": "builtin-held-out (seed 1)", "eval": {}, "baselines": {}, "eval_tokens": 64, "sinks": None}  # fmt: skip
     jsonschema.validate(doc, dictionary)
     for broken in ({k: v for k, v in doc.items() if k != "eval"}, {**doc, "eval_tokens": "64"}):
         with pytest.raises(jsonschema.ValidationError):
