@@ -28,7 +28,7 @@ def config(tiny_model_dir, out, **kw) -> CollectConfig:
     base = {
         "out": out,
         "model": ModelConfig(spec=str(tiny_model_dir("llama")), device="cpu"),
-        "corpus": CorpusConfig(max_tokens=32 * 40, ctx_len=32),
+        "corpus": CorpusConfig(source="pydoc", max_tokens=32 * 40, ctx_len=32),
         "sites": SITES,
         "dtype": "float32",
         "batch_size": 3,
