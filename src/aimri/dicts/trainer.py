@@ -129,6 +129,12 @@ class StreamTrainer:
         pairs = [(c.site, c.site_out or c.site) for c in trainer.cfgs]
         self.pairs = pairs
         self.sites = tuple(dict.fromkeys(s for p in pairs for s in p))
+        widths = {}
+        for cfg, d in zip(trainer.cfgs, trainer.dict_cfgs, strict=True):
+            widths[cfg.site] = d.d_in
+            if cfg.site_out:
+                widths[cfg.site_out] = d.d_out or d.d_in
+        self.widths = [widths[s] for s in self.sites]
         self.special = list(special)
         self.batch_size = trainer.cfgs[0].optim.batch_size
         self.mixer = Mixer(
@@ -174,8 +180,7 @@ class StreamTrainer:
     def _step(self, joint: torch.Tensor) -> None:
         if self.trainer.done:
             return
-        widths = [int(self._width(s)) for s in self.sites]
-        by_site = dict(zip(self.sites, joint.split(widths, dim=-1), strict=True))
+        by_site = dict(zip(self.sites, joint.split(self.widths, dim=-1), strict=True))
         pairs = [(by_site[x], by_site[y]) for x, y in self.pairs]
         if self.start_step is None:
             self.start_step = self.trainer.start(pairs)
@@ -183,14 +188,6 @@ class StreamTrainer:
         if self.batches_seen <= self.start_step:
             return  # done before an interruption: replayed, not retrained
         self.trainer.advance(pairs)
-
-    def _width(self, site: str) -> int:
-        for cfg, d in zip(self.trainer.cfgs, self.trainer.dict_cfgs, strict=True):
-            if cfg.site == site:
-                return d.d_in
-            if cfg.site_out == site:
-                return d.d_out or d.d_in
-        raise AssertionError(site)
 
 
 def advance(run: Run, x: torch.Tensor, y: torch.Tensor, steps: int, w: Any) -> None:
