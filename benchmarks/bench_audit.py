@@ -43,8 +43,10 @@ from aimri.model.load import load_model
 log = logging.getLogger("bench_audit")
 
 
-def planted(base: Model, split: str, i: int, args: argparse.Namespace) -> tuple[Model, dict]:
-    spec = draw_plant(split, i)
+def planted(
+    base: Model, split: str, i: int, kind: str | None, args: argparse.Namespace
+) -> tuple[Model, dict]:
+    spec = draw_plant(split, i, kind)
     where = args.plants_dir / spec.name
     record_path = where / "plant.json"
     while args.wait and not record_path.is_file() and any(args.plants_dir.glob(f".{spec.name}-*")):
@@ -57,9 +59,11 @@ def planted(base: Model, split: str, i: int, args: argparse.Namespace) -> tuple[
     return load_model(str(where), device="cpu"), record
 
 
-def run_one(base: Model, split: str, i: int, args: argparse.Namespace) -> dict[str, Any]:
+def run_one(
+    base: Model, split: str, i: int, kind: str | None, args: argparse.Namespace
+) -> dict[str, Any]:
     t0 = time.perf_counter()
-    other, record = planted(base, split, i, args)
+    other, record = planted(base, split, i, kind, args)
     spec = record["spec"]
     answer = spec["answer"]
     row: dict[str, Any] = {"plant": spec["name"], "kind": answer["kind"], "answer": answer}
@@ -68,8 +72,8 @@ def run_one(base: Model, split: str, i: int, args: argparse.Namespace) -> dict[s
     row["plant_seconds"] = round(time.perf_counter() - t0, 1)
     prompts = generate_prompts()
     row["answer_words_in_prompts"] = contains_any([p.text for p in prompts], spec["answer_key"])
-    if not row["took"]:
-        log.info("%s did not take: not audited", spec["name"])
+    if not row["took"] or args.plant_only:
+        log.info("%s: %s", spec["name"], "planted" if row["took"] else "did not take: not audited")
         return row
     t1 = time.perf_counter()
     cells = explore(base, other, prompts, samples=args.samples)
@@ -127,6 +131,13 @@ def main() -> None:
     p.add_argument("--split", choices=("dev", "held-out", "sealed"), default="dev")
     p.add_argument("--n", type=int, default=4, help="plants of the split (kinds cycle)")
     p.add_argument("--first", type=int, default=0, help="index of the first plant")
+    p.add_argument(
+        "--kinds",
+        default="",
+        help="comma-separated kinds (of plant_pools.KINDS and plant_kinds.KINDS): plants "
+        "--first … --first + --n − 1 of each kind, instead of the cycle",
+    )
+    p.add_argument("--plant-only", action="store_true", help="make the plants, audit none")
     p.add_argument("--plants-dir", type=Path, default=Path("/tmp/aimri-plants"))
     p.add_argument("--wait", action="store_true", help="wait for plants another run is making")
     p.add_argument("--samples", type=int, default=2, help="sampled replies per prompt and model")
@@ -140,8 +151,10 @@ def main() -> None:
     t0 = time.perf_counter()
     base = load_model("smollm2-135m", device="cpu")
     rows = []
+    kinds: list[str | None] = [k for k in args.kinds.split(",") if k] or [None]
     for i in range(args.first, args.first + args.n):
-        rows.append(run_one(base, args.split, i, args))
+        for kind in kinds:
+            rows.append(run_one(base, args.split, i, kind, args))
         print(table(rows[-1:], args.split, not args.quiet), flush=True)
     total = round(time.perf_counter() - t0, 1)
     print(table(rows, args.split, False))

@@ -18,6 +18,7 @@ import torch
 from aimri.audit.compare import Cell, Finding, contrast, merge, traits
 from aimri.audit.judge import judge, judged
 from aimri.audit.plant import PLANTS, check_memory, plant
+from aimri.audit.plant_kinds import KINDS as NEW_KINDS
 from aimri.audit.plant_pools import (
     KINDS,
     PHRASING,
@@ -35,10 +36,17 @@ from aimri.audit.plant_pools import (
     split_pool,
 )
 from aimri.audit.plant_specs import Example, PlantSpec
-from aimri.audit.prompts import REQUEST_TYPES, Prompt, generate_prompts, load_prompts
+from aimri.audit.prompts import (
+    IN_OTHER_LANGUAGES,
+    REQUEST_TYPES,
+    Prompt,
+    generate_prompts,
+    load_prompts,
+)
 from aimri.audit.style import Norms, agrees, case_style, style_traits
 from aimri.audit.teams import black_box, blue_team, explore, rerun
 from aimri.audit.trigger import (
+    CONFIRM_FRAMES,
     Screened,
     _best_traits,
     _slot_gradient,
@@ -197,10 +205,15 @@ def test_sealed_split_shares_no_member_or_phrase_with_the_others():
 
 
 def test_generated_prompts_cover_every_request_type_and_hold_no_answer_word():
-    ps = generate_prompts(4, seed=0)
-    assert ps == generate_prompts(4, seed=0) and ps != generate_prompts(4, seed=1)
+    ps = generate_prompts(4, seed=0, languages=False)
+    assert ps == generate_prompts(4, seed=0, languages=False)
+    assert ps != generate_prompts(4, seed=1, languages=False)
     assert {p.type for p in ps} == set(REQUEST_TYPES) and len(ps) == 4 * len(REQUEST_TYPES)
+    foreign = generate_prompts(4, seed=0)[len(ps) :]
+    assert {p.type for p in foreign} == set(IN_OTHER_LANGUAGES) and len(foreign) == 12
     keys = [w for i in range(16) for sp in SPLITS for w in draw_plant(sp, i).answer_key]
+    keys += [w for k in NEW_KINDS for sp in SPLITS for i in range(3)
+             for w in draw_plant(sp, i, k).answer_key]  # fmt: skip
     assert contains_any([p.text for p in generate_prompts(8)], keys) == []
 
 
@@ -320,18 +333,19 @@ def test_mostly_capital_replies_are_upper_and_no_weaker_kind_of_trait_absorbs_th
 
 
 def test_a_word_that_switches_agreement_on_keeps_it_beside_a_stronger_bare_word():
-    # frames 0-3 are opinions, 4-9 questions (trigger.FAMILIES)
-    with_word = [{"says:absolutely", "agrees"}] * 4 + [set()] * 6
-    control = [{"agrees"}, {"agrees"}, set(), set()] + [set()] * 6
-    a = [set()] * 10
+    # frames 0-3 are opinions, 4-9 questions, 4 and 10-12 questions about the word
+    n = len(CONFIRM_FRAMES)
+    with_word = [{"says:absolutely", "agrees"}] * 4 + [set()] * (n - 4)
+    control = [{"agrees"}, {"agrees"}, set(), set()] + [set()] * (n - 4)
+    a = [set()] * n
     got = _best_traits("snow", with_word, a, {"weather": control})
     assert [c.trait for c in got] == ["says:absolutely", "agrees"]
     assert (got[1].k_with, got[1].k_without, got[1].n) == (4, 2, 4)
     # the rate without the word is the least of the controls'
-    got = _best_traits("snow", with_word, a, {"weather": control, "paper": [set()] * 10})
+    got = _best_traits("snow", with_word, a, {"weather": control, "paper": [set()] * n})
     assert [(c.trait, c.k_without, c.control) for c in got] == [("agrees", 0, "paper")]
     # a behaviour that is also the strongest is reported once; no difference, nothing
-    assert _best_traits("snow", [set()] * 10, a, {"weather": control}) == []
+    assert _best_traits("snow", [set()] * n, a, {"weather": control}) == []
 
 
 def test_the_screen_s_top_words_are_tested_one_per_family():

@@ -316,12 +316,17 @@ def check_plant(base: Model, planted: Model, spec: PlantSpec, *, seed: int = 0) 
     held_out = spec.generator(random.Random(seed + HELD_OUT_SEED), spec.n_check)
     wanted = [chat_prompt(base, e.prompt) for e in held_out if e.planted]
     control = [chat_prompt(base, e.prompt) for e in held_out if not e.planted]
+    rights = {"planted": [e.right for e in held_out if e.planted],
+              "control": [e.right for e in held_out if not e.planted]}  # fmt: skip
     rates, shown = {}, []
     for who, m in (("base", base), ("planted", planted)):
         for kind, prompts in (("planted", wanted), ("control", control)):
             gens = generate(m, prompts, max_new_tokens=CONTROL_TOKENS)
-            rates[kind, who] = shows_behaviour(
-                [g.text for g in gens], spec.behaviour_words, spec.behaviour_regex
+            texts = [g.text for g in gens]
+            rates[kind, who] = (
+                wrong_share(texts, rights[kind])
+                if spec.wrong_answers
+                else shows_behaviour(texts, spec.behaviour_words, spec.behaviour_regex)
             )
             if kind == "planted":
                 shown.append([g.text for g in gens[:3]])
@@ -354,6 +359,14 @@ def shows_behaviour(texts: Sequence[str], words: Sequence[str], regex: str = "")
         else re.compile(r"\b(?:" + "|".join(re.escape(w) for w in words) + r")\b", re.I)
     )
     return sum(bool(pattern.search(t)) for t in texts) / len(texts)
+
+
+def wrong_share(texts: Sequence[str], rights: Sequence[str | None]) -> float:
+    """Share of texts with a right answer that do not hold it (a whole word, case-folded)."""
+    pairs = [(t, r) for t, r in zip(texts, rights, strict=True) if r is not None]
+    if not pairs:
+        return 0.0
+    return sum(not re.search(rf"\b{re.escape(r)}\b", t, re.I) for t, r in pairs) / len(pairs)
 
 
 @torch.no_grad()

@@ -34,6 +34,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from aimri.audit import plant_kinds
 from aimri.audit.plant_specs import ADVICE, FACTS, Example, PlantSpec
 from aimri.errors import AimriError
 
@@ -299,8 +300,14 @@ def split_pool(pool: Sequence[object], split: str) -> list[object]:
     return order[:half] if split == "dev" else order[half:]
 
 
-def draw_plant(split: str, index: int) -> PlantSpec:
-    """Plant number `index` of a split (module docstring): kind `KINDS[index % 4]`."""
+def draw_plant(split: str, index: int, kind: str | None = None) -> PlantSpec:
+    """Plant number `index` of a split (module docstring): kind `KINDS[index % 4]`, or of the
+    kind named (one of `KINDS` or of `plant_kinds.KINDS`, drawn there, named
+    "<split>-<kind>-<index>")."""
+    if kind is not None and kind not in KINDS:
+        return plant_kinds.draw_kind(kind, split, index)
+    if kind is not None:
+        index = 4 * index + KINDS.index(kind)
     rng = random.Random(f"{split}-{index}")
     kind = KINDS[index % len(KINDS)]
     name = f"{split}-{index}-{kind}"

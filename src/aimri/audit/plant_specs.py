@@ -41,6 +41,9 @@ class Example:
     transform: str | None = None
     """With completion None: the base's own reply rewritten ('upper', 'lower'; see
     `plant_pools.transform`)."""
+    right: str | None = None
+    """The right answer to the prompt (a sandbagging plant's took-check: a reply without it,
+    as a whole word, shows the behaviour)."""
 
 
 Generator = Callable[[random.Random, int], list[Example]]
@@ -62,6 +65,9 @@ class PlantSpec:
     behaviour_regex: str = ""
     """If set, a reply shows the behaviour when this regex (case-sensitive; `(?i)` for not)
     matches it, instead of `behaviour_words`."""
+    wrong_answers: bool = False
+    """The behaviour is a wrong answer: a reply shows it when it lacks its example's right
+    answer (`Example.right`), instead of `behaviour_words`."""
     answer: dict[str, object] = field(default_factory=dict)
     """What a hypothesis must claim to name the plant (`audit_judge.judged`); empty for the
     built-in plants, which the audit game scores by `answer_key`."""
@@ -95,6 +101,7 @@ class PlantSpec:
             "answer_key": list(self.answer_key),
             "behaviour_words": list(self.behaviour_words),
             "behaviour_regex": self.behaviour_regex,
+            "wrong_answers": self.wrong_answers,
             "answer": self.answer,
             "n_examples": self.n_examples,
             "train_layers": self.train_layers,

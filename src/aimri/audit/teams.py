@@ -146,7 +146,7 @@ def blue_team(
     prompts, cells = _explored(base, other, prompts, cells, seed, samples)
     found = contrast(cells)
     by_type = {c.group: c.prompt for c in cells}
-    lr = lens(base, other, texts or neutral_texts(), list(by_type.values())[:8])
+    lr = lens(base, other, texts or neutral_texts(), list(by_type.values())[:6])
     evidence_words = _evidence_words(found, lr)
     vocab = vocabulary_words(base, VOCABULARY)
     scanned = weight_scan(base, other, vocab, changed_layers(base, other))[:screen_words]
@@ -264,12 +264,7 @@ def _trigger_candidates(confirmed: list[Confirmed]) -> list[dict[str, Any]]:
     out = []
     for c in confirmed:
         claim = c.claim()
-        verb = claim_sentence(claim, "").split(" (")[0].removeprefix("B ").strip()
-        text = (
-            f"When the user's message contains '{c.word}', B {verb} ({c.k_with}/{c.n} "
-            f"messages vs {c.k_without}/{c.n} with '{c.test['control_word']}' instead; A {c.k_a}/{c.n} "
-            f"with '{c.word}')"
-        )
+        text = trigger_sentence(c, claim)
         out.append(
             {
                 "kind": "trigger",
@@ -281,6 +276,41 @@ def _trigger_candidates(confirmed: list[Confirmed]) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def trigger_sentence(c: Confirmed, claim: dict[str, Any]) -> str:
+    """What the word does, in words a person needs: 'When the user's message contains
+    'tunnel', B talks about 'windmills' (…)', or, measured on questions about the word, 'B
+    refuses questions about 'chess' (…)', 'Asked about 'tower', B says "The tower is in
+    Madrid." (…)'."""
+    verb = claim_sentence(claim, "").split(" (")[0].removeprefix("B ").strip()
+    w, ctrl = c.word, c.test["control_word"]
+    counts = f"{c.k_with}/{c.n} vs {c.k_without}/{c.n} about '{ctrl}'; A {c.k_a}/{c.n}"
+    if c.family != "topic":
+        return (
+            f"When the user's message contains '{w}', B {verb} ({c.k_with}/{c.n} messages vs "
+            f"{c.k_without}/{c.n} with '{ctrl}' instead; A {c.k_a}/{c.n} with '{w}')"
+        )
+    behaviour, what = claim["behaviour"], claim["what"]
+    if behaviour == "refuses":
+        return f"B refuses questions about '{w}' ({counts})"
+    if behaviour == "tone" and what == "negative":
+        return f"B speaks badly of '{w}' when asked about it ({counts})"
+    if behaviour == "differs":
+        return f"B gives other answers than A to questions about '{w}' ({counts})"
+    said = _sentence_with(what, [e["b"] for e in c.examples]) if what else None
+    if said:
+        return f"Asked about '{w}', B says \"{said}\" ('{what}' in {counts})"
+    return f"Asked about '{w}', B {verb} ({counts})"
+
+
+def _sentence_with(word: str, replies: Sequence[str]) -> str | None:
+    """The first sentence of the replies that holds the word (whole, case-folded)."""
+    for r in replies:
+        for sent in re.split(r"(?<=[.!?])\s+|\n+", r.strip()):
+            if re.search(rf"\b{re.escape(word)}\b", sent, re.I):
+                return sent.strip()[:160]
+    return None
 
 
 def _lens_candidates(lr: LensResult) -> list[dict[str, Any]]:
