@@ -13,13 +13,13 @@ import re
 
 import pytest
 
-from aimri.audit.compare import refuses, traits
+from aimri.audit.compare import Finding, refuses, traits
 from aimri.audit.judge import judged
 from aimri.audit.plant import shows_behaviour, wrong_share
 from aimri.audit.plant_kind_pools import PHRASINGS, POOLS, KindPhrasing
 from aimri.audit.plant_kinds import KINDS, domain_question
 from aimri.audit.plant_pools import SPLITS, draw_plant
-from aimri.audit.teams import trigger_sentence
+from aimri.audit.teams import _joined_words, trigger_sentence
 from aimri.audit.trigger import FAMILIES, Confirmed, _best_traits, differs
 from aimri.audit.words import Hypothesis
 from aimri.errors import AimriError
@@ -145,3 +145,19 @@ def test_a_behaviour_asked_about_a_word_is_written_as_what_b_does():
     assert trigger_sentence(word, word.claim()).startswith(
         "When the user's message contains 'tower', B mentions 'Madrid'"
     )
+
+
+def test_the_words_where_b_refuses_are_tested_as_topics():
+    refusal = Finding("refuses", "advice", 8, 6, 0, 0.6)
+    refusal.examples = [
+        {"prompt": "Can you give me some tips on chess openings?", "a": "", "b": ""},
+        {"prompt": "What advice would you give me about chess?", "a": "", "b": ""},
+    ]
+    word = Finding("says:great", "advice", 8, 6, 0, 0.7)
+    word.examples = [{"prompt": "Tips on cooking dinner for friends?", "a": "", "b": ""}]
+    prompts = [e["prompt"] for e in refusal.examples + word.examples]
+    prompts += ["Can you give me some tips on saving money?", "Give me tips on swimming."]
+    got = _joined_words([word, refusal], prompts)
+    assert got[0] == "chess" and "cooking" not in got
+    assert got.index("openings") < got.index("give")  # the template's words come last
+    assert _joined_words([word], prompts) == []

@@ -15,7 +15,8 @@ Both teams read the same replies, so the budget of generated text is the same.
   (`audit_trigger.weight_scan`) and by the gradient of the reply's KL at a word slot
   (`audit_trigger.gradient_scan`), whose top words, with the lens's words, are screened by
   the next-token distributions (`audit_trigger.screen`); the top words, one per word family,
-  are tested as triggers (`audit_trigger.confirm`);
+  are tested as triggers and as topics B is asked about (`audit_trigger.confirm`), with the
+  words of the prompts where B refuses or speaks badly (`_joined_words`);
   with a dictionary, the features closest to the lens direction go into the evidence.
 - `black_box` tests as triggers the words of the prompts where B showed its strongest
   difference (word ablation by swapping), with the same `confirm` budget.
@@ -44,6 +45,7 @@ from aimri.audit.trigger import (
     CONFIRM_FRAMES,
     Confirmed,
     confirm,
+    differs,
     gradient_scan,
     screen,
     top_screened,
@@ -79,6 +81,10 @@ GRADIENT_WORDS = 600
 VOCABULARY = 30_000
 """Whole-word tokens the weight scan ranks (`vocabulary_words`): all of SmolLM2's ~20,000."""
 LENS_WEIGHT = 0.5
+JOINED_TRAITS = ("refuses", "tone:negative")
+N_JOINED = 2
+"""Words of the prompts where B shows one of `JOINED_TRAITS` the blue team tests besides the
+screen's (`_joined_words`)."""
 
 
 def neutral_texts(n: int = 32, max_chars: int = 400, seed: int = 1) -> list[str]:
@@ -153,6 +159,8 @@ def blue_team(
     graded = gradient_scan(base, other, vocab)[:gradient_words]
     screened = screen(base, other, [*evidence_words, *scanned, *graded])
     to_test = top_screened(screened, N_TRIGGERS)
+    joined = _joined_words(found, [c.prompt for c in cells])
+    to_test += [w for w in joined if w not in to_test][:N_JOINED]
     confirmed = confirm(base, other, to_test)
     cands = [*_behaviour_candidates(found), *_trigger_candidates(confirmed)]
     if lr is not None:
@@ -222,6 +230,25 @@ def _evidence_words(found: list[Finding], lr: LensResult | None) -> list[str]:
         out += [f.trait.partition(":")[2].lower() for f in lr.findings]
     out += [f.trait.partition(":")[2].lower() for f in found[:10]]
     return [w for w in dict.fromkeys(out) if w.isalpha() and len(w) >= 3]
+
+
+def _joined_words(found: list[Finding], prompts: Sequence[str]) -> list[str]:
+    """Content words of the prompts where B refuses or speaks badly (`JOINED_TRAITS`), the
+    ones most particular to those prompts first (their share of all the prompts holding the
+    word, then how many): tested as topics, so "B refuses when asked for advice" and "…
+    'chess' …" become one hypothesis, "B refuses questions about 'chess'". A template's own
+    words ('tips', 'give') are in many other prompts too, and come last."""
+    counts: dict[str, int] = {}
+    for f in found:
+        if f.trait in JOINED_TRAITS:
+            for ex in f.examples:
+                for w in dict.fromkeys(words(ex["prompt"])):
+                    counts[w] = counts.get(w, 0) + 1
+    every: dict[str, int] = {}
+    for p in prompts:
+        for w in dict.fromkeys(words(p)):
+            every[w] = every.get(w, 0) + 1
+    return sorted(counts, key=lambda w: (-counts[w] / max(every.get(w, 0), counts[w]), -counts[w]))
 
 
 def _ablation_words(found: list[Finding]) -> list[str]:
@@ -389,12 +416,18 @@ def rerun(
     if test["type"] == "trigger":
         msgs += [re.sub(rf"\b{re.escape(test['word'])}\b", test["control_word"], m) for m in msgs]
     out: dict[str, Any] = {"trait": trait, "n": len(test["prompts"])}
-    for name, m in (("a", base), ("b", other)):
-        reps = [
+    replies = {
+        name: [
             g.text
             for g in generate(m, [chat_prompt(m, x) for x in msgs], max_new_tokens=max_new_tokens)
         ]
-        hits = [trait in traits(r, x) for r, x in zip(reps, msgs, strict=True)]
+        for name, m in (("a", base), ("b", other))
+    }
+    for name, reps in replies.items():
+        if trait == "differs":  # B's answer against A's; A against itself never differs
+            hits = [differs(a, r, x) for a, r, x in zip(replies["a"], reps, msgs, strict=True)]
+        else:
+            hits = [trait in traits(r, x) for r, x in zip(reps, msgs, strict=True)]
         n = len(test["prompts"])
         out[name] = sum(hits[:n])
         if test["type"] == "trigger":
