@@ -118,6 +118,11 @@ def _plant(w: World, t: Path) -> list[str]:
     return ["plant", "--plant", "trigger", "--model.spec", str(w.model), "--out", str(t)]
 
 
+def _export(w: World, t: Path) -> list[str]:
+    catalog = ("--catalog", str(w.root / "catalog.sqlite"))
+    return ["export", "neuronpedia", "--dictionary", str(w.dictionary), *catalog, "--out", str(t)]
+
+
 TARGETS: dict[str, Target | None] = {
     "scan": Target(
         lambda w, t: ["scan", "--runs-dir", str(t.parent), "--name", t.name],
@@ -149,6 +154,9 @@ TARGETS: dict[str, Target | None] = {
     "features describe": Target(lambda w, t: w.describe(w.dictionary, t), "file", _catalog),
     "features search": None,
     "features explain-text": None,
+    "export neuronpedia": Target(
+        _export, "folder", _marked("neuronpedia.json", _export, "--model-id", "other")
+    ),
 }
 """Commands that write nothing have None (their declaration must say so too)."""
 

@@ -28,6 +28,7 @@ STAGES = {
     "diff": 8,
     "audit": 9,
     "scanner": 10,
+    "export": 10,
     "cli": 11,
     "__init__": 11,
 }

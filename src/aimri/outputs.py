@@ -48,6 +48,7 @@ _MARKERS: tuple[tuple[str, str], ...] = (
     ("ae.safetensors", "dictionary"),
     ("config.json", "model"),
     ("catalog.sqlite", "features folder"),
+    ("neuronpedia.json", "neuronpedia export"),
 )
 
 

@@ -42,6 +42,7 @@ from aimri.config import (
     SteerConfig,
     TrainConfig,
 )
+from aimri.config.export import ExportNeuronpediaConfig
 from aimri.errors import AimriError
 
 
@@ -73,9 +74,10 @@ GROUPS = {
         "search": SearchConfig,
         "explain-text": ExplainTextConfig,
     },
+    "export": {"neuronpedia": ExportNeuronpediaConfig},
 }
 # A first bare argument of these subcommands fills this field: `aimri features search dogs`.
-POSITIONAL = {"search": "--query", "explain-text": "--text"}
+POSITIONAL = {"search": "--query", "explain-text": "--text", "neuronpedia": "--run"}
 # What each command writes (cli/outputs.py); `sites` only prints.
 WRITES = {**_WRITES, SitesConfig: lambda cfg: ()}
 
@@ -185,7 +187,7 @@ def _parse_with_tyro(args: list[str]) -> object:
             prog=f"aimri {group}",
             description=f"aimri {group}: " + _GROUP_HELP[group],
         )
-    commands = {**COMMANDS, **{g: _GroupHelp for g in GROUPS}}
+    commands = {**COMMANDS, **{g: _GROUP_CLASS.get(g, _GroupHelp) for g in GROUPS}}
     return tyro.extras.subcommand_cli_from_dict(
         commands,  # type: ignore[arg-type]
         args=with_pair_positional(args),
@@ -197,12 +199,22 @@ def _parse_with_tyro(args: list[str]) -> object:
 _GROUP_HELP = {
     "features": "describe a dictionary's features (statistics, labels with scores, catalog), "
     "search the catalog, see which features fire on a text. Run `aimri features <command> --help`.",
+    "export": "write a run's graphs, features and dictionary for other tools: `aimri export "
+    "neuronpedia RUN --out DIR [--upload]`. Run `aimri export neuronpedia --help`.",
 }
 
 
 @dataclass(frozen=True)
 class _GroupHelp:
     """Describe, search and explain features: `aimri features describe|search|explain-text`."""
+
+
+@dataclass(frozen=True)
+class _ExportHelp:
+    """Export a run for other tools: `aimri export neuronpedia RUN --out DIR [--upload]`."""
+
+
+_GROUP_CLASS: dict[str, type] = {"export": _ExportHelp}
 
 
 def _dispatch(cfg: object) -> None:
@@ -247,6 +259,10 @@ def _dispatch(cfg: object) -> None:
         from aimri.cli.features import print_circuit
 
         print_circuit(cfg)
+    elif isinstance(cfg, ExportNeuronpediaConfig):
+        from aimri.cli.export import print_export
+
+        print_export(cfg)
     elif isinstance(cfg, tuple(CHECKUP_COMMANDS.values())):
         dispatch_checkup(cfg)
     else:  # pragma: no cover - tyro only returns the classes above

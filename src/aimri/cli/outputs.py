@@ -39,6 +39,7 @@ from aimri.config import (
     SteerConfig,
     TrainConfig,
 )
+from aimri.config.export import ExportNeuronpediaConfig
 from aimri.errors import AimriError
 from aimri.outputs import (
     artifact_kind,
@@ -143,6 +144,10 @@ def _eval(cfg: EvalConfig) -> tuple[Output, ...]:
     return (Output(metrics, "--dictionary", "evaluation", "file", continues=("file",)),)
 
 
+def _export(cfg: ExportNeuronpediaConfig) -> tuple[Output, ...]:
+    return (Output(cfg.out, "--out", "neuronpedia export", overwrite=cfg.overwrite),)
+
+
 WRITES: dict[type, Callable[[Any], tuple[Output, ...]]] = {
     ScanConfig: _scan,
     CollectConfig: _collect,
@@ -158,6 +163,7 @@ WRITES: dict[type, Callable[[Any], tuple[Output, ...]]] = {
     FeaturesConfig: _describe,
     SearchConfig: _nothing,  # reads a catalog
     ExplainTextConfig: _nothing,
+    ExportNeuronpediaConfig: _export,
 }
 """Every command's outputs; `aimri.cli` adds its own `sites` (which writes nothing). A command
 missing here cannot run (and a test enumerates the registry against this table)."""

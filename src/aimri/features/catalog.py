@@ -461,6 +461,11 @@ class Catalog:
             row, [Example(json.loads(t), json.loads(a), *r) for t, a, *r in rows]
         )
 
+    def described(self, basis: str) -> list[int]:
+        """The indices of every feature of `basis` the catalog holds statistics for."""
+        rows = self._q("SELECT idx FROM features WHERE basis = ? ORDER BY idx", self._basis(basis))
+        return [i for (i,) in rows]
+
     def labels(self, basis: str, idx: int) -> list[Label]:
         rows = self._q(
             "SELECT explainer, text, meta FROM labels WHERE basis = ? AND feature = ? ORDER BY id",

@@ -1,0 +1,1 @@
+"""Export to other tools: Neuronpedia and circuit-tracer's viewer (`aimri export`)."""
