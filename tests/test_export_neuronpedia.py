@@ -289,6 +289,7 @@ class _Recorder(BaseHTTPRequestHandler):
     """Neuronpedia's API as its client uses it, recording every request."""
 
     log: list[dict[str, Any]]
+    source_sets: set[str]
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -313,12 +314,20 @@ class _Recorder(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._record()
-        if self.path.startswith("/api/graph/"):
+        if self.path.startswith("/api/source-set/") and self.path in self.source_sets:
+            model, name = self.path.split("/")[-2:]
+            self._reply(self._source_set(model, name))
+        elif self.path.startswith("/api/graph/"):
             model, slug = self.path.split("/")[-2:]
             self._reply({"id": "g1", "modelId": model, "slug": slug, "promptTokens": ["x"],
                          "prompt": "x", "titlePrefix": "", "url": f"http://127.0.0.1/{slug}.json"})  # fmt: skip
         else:
             self._reply({"error": "not found"}, 404)
+
+    @staticmethod
+    def _source_set(model: str, name: str) -> dict[str, Any]:
+        sources = [{"id": f"{i}-{name}", "modelId": model, "setName": name} for i in range(3)]
+        return {"name": name, "modelId": model, "description": "", "urls": [], "sources": sources}
 
     def do_PUT(self) -> None:
         self._record()
@@ -333,9 +342,8 @@ class _Recorder(BaseHTTPRequestHandler):
         elif self.path == "/api/graph/save-to-db":
             self._reply({"url": f"{host}/graph"})
         elif self.path == "/api/source-set/new":
-            self._reply({"name": body["name"], "modelId": body["modelId"], "description": "",
-                         "urls": [], "sources": [{"id": f"{i}-{body['name']}", "modelId": body["modelId"],
-                                                   "setName": body["name"]} for i in range(3)]})  # fmt: skip
+            self.source_sets.add(f"/api/source-set/{body['modelId']}/{body['name']}")
+            self._reply(self._source_set(body["modelId"], body["name"]))
         elif self.path == "/api/feature/upload-batch":
             self._reply({"ok": True})
         else:
@@ -346,7 +354,7 @@ class _Recorder(BaseHTTPRequestHandler):
 def neuronpedia_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     pytest.importorskip("neuronpedia", reason="pip install 'aimri[export]' for the upload test")
     log: list[dict[str, Any]] = []
-    handler = type("Handler", (_Recorder,), {"log": log})
+    handler = type("Handler", (_Recorder,), {"log": log, "source_sets": set()})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -370,7 +378,12 @@ def test_upload_sends_the_export_through_the_real_client(
         ("POST", "/api/graph/signed-put"), ("PUT", "/bucket/fox.json"),
         ("POST", "/api/graph/save-to-db"), ("GET", "/api/graph/tiny/fox"),
     ]  # fmt: skip
-    assert calls[4:] == [("POST", "/api/source-set/new"), ("POST", "/api/feature/upload-batch")]
+    source_set = ("GET", "/api/source-set/tiny/aimri-res-24")
+    assert calls[4:] == [
+        source_set,
+        ("POST", "/api/source-set/new"),
+        ("POST", "/api/feature/upload-batch"),
+    ]
     assert all(e["key"] == KEY for e in log if e["path"].startswith("/api/"))
     put = next(e for e in log if e["method"] == "PUT")
     assert put["key"] is None  # the signed URL gets the graph, never the key
@@ -393,6 +406,11 @@ def test_upload_sends_the_export_through_the_real_client(
             assert KEY.encode() not in (gzip.decompress(data) if path.suffix == ".gz" else data)
     assert KEY not in said.out + said.err + caplog.text
     assert "uploaded to" in said.out
+    # a second upload finds the source set there and sends the same features again
+    del log[:]
+    assert main([*argv, "--overwrite", "--upload", "--upload-url", url]) == 0
+    assert [(e["method"], e["path"]) for e in log][4:] == [source_set, calls[-1]]
+    assert json.loads(log[-1]["body"]) == batch
 
 
 def test_upload_without_a_key_is_refused_before_any_work(run, tmp_path, monkeypatch, capsys):

@@ -2,7 +2,7 @@
 
 The `neuronpedia` package (pip install 'aimri[export]') does the talking: graphs through
 `GraphRequest.upload` (a signed PUT of the gzipped JSON, then saved), the dictionary through
-`SourceSetRequest.new` (which makes one source per layer) and the described features through
+`SourceSetRequest.get`, or `.new` where it is not there yet (one source per layer) and the described features through
 `FeatureRequest.upload_batch`, built from the client's own types (`Feature`, `Activation`,
 `Explanation`, `Logit`). The API key is read from NEURONPEDIA_API_KEY and handed to the client;
 it is never written to a file, a log or an error message. The client prints progress; that is
@@ -67,7 +67,6 @@ def upload(result: ExportResult, *, url: str) -> UploadResult:
     check_client()
     key = api_key()
     from neuronpedia.requests.graph_request import GraphRequest
-    from neuronpedia.requests.source_set_request import SourceSetRequest
 
     shown = []
     for slug in result.graphs:
@@ -79,11 +78,7 @@ def upload(result: ExportResult, *, url: str) -> UploadResult:
         log.info("uploaded graph %s", slug)
     head = _source_record(result)
     source_set = _call(
-        url,
-        f"source set '{head['setName']}'",
-        lambda: _at(SourceSetRequest(api_key=key), url).new(
-            name=head["setName"], model_id=result.model_id, description=_description(result)
-        ),
+        url, f"source set '{head['setName']}'", lambda: _source_set(key, url, result, head)
     )
     if not any(s.id == result.source_id for s in source_set.sources):
         log.warning("Neuronpedia lists no source %s in its answer; uploading to it anyway",
@@ -98,6 +93,22 @@ def upload(result: ExportResult, *, url: str) -> UploadResult:
         n += len(batch)
     log.info("uploaded %d features to source %s", n, result.source_id)
     return UploadResult(shown, result.source_id, n)
+
+
+def _source_set(key: str, url: str, result: ExportResult, head: dict[str, Any]) -> Any:
+    """The dictionary's source set on Neuronpedia: the one there (a second upload), else new."""
+    import requests
+    from neuronpedia.requests.source_set_request import SourceSetRequest
+
+    request = _at(SourceSetRequest(api_key=key), url)
+    try:
+        return request.get(result.model_id, head["setName"])
+    except requests.exceptions.HTTPError as e:
+        if "not found" not in str(e).lower():
+            raise
+    return request.new(
+        name=head["setName"], model_id=result.model_id, description=_description(result)
+    )
 
 
 def _at(request: T, url: str) -> T:
