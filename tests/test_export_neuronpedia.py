@@ -282,6 +282,16 @@ def test_an_export_is_not_replaced_without_overwrite(run, exported, capsys):
     assert (exported / "neuronpedia.json").read_bytes() == before
 
 
+@pytest.mark.parametrize("where", ["run", "graphs", "above"])
+def test_an_export_never_lands_on_what_it_reads(run, where, capsys):
+    out = {"run": run, "graphs": run / "graphs", "above": run.parent}[where]
+    before = sorted(p.name for p in (run / "graphs").iterdir())
+    assert main(["export", "neuronpedia", str(run), "--out", str(out), "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert "which the export reads" in err and err.count("aimri: error:") == 1
+    assert sorted(p.name for p in (run / "graphs").iterdir()) == before == ["fox.json"]
+
+
 # --- upload through the real client ----------------------------------------------------------
 
 

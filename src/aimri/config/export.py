@@ -59,11 +59,14 @@ class ExportNeuronpediaConfig:
                 "--run was given with --dictionary/--catalog: the run names its own; pass either "
                 "the run, or --dictionary and --catalog without it"
             )
-        if self.run is not None and self.out.resolve() == self.run.resolve():
-            raise AimriError(
-                f"--out '{self.out}' is the run folder itself: nothing was changed; write the "
-                f"export beside it or inside it, e.g. --out {self.run / 'neuronpedia'}"
-            )
+        out = self.out.resolve()
+        for path in self._inputs():
+            if out == path.resolve() or out in path.resolve().parents:
+                raise AimriError(
+                    f"--out '{self.out}' holds '{path}', which the export reads: nothing was "
+                    f"changed; write the export to a folder of its own, e.g. --out "
+                    f"{(self.run or out.parent) / 'neuronpedia'}"
+                )
         for flag, name in (("--model-id", self.model_id), ("--source-set", self.source_set)):
             if name and not _NAME.fullmatch(name):
                 raise AimriError(
@@ -75,3 +78,8 @@ class ExportNeuronpediaConfig:
                 f"--upload-url '{self.upload_url}' is not an http(s) URL: give the API root, e.g. "
                 f"{NEURONPEDIA_API}"
             )
+
+    def _inputs(self) -> list[Path]:
+        if self.run is not None:
+            return [self.run / "graphs", self.run / "features", self.run / "dicts"]
+        return [p for p in (self.dictionary, self.catalog, self.graphs) if p is not None]
