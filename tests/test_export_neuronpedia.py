@@ -161,6 +161,12 @@ def test_every_link_survives_under_circuit_tracers_node_ids(run, exported):
         assert {k: b[k] for k in ("influence", "activation", "clerp")} == {
             k: a.get(k) for k in ("influence", "activation", "clerp")
         }
+    # a number (Neuronpedia's graph schema), under which the viewers show every node
+    shown = [
+        n["influence"] for n in theirs["nodes"] if n["feature_type"] not in ("embedding", "logit")
+    ]
+    assert isinstance(theirs["metadata"]["node_threshold"], float)
+    assert max(shown) <= theirs["metadata"]["node_threshold"] < max(shown) + 0.001
     index = json.loads((exported / "graphs" / "graph-metadata.json").read_text())
     assert index == {"graphs": [theirs["metadata"]]}
 

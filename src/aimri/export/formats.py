@@ -1,7 +1,9 @@
 """Neuronpedia's and circuit-tracer's formats, as pure functions from aimri's records to JSON.
 
 - A graph: the JSON that circuit-tracer's frontend and Neuronpedia read (`metadata`, `qParams`,
-  `nodes`, `links`), every node with circuit-tracer's fields in its order and its node ids
+  `nodes`, `links`; `node_threshold` a number, as Neuronpedia's graph schema wants, set so that
+  the viewers' pruning slider starts by showing every node), every node with circuit-tracer's
+  fields in its order and its node ids
   (`{layer}_{latent}_{pos}` features, `0_{layer}_{pos}` errors, `E_{token}_{pos}` tokens,
   `{n_layers+1}_{token}_{pos}` logits), so that its pydantic models read it back unchanged.
   aimri's own graphs name errors `{layer}_-1_{pos}`, which can never equal a feature's id;
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -91,11 +94,19 @@ def neuronpedia_graph(graph: dict[str, Any], *, model_id: str) -> NeuronpediaGra
         "transcoder_list": list(meta.get("transcoder_list", [])),
         "prompt_tokens": list(meta["prompt_tokens"]),
         "prompt": meta["prompt"],
-        "node_threshold": meta.get("node_threshold"),
+        "node_threshold": meta.get("node_threshold") or _threshold(nodes),
         "schema_version": meta.get("schema_version", 1),
     }
     data = {"metadata": metadata, "qParams": qparams, "nodes": nodes, "links": links}
     return NeuronpediaGraph(data, kept)
+
+
+def _threshold(nodes: list[dict[str, Any]]) -> float:
+    """The pruning threshold that shows every exported node: the viewers hide feature and error
+    nodes whose cumulative influence is above it, and Neuronpedia wants a number here."""
+    pruned = [n["influence"] for n in nodes if n["feature_type"] not in ("embedding", "logit")]
+    top = max((x for x in pruned if x is not None), default=0.8)
+    return math.ceil(top * 1000) / 1000
 
 
 def _ct_node(node: dict[str, Any]) -> dict[str, Any]:
