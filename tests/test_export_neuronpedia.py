@@ -45,32 +45,43 @@ from aimri.features.catalog import Catalog
 ROOT = Path(__file__).resolve().parents[1]
 SITE = "blocks.1.hook_resid_post"
 KEY = "np-test-key-3f9a1c77d2"
-# Field names of Neuronpedia's bulk-export records (its utils' db_models): every field aimri
-# writes must be one of them.
-DB_FIELDS = {
-    "features": "modelId layer index creatorId createdAt maxActApprox hasVector vector vectorLabel "
-    "vectorDefaultSteerStrength hookName topkCosSimIndices topkCosSimValues neuron_alignment_indices "
-    "neuron_alignment_values neuron_alignment_l1 correlated_neurons_indices "
-    "correlated_neurons_pearson correlated_neurons_l1 correlated_features_indices "
-    "correlated_features_pearson correlated_features_l1 neg_str neg_values pos_str pos_values "
-    "frac_nonzero freq_hist_data_bar_heights freq_hist_data_bar_values "
-    "logits_hist_data_bar_heights logits_hist_data_bar_values decoder_weights_dist",
-    "activations": "id tokens index layer modelId maxValue maxValueTokenIndex minValue values "
-    "creatorId dataSource dataIndex dfaValues dfaTargetIndex dfaMaxValue createdAt lossValues "
-    "logitContributions binMin binMax binContains qualifyingTokenIndex",
-    "explanations": "id modelId layer index description authorId embedding triggeredById "
-    "typeName explanationModelName notes createdAt",
-    "source": "id modelId setName creatorId hasDashboards inferenceEnabled inferenceHosts "
-    "saelensConfig saelensRelease saelensSaeId hfRepoId hfFolderId visibility defaultOfModelId "
-    "hasUmap hasUmapLogSparsity hasUmapClusters num_prompts num_tokens_in_prompt dataset notes "
-    "createdAt",
-    "sourceset": "modelId name creatorId hasDashboards visibility description type creatorName "
-    "urls creatorEmail releaseName defaultOfModelId defaultRange defaultShowBreaks showDfa "
-    "showCorrelated showHeadAttribution showUmap createdAt",
-    "model": "id instruct creatorId displayNameShort displayName tlensId dimension visibility "
-    "defaultSourceSetName defaultSourceId inferenceEnabled layers neuronsPerLayer createdAt owner "
-    "updatedAt website",
+# The columns of Neuronpedia's tables (its webapp's prisma schema), each with a '*' where the
+# column has no default: its importer creates the model, source-set and source rows through its
+# ORM (an unknown or missing column is an error) and copies the other rows by column name.
+TABLES = {
+    "model": "id* displayNameShort displayName creatorId* tlensId openRouterId dimension thinking "
+    "visibility defaultSourceSetName defaultSourceId defaultGraphSourceSetName inferenceEnabled "
+    "instruct layers* neuronsPerLayer* createdAt owner* updatedAt website",
+    "sourceset": "modelId* name* hasDashboards allowInferenceSearch visibility description* type "
+    "creatorName* creatorEmail creatorId* releaseName hasGraphs graphEnabled "
+    "similarityMatrixEnabled defaultOfModelId defaultGraphModelId defaultRange defaultShowBreaks "
+    "showDfa showCorrelated showHeadAttribution showUmap createdAt urls",
+    "source": "id* modelId* hasDashboards inferenceEnabled saelensConfig saelensRelease "
+    "saelensSaeId hfRepoId hfFolderId visibility defaultOfModelId setName* creatorId* hasUmap "
+    "hasUmapLogSparsity hasUmapClusters num_prompts num_tokens_in_prompt dataset notes "
+    "cosSimMatchModelId cosSimMatchSourceId createdAt inferenceHosts",
+    "features": "modelId* layer* index* sourceSetName creatorId createdAt maxActApprox hasVector "
+    "vector vectorLabel vectorDefaultSteerStrength hookName topkCosSimIndices topkCosSimValues "
+    "neuron_alignment_indices neuron_alignment_values neuron_alignment_l1 "
+    "correlated_neurons_indices correlated_neurons_pearson correlated_neurons_l1 "
+    "correlated_features_indices correlated_features_pearson correlated_features_l1 neg_str "
+    "neg_values pos_str pos_values frac_nonzero freq_hist_data_bar_heights "
+    "freq_hist_data_bar_values logits_hist_data_bar_heights logits_hist_data_bar_values "
+    "decoder_weights_dist umap_cluster umap_log_feature_sparsity umap_x umap_y",
+    "activations": "id* dataIndex index* layer* modelId* dataSource maxValue* maxValueTokenIndex* "
+    "minValue* dfaValues dfaTargetIndex dfaMaxValue zQIndices zKIndices zValues creatorId* "
+    "createdAt lossValues logitContributions binMin binMax binContains qualifyingTokenIndex "
+    "tokens* values*",
+    "explanations": "id* modelId* layer* index* embedding description* authorId* "
+    "triggeredByUserId notes scoreV1 scoreV2 umap_x umap_y umap_cluster umap_log_feature_sparsity "
+    "typeName explanationModelName createdAt updatedAt",
 }
+
+
+def fits_table(record: dict[str, Any], table: str) -> bool:
+    columns = TABLES[table].split()
+    required = {c.rstrip("*") for c in columns if c.endswith("*")}
+    return required <= set(record) <= {c.rstrip("*") for c in columns}
 
 
 @pytest.fixture(scope="module")
@@ -242,16 +253,18 @@ def test_the_source_follows_neuronpedias_bulk_export_layout(run, exported):
     }  # fmt: skip
     for name in ("model", "sourceset", "source"):
         (record,) = [json.loads(x) for x in (root / f"{name}.jsonl").read_text().splitlines()]
-        assert set(record) <= set(DB_FIELDS[name].split()), name
+        assert fits_table(record, name), (name, record)
     source = json.loads((root / "source.jsonl").read_text())
     assert source["id"] == "1-aimri-res-24" and source["setName"] == "aimri-res-24"
-    assert json.loads(source["saelensConfig"])["metadata"]["hook_name"] == SITE
+    assert source["saelensConfig"]["metadata"]["hook_name"] == SITE
+    model = json.loads((root / "model.jsonl").read_text())
+    assert (model["layers"], model["neuronsPerLayer"]) == (2, 0)  # no run.json: layer 1 seen
     rows = {
         name: _gz(root / name / "batch-0.jsonl.gz")
         for name in ("features", "activations", "explanations")
     }
     for name, records in rows.items():
-        assert records and all(set(r) <= set(DB_FIELDS[name].split()) for r in records), name
+        assert records and all(fits_table(r, name) for r in records), name
         assert all(r["layer"] == "1-aimri-res-24" and r["modelId"] == "tiny" for r in records)
     with Catalog.open(run / "features" / "catalog.sqlite") as c:
         basis = c.identity.basis.name
@@ -266,8 +279,11 @@ def test_the_source_follows_neuronpedias_bulk_export_layout(run, exported):
                 assert a["values"][a["maxValueTokenIndex"]] == a["maxValue"] == max(a["values"])
                 assert a["binMin"] <= a["maxValue"] <= a["binMax"]
                 assert a["binContains"] is None or 0 < a["binContains"] <= 1
-            labels = [x["description"] for x in rows["explanations"] if x["index"] == r["index"]]
-            assert labels and labels[0] == c.best_label(basis, int(r["index"]))
+            labels = [x for x in rows["explanations"] if x["index"] == r["index"]]
+            assert labels and labels[0]["description"] == c.best_label(basis, int(r["index"]))
+            # explanation types and explainer models are keys into Neuronpedia's own tables
+            assert all(x["typeName"] is x["explanationModelName"] is None for x in labels)
+            assert r["sourceSetName"] == "aimri-res-24"
     ids = [a["id"] for a in rows["activations"]]
     assert len(set(ids)) == len(ids) and all(re.fullmatch(r"c[0-9a-z]{24}", i) for i in ids)
 

@@ -12,8 +12,9 @@
 - A feature: circuit-tracer's feature file (`index`, `examples_quantiles`, top/bottom logits,
   `quantile_values`, `histogram`, `activation_frequency`).
 - A source: the records of Neuronpedia's bulk export (model, source set, source, and per feature
-  one feature row, its activation texts and its explanations), with the field names of
-  Neuronpedia's own export code.
+  one feature row, its activation texts and its explanations), with the columns of Neuronpedia's
+  tables and the layout its importer reads (`<model>/<source>/{model,sourceset,source}.jsonl`,
+  `features|activations|explanations/batch-<n>.jsonl.gz`).
 Not here: reading a run or writing files (`neuronpedia.py`), uploading (`upload.py`).
 """
 
@@ -202,28 +203,38 @@ class SourceInfo:
     site: str
     n_features: int
     description: str
-    saelens_config: str
-    """The dictionary's cfg.json (SAELens layout), as text."""
+    saelens_config: dict[str, Any] | None
+    """The dictionary's cfg.json (SAELens layout)."""
     created: str
     """ISO time of the export."""
+    n_layers: int
+    """The model's layers (at least the dictionary's layer + 1 where the run does not say)."""
+    d_model: int | None = None
+    d_mlp: int = 0
+    """The model's MLP width (Neuronpedia's `neuronsPerLayer`); 0 where the run does not say."""
 
     @property
     def source_id(self) -> str:
         return f"{self.layer}-{self.source_set}"
 
 
-CREATOR = "aimri"
-"""`creatorId` of every record: Neuronpedia replaces it with the importing user's id."""
+CREATOR = "clkht01d40000jv08hvalcvly"
+"""`creatorId` / `authorId` of every record: Neuronpedia's default creator user (its
+DEFAULT_CREATOR_USER_ID, seeded in every instance), as its own exports have it. The rows of the
+model, the source set and the source are created one by one through its ORM, so they hold only
+its columns and every column without a default; the feature, activation and explanation rows go
+in by column name (unknown keys are dropped) and reference users and explanation types by key."""
 
 
 def source_headers(s: SourceInfo) -> dict[str, dict[str, Any]]:
     """One record each for `model.jsonl`, `sourceset.jsonl` and `source.jsonl`."""
     base = {"creatorId": CREATOR, "createdAt": s.created}
-    model = {"id": s.model_id, "instruct": False, "displayNameShort": s.model_id}
-    model |= {"displayName": s.model_id, "visibility": "PUBLIC", "layers": 0} | base
+    model = {"id": s.model_id, "displayNameShort": s.model_id, "displayName": s.model_id}
+    model |= {"dimension": s.d_model, "visibility": "PUBLIC", "instruct": False}
+    model |= {"layers": s.n_layers, "neuronsPerLayer": s.d_mlp, "owner": ""} | base
     sourceset = {"modelId": s.model_id, "name": s.source_set, "hasDashboards": True}
-    sourceset |= {"visibility": "PUBLIC", "description": s.description, "type": "sae"}
-    sourceset |= {"creatorName": CREATOR, "urls": []} | base
+    sourceset |= {"visibility": "PUBLIC", "description": s.description, "type": ""}
+    sourceset |= {"creatorName": "aimri", "urls": []} | base
     source = {"id": s.source_id, "modelId": s.model_id, "setName": s.source_set}
     source |= {"hasDashboards": True, "inferenceEnabled": False, "inferenceHosts": []}
     source |= {"saelensConfig": s.saelens_config, "visibility": "PUBLIC"}
@@ -239,6 +250,7 @@ def feature_record(s: SourceInfo, f: FeatureStats) -> dict[str, Any]:
         "modelId": s.model_id,
         "layer": s.source_id,
         "index": str(f.index),
+        "sourceSetName": s.source_set,
         "creatorId": CREATOR,
         "createdAt": s.created,
         "maxActApprox": float(f.max_act),
@@ -290,7 +302,9 @@ def activation_records(s: SourceInfo, f: FeatureStats) -> list[dict[str, Any]]:
 
 
 def explanation_records(s: SourceInfo, labels: list[Label], best: str | None) -> list[dict]:
-    """The feature's rows of `explanations/batch-N.jsonl.gz`: its best-scoring label first."""
+    """The feature's rows of `explanations/batch-N.jsonl.gz`: its best-scoring label first.
+    Neuronpedia's explanation types and explainer models are keys into its own tables, so
+    aimri's explainer is named in `notes` instead."""
     ordered = sorted(labels, key=lambda label: label.text != best)
     return [
         {
@@ -300,8 +314,10 @@ def explanation_records(s: SourceInfo, labels: list[Label], best: str | None) ->
             "index": str(label.feature),
             "description": label.text,
             "authorId": CREATOR,
-            "typeName": f"aimri-{label.explainer}",
-            "explanationModelName": str(label.meta.get("model", "")) or None,
+            "typeName": None,
+            "explanationModelName": None,
+            "notes": f"aimri {label.explainer} explainer"
+            + (" (its best-scoring label)" if label.text == best else ""),
             "createdAt": s.created,
         }
         for label in ordered

@@ -85,6 +85,11 @@ class _Inputs:
     graphs: Path | None
     model_spec: str
 
+    @property
+    def run_json(self) -> Path:
+        """The scan's run record, beside the features/ folder of a run's catalog."""
+        return self.catalog.resolve().parent.parent / "run.json"
+
 
 def export_neuronpedia(cfg: ExportNeuronpediaConfig) -> ExportResult:
     inputs = _inputs(cfg)
@@ -101,6 +106,7 @@ def export_neuronpedia(cfg: ExportNeuronpediaConfig) -> ExportResult:
             description=f"{basis.name}, by aimri",
             saelens_config=_saelens_config(inputs.dictionary),
             created=datetime.now(UTC).isoformat(timespec="seconds"),
+            **_model_shape(inputs.run_json, site.layer),
         )
         n = _write_features(catalog, basis.name, info, cfg.out)
     slugs, renamed = _write_graphs(inputs.graphs, model_id, cfg.out / "graphs")
@@ -169,9 +175,22 @@ def _safe(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", name).strip("-_") or "graph"
 
 
-def _saelens_config(dictionary: Path) -> str:
+def _saelens_config(dictionary: Path) -> dict[str, Any] | None:
     cfg = dictionary / "cfg.json"
-    return cfg.read_text() if cfg.is_file() else ""
+    return read_json(cfg, "dictionary config") if cfg.is_file() else None
+
+
+def _model_shape(run_json: Path, layer: int) -> dict[str, Any]:
+    """The model's layers and widths from the scan's run.json; where there is none, what the
+    dictionary shows (its layer + 1 layers at least, widths unknown)."""
+    raw = read_json(run_json, "run record") if run_json.is_file() else {}
+    model = raw.get("model") if isinstance(raw, dict) else None
+    model = model if isinstance(model, dict) else {}
+    return {
+        "n_layers": int(model.get("n_layers") or layer + 1),
+        "d_model": model.get("d_model"),
+        "d_mlp": int(model.get("d_mlp") or 0),
+    }
 
 
 def _write_features(catalog: Catalog, basis: str, s: SourceInfo, out: Path) -> int:
