@@ -382,6 +382,22 @@ class _Recorder(BaseHTTPRequestHandler):
             self._reply({"error": "not found"}, 404)
 
 
+def neuronpedia_accepts(f: dict[str, Any]) -> bool:
+    """The rules of Neuronpedia's upload-batch route (its webapp's validation schema)."""
+    return (
+        isinstance(f["index"], int)
+        and 0 <= f["density"] <= 1
+        and all(len(f[k] or []) <= 20 for k in ("topLogits", "bottomLogits"))
+        and all(1 <= len(x["text"]) <= 512 for x in f["explanations"])
+        and len(f["activations"]) >= 1
+        and all(
+            1 <= len(a["tokens"]) == len(a["values"]) <= 1024
+            and (a["quantileFraction"] is None or 0 <= a["quantileFraction"] <= 1)
+            for a in f["activations"]
+        )
+    )
+
+
 @pytest.fixture
 def neuronpedia_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     pytest.importorskip("neuronpedia", reason="pip install 'aimri[export]' for the upload test")
@@ -422,6 +438,7 @@ def test_upload_sends_the_export_through_the_real_client(
     assert json.loads(put["body"]) == json.loads((out / "graphs" / "fox.json").read_text())
     batch = json.loads(log[-1]["body"])
     assert (batch["modelId"], batch["source"]) == ("tiny", "1-aimri-res-24")
+    assert all(neuronpedia_accepts(f) for f in batch["features"]) and len(batch["features"]) <= 128
     with Catalog.open(run / "features" / "catalog.sqlite") as c:
         basis = c.identity.basis.name
         assert [f["index"] for f in batch["features"]] == c.described(basis)
@@ -443,6 +460,33 @@ def test_upload_sends_the_export_through_the_real_client(
     assert main([*argv, "--overwrite", "--upload", "--upload-url", url]) == 0
     assert [(e["method"], e["path"]) for e in log][4:] == [source_set, calls[-1]]
     assert json.loads(log[-1]["body"]) == batch
+
+
+def test_what_neuronpedia_would_refuse_is_cut_or_left_out(tmp_path, caplog):
+    pytest.importorskip("neuronpedia", reason="pip install 'aimri[export]' for the upload test")
+    from aimri.export.neuronpedia import ExportResult
+    from aimri.export.upload import _feature_batches
+
+    r = ExportResult(tmp_path, "m", "1-s", [], 2, {})
+    rows = {
+        "features": [
+            {"index": i, "frac_nonzero": 0.1, "pos_str": ["a"] * 30, "pos_values": [1.0] * 30,
+             "neg_str": [], "neg_values": []}
+            for i in ("0", "1")
+        ],
+        "activations": [{"index": "0", "tokens": ["x"] * 2000, "values": [0.5] * 2000,
+                         "binMax": 1.0, "binMin": 0.5, "binContains": None}],
+        "explanations": [{"index": "0", "description": "y" * 600}, {"index": "0", "description": ""}],
+    }  # fmt: skip
+    for name, records in rows.items():
+        path = r.source_dir / name / "batch-0.jsonl.gz"
+        path.parent.mkdir(parents=True)
+        path.write_bytes(gzip.compress("".join(json.dumps(x) + "\n" for x in records).encode()))
+    (batch,) = list(_feature_batches(r))
+    (f,) = batch  # feature 1 has no firing text: Neuronpedia refuses a feature without one
+    assert f.index == 0 and len(f.top_logits) == 20 and len(f.explanations) == 1
+    assert len(f.explanations[0].text) == 512 and len(f.activations[0].tokens) == 1024
+    assert "no firing text" in caplog.text
 
 
 def test_upload_without_a_key_is_refused_before_any_work(run, tmp_path, monkeypatch, capsys):

@@ -167,12 +167,15 @@ def _jsonl(path: Any) -> Iterator[dict[str, Any]]:
                 yield json.loads(line)
 
 
-def _feature_batches(result: ExportResult) -> Iterator[list[Any]]:
-    """The described features as the client's `Feature`s, `BATCH` at a time."""
-    from neuronpedia.np_activation import Activation
-    from neuronpedia.np_explanation import Explanation
-    from neuronpedia.np_feature import Feature, Logit
+MAX_LOGITS, MAX_LABEL, MAX_TOKENS = 20, 512, 1024
+"""What Neuronpedia's upload-batch route accepts: at most 20 top and bottom logits, labels of
+1-512 characters, texts of at most 1,024 tokens, and at least one text per feature."""
 
+
+def _feature_batches(result: ExportResult) -> Iterator[list[Any]]:
+    """The described features as the client's `Feature`s, `BATCH` at a time, within what
+    Neuronpedia accepts: a feature with no firing text is left out (logged), longer lists and
+    labels are cut."""
     root = result.source_dir
     for path in sorted((root / "features").glob("batch-*.jsonl.gz"), key=_batch_number):
         acts: dict[str, list[dict[str, Any]]] = {}
@@ -181,30 +184,48 @@ def _feature_batches(result: ExportResult) -> Iterator[list[Any]]:
         labels: dict[str, list[dict[str, Any]]] = {}
         for x in _jsonl(root / "explanations" / path.name):
             labels.setdefault(x["index"], []).append(x)
-        batch = []
+        batch, silent = [], []
         for f in _jsonl(path):
-            i, ids = f["index"], {"modelId": result.model_id, "source": result.source_id}
-            batch.append(
-                Feature(
-                    **ids,
-                    index=int(i),
-                    density=f["frac_nonzero"],
-                    top_logits=[Logit(t, v) for t, v in zip(f["pos_str"], f["pos_values"], strict=True)],
-                    bottom_logits=[Logit(t, v) for t, v in zip(f["neg_str"], f["neg_values"], strict=True)],
-                    explanations=[
-                        Explanation(**ids, index=int(i), text=x["description"])
-                        for x in labels.get(i, [])
-                    ],
-                    activations=[
-                        Activation(**ids, index=int(i), tokens=a["tokens"], values=a["values"],
-                                   quantileMax=a["binMax"], quantileMin=a["binMin"],
-                                   quantileFraction=a["binContains"])
-                        for a in acts.get(i, [])
-                    ],
-                )
-            )  # fmt: skip
+            i = f["index"]
+            if not acts.get(i):
+                silent.append(i)
+                continue
+            batch.append(_feature(result, f, acts[i], labels.get(i, [])))
+        if silent:
+            log.warning("not uploaded: %d feature(s) with no firing text (%s)", len(silent),
+                        ", ".join(silent[:8]))  # fmt: skip
         for b in range(0, len(batch), BATCH):
             yield batch[b : b + BATCH]
+
+
+def _feature(
+    result: ExportResult, f: dict[str, Any], acts: list[dict[str, Any]], labels: list[dict]
+) -> Any:
+    from neuronpedia.np_activation import Activation
+    from neuronpedia.np_explanation import Explanation
+    from neuronpedia.np_feature import Feature, Logit
+
+    i, ids = int(f["index"]), {"modelId": result.model_id, "source": result.source_id}
+    up = zip(f["pos_str"], f["pos_values"], strict=True)
+    down = zip(f["neg_str"], f["neg_values"], strict=True)
+    return Feature(
+        **ids,
+        index=i,
+        density=f["frac_nonzero"],
+        top_logits=[Logit(t, v) for t, v in list(up)[:MAX_LOGITS]],
+        bottom_logits=[Logit(t, v) for t, v in list(down)[:MAX_LOGITS]],
+        explanations=[
+            Explanation(**ids, index=i, text=x["description"][:MAX_LABEL])
+            for x in labels
+            if x["description"]
+        ],
+        activations=[
+            Activation(**ids, index=i, tokens=a["tokens"][:MAX_TOKENS],
+                       values=a["values"][:MAX_TOKENS], quantileMax=a["binMax"],
+                       quantileMin=a["binMin"], quantileFraction=a["binContains"])
+            for a in acts
+        ],
+    )  # fmt: skip
 
 
 def _batch_number(path: Any) -> int:
