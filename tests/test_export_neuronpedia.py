@@ -314,6 +314,18 @@ def test_an_export_never_lands_on_what_it_reads(run, where, capsys):
     assert sorted(p.name for p in (run / "graphs").iterdir()) == before == ["fox.json"]
 
 
+@pytest.mark.parametrize(
+    ("flag", "name"),
+    [("--model-id", "Tiny_Model"), ("--model-id", "9lives"), ("--model-id", "a--b"),
+     ("--model-id", "x"), ("--source-set", "set-"), ("--source-set", "my--set")],
+)  # fmt: skip
+def test_names_neuronpedia_refuses_are_refused_at_once(run, tmp_path, flag, name, capsys):
+    out = tmp_path / "np"
+    assert main(["export", "neuronpedia", str(run), "--out", str(out), flag, name]) == 2
+    err = capsys.readouterr().err
+    assert flag in err and err.count("aimri: error:") == 1 and not out.exists()
+
+
 # --- upload through the real client ----------------------------------------------------------
 
 
@@ -322,6 +334,7 @@ class _Recorder(BaseHTTPRequestHandler):
 
     log: list[dict[str, Any]]
     source_sets: set[str]
+    models: set[str]
 
     def log_message(self, *args: Any) -> None:
         pass
@@ -373,6 +386,12 @@ class _Recorder(BaseHTTPRequestHandler):
             self._reply({"url": f"{host}/bucket/{body['filename']}", "putRequestId": "p1"})
         elif self.path == "/api/graph/save-to-db":
             self._reply({"url": f"{host}/graph"})
+        elif self.path == "/api/model/new":
+            self.models.add(body["id"])
+            self._reply({"id": body["id"], "layers": body["layers"], "displayName": body["id"],
+                         "website": None})  # fmt: skip
+        elif self.path == "/api/source-set/new" and body["modelId"] not in self.models:
+            self._reply({"error": "Model not found"}, 400)
         elif self.path == "/api/source-set/new":
             self.source_sets.add(f"/api/source-set/{body['modelId']}/{body['name']}")
             self._reply(self._source_set(body["modelId"], body["name"]))
@@ -402,7 +421,8 @@ def neuronpedia_accepts(f: dict[str, Any]) -> bool:
 def neuronpedia_server() -> Iterator[tuple[str, list[dict[str, Any]]]]:
     pytest.importorskip("neuronpedia", reason="pip install 'aimri[export]' for the upload test")
     log: list[dict[str, Any]] = []
-    handler = type("Handler", (_Recorder,), {"log": log, "source_sets": set()})
+    state = {"log": log, "source_sets": set(), "models": set()}
+    handler = type("Handler", (_Recorder,), state)
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -426,12 +446,24 @@ def test_upload_sends_the_export_through_the_real_client(
         ("POST", "/api/graph/signed-put"), ("PUT", "/bucket/fox.json"),
         ("POST", "/api/graph/save-to-db"), ("GET", "/api/graph/tiny/fox"),
     ]  # fmt: skip
-    source_set = ("GET", "/api/source-set/tiny/aimri-res-24")
+    source_set, new_set = (
+        ("GET", "/api/source-set/tiny/aimri-res-24"),
+        ("POST", "/api/source-set/new"),
+    )
+    # the model is not on Neuronpedia yet: it is created (with the run's layers), then the set
     assert calls[4:] == [
         source_set,
-        ("POST", "/api/source-set/new"),
+        new_set,
+        ("POST", "/api/model/new"),
+        new_set,
         ("POST", "/api/feature/upload-batch"),
     ]
+    assert json.loads(log[6]["body"]) == {
+        "id": "tiny",
+        "layers": 2,
+        "displayName": None,
+        "url": None,
+    }
     assert all(e["key"] == KEY for e in log if e["path"].startswith("/api/"))
     put = next(e for e in log if e["method"] == "PUT")
     assert put["key"] is None  # the signed URL gets the graph, never the key

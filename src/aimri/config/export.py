@@ -13,7 +13,11 @@ from pathlib import Path
 from aimri.errors import AimriError
 
 NEURONPEDIA_API = "https://www.neuronpedia.org/api"
-_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+_MODEL_ID = re.compile(r"[a-z][a-z0-9.-]{0,30}[a-z0-9]")
+"""Neuronpedia's rule for a model id (its model/new route): 2-32 characters, a lowercase letter
+first, then letters, digits, '.' and '-', not last, never doubled."""
+_SOURCE_SET = re.compile(r"[a-z](?:[a-z0-9-]*[a-z0-9])?|[0-9]")
+"""Its rule for a source-set name: letters, digits and '-', a letter first, '-' not last."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -35,7 +39,8 @@ class ExportNeuronpediaConfig:
     out: Path
     """Folder the export is written to."""
     model_id: str = ""
-    """The model's id on Neuronpedia (graphs' `scan`); default: the run's model name."""
+    """The model's id on Neuronpedia (graphs' `scan`; created there by --upload where it is
+    missing); default: the run's model name."""
     source_set: str = ""
     """Neuronpedia source-set name for the dictionary (lowercase letters, digits, '-'); its
     source is `<layer>-<source-set>`. Default: aimri-<hook>-<width>, e.g. aimri-res-4608."""
@@ -67,11 +72,13 @@ class ExportNeuronpediaConfig:
                     f"changed; write the export to a folder of its own, e.g. --out "
                     f"{(self.run or out.parent) / 'neuronpedia'}"
                 )
-        for flag, name in (("--model-id", self.model_id), ("--source-set", self.source_set)):
-            if name and not _NAME.fullmatch(name):
+        rules = [("--model-id", self.model_id, _MODEL_ID, "smollm2-135m")]
+        rules += [("--source-set", self.source_set, _SOURCE_SET, "aimri-res-4608")]
+        for flag, name, rule, example in rules:
+            if name and (not rule.fullmatch(name) or "--" in name or ".." in name):
                 raise AimriError(
-                    f"{flag} '{name}' is not a Neuronpedia name: use lowercase letters, digits "
-                    "and '-', starting with a letter or digit, e.g. smollm2-135m"
+                    f"{flag} '{name}' is not a name Neuronpedia takes: use lowercase letters, "
+                    f"digits and '-' (no '--'), a letter first and not '-' last, e.g. {example}"
                 )
         if not re.match(r"https?://[^/\s]+", self.upload_url):
             raise AimriError(

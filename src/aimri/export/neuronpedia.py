@@ -136,9 +136,13 @@ def load_export(out: Path) -> ExportResult:
 
 
 def model_name(spec: str) -> str:
-    """A Neuronpedia model id from a model spec: `smollm2-135m` stays, a path gives its name."""
+    """A Neuronpedia model id from a model spec: `smollm2-135m` stays, a path gives its folder
+    or file name, lowercased, in the characters Neuronpedia takes (a letter first, 2-32 long)."""
     name = Path(spec.rstrip("/")).name.lower().removesuffix(".gguf")
-    return re.sub(r"[^a-z0-9]+", "-", name).strip("-") or "model"
+    name = re.sub(r"[^a-z0-9.]+", "-", name)
+    name = re.sub(r"([.-])[.-]+", r"\1", name).strip(".-")
+    name = name if name[:1].isalpha() and len(name) > 1 else f"model-{name}".rstrip(".-")
+    return name[:32].rstrip(".-")
 
 
 def _inputs(cfg: ExportNeuronpediaConfig) -> _Inputs:

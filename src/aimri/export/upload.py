@@ -2,7 +2,8 @@
 
 The `neuronpedia` package (pip install 'aimri[export]') does the talking: graphs through
 `GraphRequest.upload` (a signed PUT of the gzipped JSON, then saved), the dictionary through
-`SourceSetRequest.get`, or `.new` where it is not there yet (one source per layer) and the described features through
+`SourceSetRequest.get`, or `.new` where it is not there yet (one source per layer; the model
+is created first with `ModelRequest.new` where Neuronpedia does not have it) and the described features through
 `FeatureRequest.upload_batch`, built from the client's own types (`Feature`, `Activation`,
 `Explanation`, `Logit`). The API key is read from NEURONPEDIA_API_KEY and handed to the client;
 it is never written to a file, a log or an error message. The client prints progress; that is
@@ -76,7 +77,7 @@ def upload(result: ExportResult, *, url: str) -> UploadResult:
         )
         shown.append(str(meta.url))
         log.info("uploaded graph %s", slug)
-    head = _source_record(result)
+    head = _record(result, "source")
     source_set = _call(
         url, f"source set '{head['setName']}'", lambda: _source_set(key, url, result, head)
     )
@@ -96,8 +97,10 @@ def upload(result: ExportResult, *, url: str) -> UploadResult:
 
 
 def _source_set(key: str, url: str, result: ExportResult, head: dict[str, Any]) -> Any:
-    """The dictionary's source set on Neuronpedia: the one there (a second upload), else new."""
+    """The dictionary's source set on Neuronpedia: the one there (a second upload), else a new
+    one, after creating the model (unlisted, as Neuronpedia makes them) where it is missing."""
     import requests
+    from neuronpedia.requests.model_request import ModelRequest
     from neuronpedia.requests.source_set_request import SourceSetRequest
 
     request = _at(SourceSetRequest(api_key=key), url)
@@ -106,9 +109,16 @@ def _source_set(key: str, url: str, result: ExportResult, head: dict[str, Any]) 
     except requests.exceptions.HTTPError as e:
         if "not found" not in str(e).lower():
             raise
-    return request.new(
-        name=head["setName"], model_id=result.model_id, description=_description(result)
-    )
+    name, description = head["setName"], _record(result, "sourceset")["description"][:128]
+    try:
+        return request.new(name=name, model_id=result.model_id, description=description)
+    except requests.exceptions.HTTPError as e:
+        if "model not found" not in str(e).lower():
+            raise
+    layers = int(_record(result, "model")["layers"])
+    _at(ModelRequest(api_key=key), url).new(id=result.model_id, layers=layers)
+    log.info("created model %s (%d layers) on Neuronpedia", result.model_id, layers)
+    return request.new(name=name, model_id=result.model_id, description=description)
 
 
 def _at(request: T, url: str) -> T:
@@ -151,13 +161,9 @@ def _first_line(e: BaseException) -> str:
     return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
-def _source_record(result: ExportResult) -> dict[str, Any]:
-    return json.loads((result.source_dir / "source.jsonl").read_text().splitlines()[0])
-
-
-def _description(result: ExportResult) -> str:
-    record = json.loads((result.source_dir / "sourceset.jsonl").read_text().splitlines()[0])
-    return str(record.get("description", ""))
+def _record(result: ExportResult, name: str) -> dict[str, Any]:
+    """The one record of the export's `model.jsonl`, `sourceset.jsonl` or `source.jsonl`."""
+    return json.loads((result.source_dir / f"{name}.jsonl").read_text().splitlines()[0])
 
 
 def _jsonl(path: Any) -> Iterator[dict[str, Any]]:
