@@ -487,6 +487,7 @@ def test_upload_sends_the_export_through_the_real_client(
             assert KEY.encode() not in (gzip.decompress(data) if path.suffix == ".gz" else data)
     assert KEY not in said.out + said.err + caplog.text
     assert "uploaded to" in said.out
+    assert f"{url.removesuffix('/api')}/tiny/graph?slug=fox" in said.out  # where it was sent
     # a second upload finds the source set there and sends the same features again
     del log[:]
     assert main([*argv, "--overwrite", "--upload", "--upload-url", url]) == 0

@@ -75,7 +75,9 @@ def upload(result: ExportResult, *, url: str) -> UploadResult:
         meta = _call(
             url, f"graph '{slug}'", lambda t=text: _at(GraphRequest(api_key=key), url).upload(t)
         )
-        shown.append(str(meta.url))
+        # the client builds its link from the public site; the graph is where it was sent
+        site = url.rstrip("/").removesuffix("/api")
+        shown.append(f"{site}/{meta.model_id}/graph?slug={meta.slug}")
         log.info("uploaded graph %s", slug)
     head = _record(result, "source")
     source_set = _call(
