@@ -5,7 +5,7 @@
 #   .venv-peers/                      circuit-tracer 0.5.0 (frontend: graph/feature models, viewer)
 #   ~/.cache/aimri/viewer-libs/       the viewer's CDN scripts, from their npm packages
 #                                     (d3 v7 + d3-jetpack, dagre 0.8.5, pako 2.1.0)
-# tests/test_export_neuronpedia.py finds both and skips the checks that need them when absent.
+# tests/test_export_viewer.py finds both and skips the checks that need them when absent.
 # Usage: bash tools/peers.sh   (about a minute; needs pip's and npm's registries)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -23,7 +23,7 @@ import gzip
 import json
 import logging
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -125,14 +125,6 @@ def export_neuronpedia(cfg: ExportNeuronpediaConfig) -> ExportResult:
     }
     write_json_atomic(cfg.out / MANIFEST, manifest)
     return result
-
-
-def load_export(out: Path) -> ExportResult:
-    """An export written earlier (what `--upload` sends)."""
-    m = read_json(out / MANIFEST, "Neuronpedia export", fix="export it again")
-    return ExportResult(
-        out, m["model_id"], m["source_id"], m["graphs"], m["n_features"], m["renamed_error_nodes"]
-    )
 
 
 def model_name(spec: str) -> str:
@@ -251,8 +243,3 @@ def _write_graphs(
         index = json.dumps(graph_index(metadatas), indent=2).encode()
         write_bytes_atomic(out / "graph-metadata.json", index)
     return [m["slug"] for m in metadatas], renamed
-
-
-def summary(r: ExportResult) -> dict[str, Any]:
-    """What the CLI prints: counts and where each part went."""
-    return {**asdict(r), "out": str(r.out)}
