@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -222,10 +227,34 @@ def test_upload_without_a_key_is_refused_before_any_work(run, tmp_path, monkeypa
     monkeypatch.delenv("NEURONPEDIA_API_KEY", raising=False)
     monkeypatch.chdir(tmp_path)  # the client reads a .env file from the current folder
     out = tmp_path / "np"
-    assert main(["export", "neuronpedia", str(run), "--out", str(out), "--upload"]) == 2
+    argv = ["export", "neuronpedia", str(run), "--out", str(out), "--upload"]
+    assert main([*argv, "--upload-url", "http://127.0.0.1:9/api"]) == 2
     err = capsys.readouterr().err
     assert "NEURONPEDIA_API_KEY" in err and err.count("aimri: error:") == 1
     assert not out.exists()
+
+
+def test_a_key_in_a_dotenv_file_is_not_taken(run, tmp_path):
+    """Importing the client loads the first .env file above its own folder (or the current one)
+    into the environment (python-dotenv's search); the key must come from the environment the
+    command was started with. The client is put below a folder holding a .env with a key, and
+    the upload is refused all the same."""
+    neuronpedia = pytest.importorskip("neuronpedia", reason="pip install 'aimri[export]'")
+    shutil.copytree(Path(neuronpedia.__file__).parent, tmp_path / "site" / "neuronpedia")
+    (tmp_path / ".env").write_text(f"NEURONPEDIA_API_KEY={KEY}\n")
+    env = {k: v for k, v in os.environ.items() if k != "NEURONPEDIA_API_KEY"}
+    env["PYTHONPATH"] = str(tmp_path / "site")
+    seen = "import neuronpedia, os; print(os.environ.get('NEURONPEDIA_API_KEY'))"
+    r = subprocess.run(
+        [sys.executable, "-c", seen], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert r.stdout.strip() == KEY  # the client's import does load it
+    argv = ["export", "neuronpedia", str(run), "--out", str(tmp_path / "np"), "--upload"]
+    argv += ["--upload-url", "http://127.0.0.1:9/api"]  # were the key taken: loopback, closed
+    r = subprocess.run([sys.executable, "-m", "aimri.cli", *argv], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert r.returncode == 2 and "NEURONPEDIA_API_KEY" in r.stderr, r.stderr[-1000:]
+    assert not (tmp_path / "np").exists() and KEY not in r.stdout + r.stderr
 
 
 def test_an_unreachable_neuronpedia_is_one_line(run, tmp_path, monkeypatch, capsys):

@@ -14,8 +14,8 @@ def print_export(cfg: ExportNeuronpediaConfig) -> None:
     if cfg.upload:  # refused before any work: no client, or no key in the environment
         from aimri.export.upload import api_key, check_client
 
+        api_key()  # before the client is imported: it loads a .env file into the environment
         check_client()
-        api_key()
     r = export_neuronpedia(cfg)
     print(f"model '{r.model_id}', source '{r.source_id}': {r.n_features:,} described features")
     print(f"  feature files (circuit-tracer): {r.features_dir}")

@@ -65,8 +65,8 @@ def check_client() -> None:
 def upload(result: ExportResult, *, url: str) -> UploadResult:
     """Send the export's graphs and its dictionary's described features to Neuronpedia at
     `url` (the API root)."""
+    key = api_key()  # first: importing the client loads a .env file into the environment
     check_client()
-    key = api_key()
     from neuronpedia.requests.graph_request import GraphRequest
 
     shown = []
