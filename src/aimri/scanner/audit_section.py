@@ -7,12 +7,26 @@ Not here: the audit itself (`aimri.audit`), its findings (`commands.audit_findin
 
 from __future__ import annotations
 
+from typing import Any, TypedDict
+
 from aimri.report.checkup import audit_view
 from aimri.report.view import View
-from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stage import Method, Stage
 
 
-def _audit_data(r: Result, _: str) -> str:
+class AuditResult(TypedDict):
+    base: str
+    other: str
+    prompts: str
+    """The prompts file, or "generated"."""
+    n_prompts: int
+    white_box: dict[str, Any]
+    """The blue team's `aimri.audit.teams` report, as its fields."""
+    black_box: dict[str, Any] | None
+    """The black-box baseline's report, as its fields (None: not run)."""
+
+
+def _audit_data(r: AuditResult, _: str) -> str:
     w = r["white_box"]["inputs"]
     source = "your" if r.get("prompts") not in (None, "generated") else "generated"
     return (
@@ -21,7 +35,7 @@ def _audit_data(r: Result, _: str) -> str:
     )
 
 
-AUDIT = Stage(
+AUDIT = Stage[AuditResult](
     "audit",
     checked=lambda r: (
         f"what changed from {r['base']} to {r['other']}: ranked hypotheses from "

@@ -15,7 +15,7 @@ from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.read import ReadInfo, scan_read
-from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stage import Method, Stage
 from aimri.store.lens import lens_over_store, lens_table, residual_sites
 from aimri.store.reader import ActivationStore
 from aimri.store.stats import site_statistics
@@ -96,7 +96,7 @@ def logit_lens_stage(run: ScanRun) -> LensResult:
     }
 
 
-def _statistics_findings(stage: Result) -> list[Finding]:
+def _statistics_findings(stage: StatisticsResult) -> list[Finding]:
     stats = stage["sites"]
     out: list[Finding] = []
     sinks = [(s["site"], s["bos_norm_ratio"]) for s in stats if s["bos_norm_ratio"] >= SINK_RATIO]
@@ -134,7 +134,7 @@ def _statistics_findings(stage: Result) -> list[Finding]:
     return out
 
 
-def _lens_findings(stage: Result) -> list[Finding]:
+def _lens_findings(stage: LensResult) -> list[Finding]:
     # The last site's lens is the model's output itself, so it says nothing about formation.
     lens = stage["layers"][:-1]
     if not lens:
@@ -162,7 +162,7 @@ def _lens_findings(stage: Result) -> list[Finding]:
     ]
 
 
-ACTIVATIONS = Stage(
+ACTIVATIONS = Stage[ActivationsResult](
     "activations",
     activations_stage,
     checked=lambda r: (
@@ -178,17 +178,19 @@ ACTIVATIONS = Stage(
         f"depth {r['read']['depth']}",
     ),
 )
-STATISTICS = Stage(
+STATISTICS = Stage[StatisticsResult](
     "statistics",
     statistics_stage,
+    needs=(ACTIVATIONS,),
     findings=_statistics_findings,
     view=View(
         "statistics.html.j2", statistics_view, nav="Internals", anchor="internals", part="last"
     ),
 )
-LOGIT_LENS = Stage(
+LOGIT_LENS = Stage[LensResult](
     "logit_lens",
     logit_lens_stage,
+    needs=(ACTIVATIONS,),
     findings=_lens_findings,
     checked=lambda r: (
         f"every residual layer read through the unembedding ({len(r['layers'])} layers)"

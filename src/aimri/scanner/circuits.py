@@ -29,10 +29,11 @@ from aimri.model.adapter import Model
 from aimri.model.precision import read_dtype
 from aimri.report.circuits import circuits_scripts, circuits_view
 from aimri.report.view import View
+from aimri.scanner.basics import ACTIVATIONS
 from aimri.scanner.dictionary import eval_corpus
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.read import TranscoderTraining
-from aimri.scanner.stage import Method, Result, Skipped, Stage
+from aimri.scanner.stage import Method, Skipped, Stage
 from aimri.store.lens import lens_table
 from aimri.store.reader import ActivationStore, forward_batches
 from aimri.store.sinks import find_sinks, special_ids
@@ -175,7 +176,7 @@ def _prompt_lens(model: Model, prompt: str, token_id: int) -> PromptLens:
     }
 
 
-def _sure(r: Result) -> str:
+def _sure(r: CircuitsResult) -> str:
     rs = [g["validation"]["pearson"] for g in r["graphs"] if g.get("validation")]
     rs = [x for x in rs if x is not None]
     if not rs:
@@ -186,9 +187,10 @@ def _sure(r: Result) -> str:
     )
 
 
-CIRCUITS = Stage(
+CIRCUITS = Stage[CircuitsResult](
     "circuits",
     circuits_stage,
+    needs=(ACTIVATIONS,),
     checked=lambda r: (
         f"{len(r['graphs'])} attribution graphs through "
         f"{r['transcoders']['n_layers']} transcoders, each checked by ablation"

@@ -34,7 +34,7 @@ from aimri.scanner.concepts import corpus_texts, diff_and_record, probe_and_save
 from aimri.scanner.finding import Finding, findings_json
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.run import SCAN_SCHEMA, run_versions
-from aimri.scanner.stage import Result
+from aimri.scanner.stage import Results
 from aimri.scanner.stages import SECTIONS
 from aimri.scanner.summary import (
     Ledger,
@@ -60,7 +60,7 @@ class Document(TypedDict):
     """The model's `ModelInfo` fields and its weights' sha256 (model B where two are compared)."""
     summary: Summary
     findings: list[dict[str, Any]]
-    stages: dict[str, Result]
+    stages: Results
     config: dict[str, Any]
     transparency: Transparency
     ledger: Ledger

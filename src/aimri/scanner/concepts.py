@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypedDict, cast
+from typing import Annotated, Any, TypedDict
 
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import (
@@ -26,19 +26,17 @@ from aimri.checkup.probes import ProbeResult, probe_concepts, save_probe_directi
 from aimri.config import CorpusConfig, ScanConfig
 from aimri.corpus.contexts import take_contexts
 from aimri.dicts.dictionary import Dictionary
-from aimri.diff.crosscoder import CrosscoderDiff
-from aimri.diff.features import FeatureDiff
-from aimri.diff.layers import LayerDiff
-from aimri.diff.models import Compatibility, DiffSettings, ModelDiff, diff_json, diff_models
-from aimri.diff.stats import TokenKL
+from aimri.diff.models import ModelDiff, diff_json, diff_models
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.checkup import concepts_view, diff_view
 from aimri.report.view import View
+from aimri.scanner.dictionary import DICTIONARY, scan_dictionary
+from aimri.scanner.features import FEATURES, FeaturesResult
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
 from aimri.scanner.layout import ScanRun
-from aimri.scanner.stage import Method, Result, Skipped, Stage
+from aimri.scanner.stage import JsonOf, Method, Skipped, Stage
 
 DEFAULT_CAUSAL = CausalSettings()
 NEUTRAL_CONTEXTS = 160
@@ -54,28 +52,12 @@ class ConceptsResult(TypedDict):
     neutral: str
 
 
-class DiffResult(TypedDict):
-    """`diff.models.ModelDiff` as `diff_json` writes it (each nested dataclass as its fields),
-    with the schema version and the base model's spec as given: scan.json's schema is generated
-    from these fields. `ModelDiff` is their source: test_scan_diff_stage.py checks them name for
-    name and type for type, so a field added to, renamed in or retyped in the dataclass fails
-    there rather than leaving the schema behind."""
-
-    schema_version: int
-    base: str
-    other: str
-    base_sha256: str
-    other_sha256: str
-    compatibility: Compatibility
-    layers: list[LayerDiff]
-    kl: TokenKL
-    features: FeatureDiff | None
-    crosscoder: CrosscoderDiff | None
-    empty: bool
-    settings: DiffSettings
-    notes: list[str]
-    timings: dict[str, float]
-    base_spec: str
+DiffResult = Annotated[
+    dict[str, Any], JsonOf(ModelDiff, before={"schema_version": int}, after={"base_spec": str})
+]
+"""`diff.models.ModelDiff` as `diff_json` writes it (each nested dataclass as its fields),
+after the diff's schema version and before the base model's spec as given; scan.json's schema
+is generated from `ModelDiff` itself (`schema.py`)."""
 
 
 def concepts_stage(run: ScanRun) -> ConceptsResult | Skipped:
@@ -91,8 +73,8 @@ def concepts_stage(run: ScanRun) -> ConceptsResult | Skipped:
         neutral,
         ledger_dir=run.layout.root,
         directions_dir=run.layout.probes,
-        dictionary=run.dictionary(),
-        feature_labels=feature_labels(run.results.get("features")),
+        dictionary=scan_dictionary(run) if DICTIONARY.result(run) else None,
+        feature_labels=feature_labels(FEATURES.result(run)),
         causal=dataclasses.replace(DEFAULT_CAUSAL, n_random=cfg.concept_random),
     )
     probed = result.to_json()
@@ -119,11 +101,10 @@ def diff_stage(run: ScanRun) -> DiffResult | Skipped:
         corpus_texts(base, _neutral_corpus(cfg), DIFF_TEXTS),
         ledger_dir=run.layout.root,
         detail={"base": cfg.compare},
-        dictionary=run.dictionary(),
-        feature_labels=feature_labels(run.results.get("features")),
+        dictionary=scan_dictionary(run) if DICTIONARY.result(run) else None,
+        feature_labels=feature_labels(FEATURES.result(run)),
     )
-    # diff_json is ModelDiff's fields as dicts; DiffResult names them (checked in a test)
-    return cast(DiffResult, {**diff_json(d), "base_spec": cfg.compare})
+    return {**diff_json(d), "base_spec": cfg.compare}
 
 
 def probe_and_save(
@@ -195,10 +176,10 @@ def corpus_texts(model: Model, corpus: CorpusConfig, n: int | None = None) -> li
     return [model.tokenizer.decode(c[skip:].tolist()) for c in contexts]
 
 
-def feature_labels(features: dict[str, Any] | None) -> dict[int, str]:
+def feature_labels(features: FeaturesResult | None) -> dict[int, str]:
     """Feature index → its best-scoring label, for the features the features stage labelled."""
     out: dict[int, str] = {}
-    for f in (features or {}).get("features", []):
+    for f in features["features"] if features else []:
         scored = {s["explainer"]: s["value"] for s in f.get("scores", []) if s["value"] is not None}
         labels = sorted(f.get("labels", []), key=lambda lb: -scored.get(lb["explainer"], -1.0))
         if labels:
@@ -220,7 +201,7 @@ def compact(settings: dict[str, Any]) -> str:
     return ", ".join(f"{k} {v}" for k, v in settings.items() if not isinstance(v, dict | list))
 
 
-def _sure_concepts(r: Result) -> str:
+def _sure_concepts(r: ConceptsResult) -> str:
     cs = r["concepts"]
     read = [c for c in cs if readable(c)]
     moved = [
@@ -236,7 +217,7 @@ def _sure_concepts(r: Result) -> str:
     )
 
 
-def _sure_diff(r: Result) -> str:
+def _sure_diff(r: DiffResult) -> str:
     tol = r["settings"]["tolerances"]
     same = (
         "A and B have the same weights (sha256), so an empty diff is what a correct tool must say. "
@@ -251,14 +232,15 @@ def _sure_diff(r: Result) -> str:
     )
 
 
-def _concept_data(r: Result, corpus: str) -> str:
+def _concept_data(r: ConceptsResult, corpus: str) -> str:
     sets = ", ".join(f"{c['concept']} v{c['version']}" for c in r["concepts"])
     return f"shipped contrast sets ({sets}); neutral text: {r.get('neutral', corpus)}"
 
 
-CONCEPTS = Stage(
+CONCEPTS = Stage[ConceptsResult](
     "concepts",
     concepts_stage,
+    needs=(DICTIONARY, FEATURES),
     findings=concept_findings,
     checked=lambda r: (
         f"{len(r['concepts'])} safety concepts probed at every layer, "
@@ -275,9 +257,10 @@ CONCEPTS = Stage(
     data=_concept_data,
     view=View("concepts.html.j2", concepts_view, nav="Concepts", part="first"),
 )
-DIFF = Stage(
+DIFF = Stage[DiffResult](
     "diff",
     diff_stage,
+    needs=(DICTIONARY, FEATURES),
     findings=diff_findings,
     checked=lambda r: f"a diff against {r.get('base_spec', 'another version')}",
     sure=_sure_diff,

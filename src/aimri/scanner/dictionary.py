@@ -14,16 +14,18 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 from aimri.config import CorpusConfig, EvalConfig
+from aimri.dicts.dictionary import Dictionary
 from aimri.dicts.evaluate import evaluate
 from aimri.dicts.formats import load_dictionary
 from aimri.errors import AimriError
 from aimri.model.adapter import Model
 from aimri.report.internals import dictionary_view
 from aimri.report.view import View
+from aimri.scanner.basics import ACTIVATIONS
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.read import DictTraining, dict_site
-from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stage import Method, Stage
 from aimri.store.manifest import read_manifest
 
 EVAL_TOKENS = 4096
@@ -113,7 +115,7 @@ def _sinks(store: Path, site: str, model: Model) -> SinksLeftOut | None:
     }
 
 
-def _findings(stage: Result) -> list[Finding]:
+def _findings(stage: DictionaryResult) -> list[Finding]:
     m = stage["eval"]
     fvu = lambda x: x["reconstruction_quality"]["fvu"]  # noqa: E731
     pca = stage["baselines"].get("pca")
@@ -144,9 +146,10 @@ def _ce_cost(m: dict[str, Any]) -> float:
     return p["ce_loss_with_sae"] - p["ce_loss_without_sae"]
 
 
-DICTIONARY = Stage(
+DICTIONARY = Stage[DictionaryResult](
     "dictionary",
     dictionary_stage,
+    needs=(ACTIVATIONS,),
     findings=_findings,
     checked=lambda r: (
         f"a sparse dictionary at {r['site']}, against PCA and random baselines of the same size"
@@ -163,10 +166,18 @@ DICTIONARY = Stage(
         f"site {r['site']}, "
         + (
             f"{r['training']['distinct_tokens']:,} tokens in one pass"
-            if r.get("training")
+            if r["training"]
             else "loaded"
         )
-        + f"; evaluated on {r.get('eval_corpus', 'other text')}",
+        + f"; evaluated on {r['eval_corpus']}",
     ),
     view=View("dictionary.html.j2", dictionary_view, nav="Dictionary"),
 )
+
+
+def scan_dictionary(run: ScanRun) -> Dictionary:
+    """The dictionary this stage trained or loaded, for the stages that need it: loaded from
+    disk once per scan."""
+    if run.dictionary is None:
+        run.dictionary = load_dictionary(run.layout.resolve(DICTIONARY.required(run)["path"]))
+    return run.dictionary

@@ -24,6 +24,7 @@ from aimri.features.stats import ExampleSpec
 from aimri.model.adapter import Model
 from aimri.report.features import features_scripts, features_view
 from aimri.report.view import View
+from aimri.scanner.dictionary import DICTIONARY, scan_dictionary
 from aimri.scanner.finding import Finding
 from aimri.scanner.findings import (
     HEADLINE_SCORER,
@@ -34,7 +35,7 @@ from aimri.scanner.findings import (
 )
 from aimri.scanner.layout import ScanRun
 from aimri.scanner.read import FEATURE_TOKENS
-from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stage import Method, Stage
 from aimri.store.manifest import read_manifest
 from aimri.store.reader import ActivationStore
 
@@ -71,9 +72,8 @@ class FeaturesResult(TypedDict):
 
 def features_stage(run: ScanRun) -> FeaturesResult:
     cfg, model, layout = run.cfg, run.model, run.layout
-    dict_stage = run.results["dictionary"]
-    dictionary = run.dictionary()
-    assert dictionary is not None, "the dictionary stage ran"
+    dict_stage = DICTIONARY.required(run)
+    dictionary = scan_dictionary(run)
     site = dict_stage["site"]
     source = _source(cfg, model, layout.dict_activations, site)
     llm = cfg.labeler == "llm"
@@ -143,7 +143,7 @@ def _dashboards(r: BasisResult) -> list[dict[str, Any]]:
     ]
 
 
-def _findings(stage: Result) -> list[Finding]:
+def _findings(stage: FeaturesResult) -> list[Finding]:
     """Dictionary features against every baseline: the interpretable fraction, worded by the
     strictest baseline."""
     labelled = best_label_rows(stage)
@@ -177,7 +177,7 @@ def _findings(stage: Result) -> list[Finding]:
     ]
 
 
-def _sure(r: Result) -> str:
+def _sure(r: FeaturesResult) -> str:
     labelled = best_label_rows(r)
     if labelled is None:
         return "No feature labels were scored."
@@ -192,9 +192,10 @@ def _sure(r: Result) -> str:
     )
 
 
-FEATURES = Stage(
+FEATURES = Stage[FeaturesResult](
     "features",
     features_stage,
+    needs=(DICTIONARY,),
     findings=_findings,
     checked=lambda r: (
         f"{r['sampled']} of {r['n_features_total']:,} features labelled and "

@@ -20,7 +20,7 @@ from aimri.report.internals import ground_truth_view
 from aimri.report.view import View
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
-from aimri.scanner.stage import Method, Result, Stage
+from aimri.scanner.stage import Method, Stage
 
 N_FEATURES, D, K = 256, 64, 8
 
@@ -77,7 +77,7 @@ def ground_truth_stage(run: ScanRun) -> GroundTruthResult:
     }
 
 
-def _findings(gt: Result) -> list[Finding]:
+def _findings(gt: GroundTruthResult) -> list[Finding]:
     if gt["recovered_fraction"] >= 0.9:
         return []
     return [
@@ -92,7 +92,7 @@ def _findings(gt: Result) -> list[Finding]:
     ]
 
 
-GROUND_TRUTH = Stage(
+GROUND_TRUTH = Stage[GroundTruthResult](
     "ground_truth",
     ground_truth_stage,
     findings=_findings,

@@ -14,19 +14,16 @@
 <run>/scan.json, report.html      the results and their page
 ```
 `RunLayout` owns every one of these paths; `ScanRun` carries the configuration, the model, the
-layout and the stages' results so far, and loads the scan's dictionary once for every stage
-that needs it. Not here: the stages themselves, or what goes in the files.
+layout, the stages' results so far and the scan's dictionary once loaded. Not here: the stages themselves, or what goes in the files.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from aimri.config import ScanConfig
 from aimri.dicts.dictionary import Dictionary
-from aimri.dicts.formats import load_dictionary
 from aimri.model.adapter import Model
 from aimri.scanner.read import ReadProducts
 
@@ -97,22 +94,15 @@ class RunLayout:
 @dataclass
 class ScanRun:
     """What every stage gets: the scan's configuration, the model, the run folder, and the
-    results of the stages before it (by stage name)."""
+    results of the stages before it (by stage name; a stage reads another's through that stage:
+    `Stage.required`, `Stage.result`)."""
 
     cfg: ScanConfig
     model: Model
     layout: RunLayout
-    results: dict[str, Any] = field(default_factory=dict)
+    results: dict[str, object] = field(default_factory=dict)
     read: ReadProducts | None = None
     """What the activations stage's one read trained (`read.py`), for the stages after it."""
-    _dictionary: Dictionary | None = field(default=None, repr=False)
-
-    def dictionary(self) -> Dictionary | None:
-        """The dictionary the dictionary stage trained or loaded (None if it did not run),
-        loaded from disk once per scan."""
-        stage = self.results.get("dictionary") or {}
-        if not stage.get("path"):
-            return None
-        if self._dictionary is None:
-            self._dictionary = load_dictionary(self.layout.resolve(stage["path"]))
-        return self._dictionary
+    dictionary: Dictionary | None = field(default=None, repr=False)
+    """The dictionary stage's dictionary, loaded from disk once per scan
+    (`dictionary.scan_dictionary`)."""

@@ -81,9 +81,8 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
     run = ScanRun(cfg, model, layout)
     results = run.results
     for st in STAGES:
-        assert st.run is not None, f"scan stage {st.name} has nothing to run"
         with _timed(timings, st.name):
-            results[st.name] = st.run(run)
+            st.execute(run)
         log.info("scan: %s done in %.1fs", st.name, timings[st.name])
 
     storage = tidy_run_folder(layout, keep_activations=cfg.keep_activations)

@@ -16,11 +16,20 @@ import sys
 import types
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints, is_typeddict
+from typing import (
+    Annotated,
+    Any,
+    Literal,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    is_typeddict,
+)
 
 from aimri.scanner.finding import Finding
 from aimri.scanner.run import SCAN_SCHEMA, Storage
-from aimri.scanner.stage import Stage
+from aimri.scanner.stage import JsonOf, Registered
 from aimri.scanner.stages import STAGES
 from aimri.scanner.summary import Ledger, Summary, Transparency
 
@@ -44,6 +53,10 @@ def schema_of(tp: Any) -> dict[str, Any]:
     if tp in _SCALARS:
         return dict(_SCALARS[tp])
     origin, args = get_origin(tp), get_args(tp)
+    json_of = [m for m in getattr(tp, "__metadata__", ()) if isinstance(m, JsonOf)]
+    if origin is Annotated and json_of:
+        (j,) = json_of
+        return _object({**j.before, **_fields(j.source), **j.after}, None)
     if origin in (Union, types.UnionType):
         return {"anyOf": [schema_of(a) for a in args]}
     if origin is Literal:
@@ -56,9 +69,14 @@ def schema_of(tp: Any) -> dict[str, Any]:
         hints = get_type_hints(tp)
         return _object(hints, sorted(tp.__required_keys__))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        hints = get_type_hints(tp)
-        return _object({f.name: hints[f.name] for f in dataclasses.fields(tp)}, None)
+        return _object(_fields(tp), None)
     raise TypeError(f"no JSON Schema for {tp!r}: type the stage's result with JSON-able types")
+
+
+def _fields(dc: type) -> dict[str, Any]:
+    """A dataclass's fields and their types."""
+    hints = get_type_hints(dc)
+    return {f.name: hints[f.name] for f in dataclasses.fields(dc)}
 
 
 def _object(fields: dict[str, Any], required: list[str] | None) -> dict[str, Any]:
@@ -69,14 +87,15 @@ def _object(fields: dict[str, Any], required: list[str] | None) -> dict[str, Any
     }
 
 
-def stage_schema(stage: Stage) -> dict[str, Any]:
+def stage_schema(stage: Registered) -> dict[str, Any]:
     """What `stage.run` returns, from its annotation."""
     assert stage.run is not None, f"{stage.name} runs nothing"
-    return schema_of(get_type_hints(stage.run)["return"])
+    return schema_of(get_type_hints(stage.run, include_extras=True)["return"])
 
 
-def scan_schema() -> dict[str, Any]:
-    stages = {st.name: stage_schema(st) for st in STAGES}
+def scan_schema(registry: Sequence[Registered] = STAGES) -> dict[str, Any]:
+    """scan.json's schema, for the scan's stages (`stages.STAGES`) or another registry's."""
+    stages = {st.name: stage_schema(st) for st in registry}
     obj = {"type": "object"}
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",

@@ -1,7 +1,8 @@
 """The scan's stages, in the order they run. Adding a stage is one module that declares its
-`Stage` (what it runs, its findings, summary lines, transparency row and report section) plus
-one line here (and its report partial, which its `View` names). Not here: anything a stage
-computes or says."""
+`Stage` (what it runs, the stages it needs, its findings, summary lines, transparency row and
+report section) plus one line here (and its report partial, which its `View` names); `ordered`
+runs every stage after the ones it needs, and refuses a stage whose needs are not listed.
+Not here: anything a stage computes or says."""
 
 from __future__ import annotations
 
@@ -12,10 +13,10 @@ from aimri.scanner.concepts import CONCEPTS, DIFF
 from aimri.scanner.dictionary import DICTIONARY
 from aimri.scanner.features import FEATURES
 from aimri.scanner.ground_truth import GROUND_TRUTH
-from aimri.scanner.stage import Stage
+from aimri.scanner.stage import Registered, ordered
 from aimri.scanner.steering import STEERING
 
-STAGES: tuple[Stage, ...] = (
+STAGES: tuple[Registered, ...] = ordered(
     ACTIVATIONS,
     STATISTICS,
     LOGIT_LENS,
@@ -27,6 +28,6 @@ STAGES: tuple[Stage, ...] = (
     CONCEPTS,
     DIFF,
 )
-SECTIONS: tuple[Stage, ...] = (*STAGES, AUDIT)
+SECTIONS: tuple[Registered, ...] = (*STAGES, AUDIT)
 """Every stage a document (scan.json, diff.json, probes.json, audit.json) can hold: the scan's
 and the audit's, which only `aimri audit` fills."""

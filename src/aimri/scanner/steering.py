@@ -28,9 +28,10 @@ from aimri.features.embed import load_embedder
 from aimri.model.adapter import Model
 from aimri.report.features import steering_view
 from aimri.report.view import View
+from aimri.scanner.dictionary import DICTIONARY, scan_dictionary
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
-from aimri.scanner.stage import Method, Result, Skipped, Stage
+from aimri.scanner.stage import Method, Skipped, Stage
 from aimri.steer.candidates import concept_candidates, top_tokens
 from aimri.steer.golden_gate import (
     FLUENT_DISTINCT,
@@ -96,8 +97,7 @@ def steering_stage(run: ScanRun) -> SteeringResult | SteeringNone | Skipped:
     cfg, model = run.cfg, run.model
     if not cfg.steer:
         return {"skipped": "turned off with --no-steer"}
-    dictionary = run.dictionary()
-    assert dictionary is not None, "the dictionary stage ran"
+    dictionary = scan_dictionary(run)
     if dictionary.cfg.transcoder:
         return {"skipped": "the scan's dictionary is a transcoder; steering needs an SAE"}
     site = dictionary.cfg.site
@@ -271,11 +271,9 @@ def _chunks(ids: Tensor, xs: Tensor, size: int = 4096) -> Iterator[tuple[Tensor,
         yield ids[i : i + size], xs[i : i + size]
 
 
-def _findings(stage: Result) -> list[Finding]:
+def _findings(stage: SteeringResult) -> list[Finding]:
     """The Golden Gate verdict, worded by the steering stage's own rule."""
-    if "verdict" not in stage:
-        return []
-    shown = stage.get("demonstrated_at") is not None
+    shown = stage["demonstrated_at"] is not None
     keys = ("strength", "fluent", "beyond_random", "demonstrates", "perplexity")
     return [
         Finding(
@@ -301,9 +299,10 @@ def _findings(stage: Result) -> list[Finding]:
     ]
 
 
-STEERING = Stage(
+STEERING = Stage[SteeringResult](
     "steering",
     steering_stage,
+    needs=(DICTIONARY,),
     findings=_findings,
     checked=lambda r: (
         f"steering with feature #{r['feature']} (of all {r['n_features']:,}) against "

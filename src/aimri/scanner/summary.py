@@ -15,17 +15,12 @@ from typing import Any, TypedDict
 
 from aimri.ledger import consultations, read_ledger
 from aimri.scanner.finding import SEVERITY_ORDER, Finding
-from aimri.scanner.stage import Result, Stage, ran
+from aimri.scanner.stage import Config, Registered, Results, TestRow
 
 
-def findings_from(results: dict[str, Result], stages: Sequence[Stage]) -> list[Finding]:
+def findings_from(results: Results, stages: Sequence[Registered]) -> list[Finding]:
     """Every finding of the stages that ran, in stage order."""
-    return [
-        f
-        for st in stages
-        if st.findings is not None and ran(results.get(st.name))
-        for f in st.findings(results[st.name])
-    ]
+    return [f for st in stages for f in st.findings_in(results)]
 
 
 class Checked(TypedDict):
@@ -50,13 +45,6 @@ class Summary(TypedDict):
     sure: list[Sure]
 
 
-class TestRow(TypedDict):
-    check: str
-    method: str
-    data: str
-    settings: str
-
-
 class Transparency(TypedDict):
     tests: list[TestRow]
 
@@ -73,37 +61,30 @@ class Ledger(TypedDict):
 
 
 def summary_from(
-    results: dict[str, Result], findings: list[Finding], stages: Sequence[Stage]
+    results: Results, findings: list[Finding], stages: Sequence[Registered]
 ) -> Summary:
     """{checked: [...], found: [...], sure: [...]}: each a list of short, numbered statements."""
-    done = [(st, results[st.name]) for st in stages if ran(results.get(st.name))]
+    checked = [(st.name, st.checked_in(results)) for st in stages]
+    sure = [(st.name, st.sure_in(results)) for st in stages]
     return {
-        "checked": [{"stage": st.name, "what": st.checked(r)} for st, r in done if st.checked],
+        "checked": [{"stage": name, "what": what} for name, what in checked if what is not None],
         "found": [
             {"id": f.id, "title": f.title, "severity": f.severity}
             for f in sorted(findings, key=lambda f: SEVERITY_ORDER[f.severity])
         ],
-        "sure": [{"stage": st.name, "statement": st.sure(r)} for st, r in done if st.sure],
+        "sure": [{"stage": name, "statement": it} for name, it in sure if it is not None],
     }
 
 
 def transparency_from(
-    config: dict[str, Any], results: dict[str, Result], stages: Sequence[Stage]
+    config: Config, results: Results, stages: Sequence[Registered]
 ) -> Transparency:
     """One row per check that ran: what it tested, the method, the data and the settings, in
     words a lab could publish beside the report."""
     corpus = config.get("corpus", {})
     text = f"{corpus.get('source', '?')} corpus, seed {corpus.get('seed', '?')}"
-    rows: list[TestRow] = []
-    for st in stages:
-        r = results.get(st.name)
-        if st.method is None or not ran(r):
-            continue
-        assert r is not None
-        m = st.method(r, config)
-        data = st.data(r, text) if st.data else text
-        rows.append({"check": m.check, "method": m.method, "data": data, "settings": m.settings})
-    return {"tests": rows}
+    rows = [st.row_in(results, config, text) for st in stages]
+    return {"tests": [row for row in rows if row is not None]}
 
 
 def ledger_section(run_dir: Path, model_sha256: str) -> Ledger:
