@@ -14,13 +14,14 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, NotRequired, TypedDict
+from typing import Any
 
-from aimri._io import finite, to_jsonable, write_json_atomic
+from aimri._io import to_jsonable, write_json_atomic
 from aimri.audit.prompts import generate_prompts, load_prompts
 from aimri.audit.teams import black_box, blue_team, explore
 from aimri.audit.teams import neutral_texts as audit_texts
 from aimri.audit.what import what_changed
+from aimri.audit.words import AuditReport
 from aimri.checkup.causal import CausalSettings
 from aimri.checkup.concepts import builtin_concepts, builtin_neutral_texts, load_concepts
 from aimri.config import AuditConfig, DiffConfig, ProbeConfig
@@ -30,44 +31,14 @@ from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
-from aimri.scanner.concepts import corpus_texts, diff_and_record, probe_and_save
-from aimri.scanner.finding import Finding, findings_json
+from aimri.scanner.audit_section import AuditResult
+from aimri.scanner.concepts import ConceptsResult, corpus_texts, diff_and_record, probe_and_save
+from aimri.scanner.document import Document, document, model_json
+from aimri.scanner.finding import Finding
 from aimri.scanner.findings_checkup import concept_findings, diff_findings, readable
-from aimri.scanner.run import SCAN_SCHEMA, run_versions
-from aimri.scanner.stage import Results
+from aimri.scanner.run import run_versions
+from aimri.scanner.stage import Config, Results
 from aimri.scanner.stages import SECTIONS
-from aimri.scanner.summary import (
-    Ledger,
-    Summary,
-    Transparency,
-    ledger_section,
-    summary_from,
-    transparency_from,
-)
-
-
-class Document(TypedDict):
-    """What a check-up command writes (diff.json, probes.json, audit.json): scan.json's layout
-    (schema SCAN_SCHEMA) holding the command's own stage."""
-
-    schema_version: int
-    kind: str
-    """"aimri.diff", "aimri.probe" or "aimri.audit"."""
-    run: str
-    """The run directory's name."""
-    created: str
-    model: dict[str, Any]
-    """The model's `ModelInfo` fields and its weights' sha256 (model B where two are compared)."""
-    summary: Summary
-    findings: list[dict[str, Any]]
-    stages: Results
-    config: dict[str, Any]
-    transparency: Transparency
-    ledger: Ledger
-    timings_s: dict[str, float]
-    versions: dict[str, str]
-    base_model: NotRequired[dict[str, Any]]
-    """Model A, as `model`, where the command compares two."""
 
 
 @dataclass(frozen=True)
@@ -147,8 +118,10 @@ def probe(cfg: ProbeConfig, model: Model | None = None) -> CommandResult:
         dictionary=load_dictionary(cfg.dictionary) if cfg.dictionary else None,
         causal=CausalSettings() if cfg.causal else None,
     )
-    stage = {
-        **result.to_json(),
+    probed = result.to_json()
+    stage: ConceptsResult = {
+        "settings": probed["settings"],
+        "concepts": probed["concepts"],
         "directions": ".",
         "neutral": f"{len(shipped)} shipped neutral dialogue texts and "
         f"{len(corpus)} contexts of {cfg.neutral.source} text",
@@ -170,31 +143,24 @@ def _document(
     run_dir: Path,
     model: Model,
     base: Model | None,
-    results: dict[str, Any],
+    results: Results,
     findings: list[Finding],
-    config: dict[str, Any],
+    config: Config,
     t0: float,
 ) -> Document:
-    """The JSON a check-up command writes, NaN and infinities as null (`_io.finite`)."""
-    sections = [st for st in SECTIONS if st.name in results]
-    doc = Document(
-        schema_version=SCAN_SCHEMA,
-        kind=kind,
-        run=run_dir.name,
+    """The JSON a check-up command writes (`document.Document`: scan.json's layout)."""
+    return document(
+        kind,
+        run_dir,
+        model_json(model),
+        results,
+        findings,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
-        model={**asdict(model.info), "weights_sha256": model.weights_sha256},
-        summary=summary_from(results, findings, sections),
-        findings=findings_json(findings),
-        stages=results,
         config=config,
-        transparency=transparency_from(config, results, sections),
-        ledger=ledger_section(run_dir, model.weights_sha256),
-        timings_s={kind.split(".")[-1]: round(time.perf_counter() - t0, 2)},
+        timings={kind.split(".")[-1]: round(time.perf_counter() - t0, 2)},
         versions=run_versions(),
+        base_model=model_json(base) if base is not None else None,
     )
-    if base is not None:
-        doc["base_model"] = {**asdict(base.info), "weights_sha256": base.weights_sha256}
-    return finite(doc)
 
 
 def audit(cfg: AuditConfig) -> CommandResult:
@@ -222,7 +188,7 @@ def audit(cfg: AuditConfig) -> CommandResult:
         k=cfg.k,
     )
     black = black_box(base, other, prompts=prompts, cells=cells, k=cfg.k) if cfg.black_box else None
-    stage = {
+    stage: AuditResult = {
         "base": cfg.base.spec,
         "other": cfg.other.spec,
         "prompts": str(cfg.prompts) if cfg.prompts else "generated",
@@ -243,7 +209,7 @@ def audit(cfg: AuditConfig) -> CommandResult:
     )
 
 
-def _top(report: Any) -> list[str]:
+def _top(report: AuditReport) -> list[str]:
     return [f"  {h.rank}. {h.text}" for h in report.hypotheses] or ["  no difference found"]
 
 
@@ -257,7 +223,7 @@ def fresh_audit_dir(out: Path) -> Path:
     return path
 
 
-def audit_findings(white: Any) -> list[Finding]:
+def audit_findings(white: AuditReport) -> list[Finding]:
     """The blue team's hypotheses as findings (audit.json's summary lists them)."""
     return [
         Finding(

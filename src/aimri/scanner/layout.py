@@ -21,11 +21,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict
 
 from aimri.config import ScanConfig
 from aimri.dicts.dictionary import Dictionary
 from aimri.model.adapter import Model
 from aimri.scanner.read import ReadProducts
+
+
+class Removed(TypedDict):
+    path: str
+    mb: float
+
+
+class Storage(TypedDict):
+    """What the scan removed from its run folder at the end (`run.tidy_run_folder`)."""
+
+    activations_kept: bool
+    removed: list[Removed]
+    run_folder_mb: float
+    note: str
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ Not here: the stages' own logic and wording (each lives in its module, see `stag
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import platform
 import re
@@ -23,25 +22,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any
 
 import torch
 
-from aimri._io import finite, to_jsonable, write_json_atomic
+from aimri._io import to_jsonable, write_json_atomic
 from aimri._version import __version__
 from aimri.config import ScanConfig
 from aimri.ledger import record_query
 from aimri.model.adapter import Model
 from aimri.model.load import load_model
 from aimri.report.render import render_report
-from aimri.scanner.finding import findings_json
-from aimri.scanner.layout import RunLayout, ScanRun
+from aimri.scanner.document import document, model_json
+from aimri.scanner.layout import Removed, RunLayout, ScanRun, Storage
 from aimri.scanner.stages import SECTIONS, STAGES
-from aimri.scanner.summary import findings_from, ledger_section, summary_from, transparency_from
+from aimri.scanner.summary import findings_from
 
 log = logging.getLogger(__name__)
-SCAN_SCHEMA = 2
-"""scan.json's layout: 2 added summary, config, transparency, ledger and the check-up stages."""
 
 
 @dataclass(frozen=True)
@@ -71,7 +68,7 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
     with _timed(timings, "load_model"):
         model = model or load_model(cfg.model)
         weights_sha = model.weights_sha256
-    run_info["model"] = {**dataclasses.asdict(model.info), "weights_sha256": weights_sha}
+    run_info["model"] = model_json(model)
     record_query(
         run_dir,
         "scan",
@@ -86,42 +83,25 @@ def scan(cfg: ScanConfig, model: Model | None = None) -> ScanResult:
         log.info("scan: %s done in %.1fs", st.name, timings[st.name])
 
     storage = tidy_run_folder(layout, keep_activations=cfg.keep_activations)
-    findings = findings_from(results, STAGES)
-    scan_doc = {
-        "schema_version": SCAN_SCHEMA,
-        "kind": "aimri.scanner",
-        "run": run_dir.name,
-        "created": run_info["started"],
-        "model": run_info["model"],
-        "summary": summary_from(results, findings, STAGES),
-        "findings": findings_json(findings),
-        "stages": results,
-        "config": run_info["config"],
-        "transparency": transparency_from(run_info["config"], results, STAGES),
-        "ledger": ledger_section(run_dir, weights_sha),
-        "timings_s": timings,
-        "storage": storage,
-        "versions": run_info["versions"],
-    }
-    scan_doc = finite(scan_doc)
+    scan_doc = document(
+        "aimri.scanner",
+        run_dir,
+        run_info["model"],
+        results,
+        findings_from(results, STAGES),
+        created=run_info["started"],
+        config=run_info["config"],
+        timings=timings,
+        versions=run_info["versions"],
+        storage=storage,
+        stages=STAGES,
+    )
     write_json_atomic(layout.scan_json, scan_doc)
     with _timed(timings, "report"):
         report = render_report(scan_doc, layout.report, SECTIONS)
     run_info.update(status="complete", finished=datetime.now(UTC).isoformat(timespec="seconds"))
     write_json_atomic(layout.run_json, run_info)
     return ScanResult(run_dir, report, layout.scan_json, time.perf_counter() - t0)
-
-
-class Removed(TypedDict):
-    path: str
-    mb: float
-
-
-class Storage(TypedDict):
-    activations_kept: bool
-    removed: list[Removed]
-    run_folder_mb: float
-    note: str
 
 
 def tidy_run_folder(layout: RunLayout, *, keep_activations: bool) -> Storage:

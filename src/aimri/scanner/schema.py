@@ -1,8 +1,8 @@
 """scan.json's JSON Schema, generated from the types the stages declare.
 
-Each stage's `run` names its result type (a TypedDict, or dataclasses for the diff); this module
-turns those annotations into JSON Schema (draft 2020-12) and wraps them in the document's own
-fields. The generated schema ships beside this module as `scan.schema.json`
+Each stage's `run` names its result type (a TypedDict; the diff's is `ModelDiff` as JSON,
+`stage.JsonOf`); this module turns those annotations into JSON Schema (draft 2020-12), in the
+document's own fields (`document.Document`, the one declaration of the layout). The generated schema ships beside this module as `scan.schema.json`
 (`python -m aimri.scanner.schema` rewrites it; a test keeps the two equal and validates a real
 scan against it). Floats may be null: `_io.finite` writes NaN and infinities as null.
 Not here: validation (any JSON Schema validator reads the file).
@@ -20,6 +20,8 @@ from typing import (
     Annotated,
     Any,
     Literal,
+    NotRequired,
+    Required,
     Union,
     get_args,
     get_origin,
@@ -27,17 +29,11 @@ from typing import (
     is_typeddict,
 )
 
-from aimri.scanner.finding import Finding
-from aimri.scanner.run import SCAN_SCHEMA, Storage
+from aimri.scanner.document import SCAN_SCHEMA, Document
 from aimri.scanner.stage import JsonOf, Registered
 from aimri.scanner.stages import STAGES
-from aimri.scanner.summary import Ledger, Summary, Transparency
 
 SCHEMA_FILE = Path(__file__).with_name("scan.schema.json")
-DOCUMENT_FIELDS = [
-    *("schema_version", "kind", "run", "created", "model", "summary", "findings", "stages"),
-    *("config", "transparency", "ledger", "timings_s", "storage", "versions"),
-]
 _SCALARS: dict[Any, dict[str, Any]] = {
     bool: {"type": "boolean"},
     int: {"type": "integer"},
@@ -45,6 +41,7 @@ _SCALARS: dict[Any, dict[str, Any]] = {
     str: {"type": "string"},
     type(None): {"type": "null"},
     Any: {},
+    object: {},
 }
 
 
@@ -57,6 +54,8 @@ def schema_of(tp: Any) -> dict[str, Any]:
     if origin is Annotated and json_of:
         (j,) = json_of
         return _object({**j.before, **_fields(j.source), **j.after}, None)
+    if origin in (Required, NotRequired):
+        return schema_of(args[0])
     if origin in (Union, types.UnionType):
         return {"anyOf": [schema_of(a) for a in args]}
     if origin is Literal:
@@ -66,7 +65,7 @@ def schema_of(tp: Any) -> dict[str, Any]:
     if origin in (dict, Mapping):
         return {"type": "object", "additionalProperties": schema_of(args[1]) if args else {}}
     if is_typeddict(tp):
-        hints = get_type_hints(tp)
+        hints = get_type_hints(tp, include_extras=True)
         return _object(hints, sorted(tp.__required_keys__))
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _object(_fields(tp), None)
@@ -94,30 +93,20 @@ def stage_schema(stage: Registered) -> dict[str, Any]:
 
 
 def scan_schema(registry: Sequence[Registered] = STAGES) -> dict[str, Any]:
-    """scan.json's schema, for the scan's stages (`stages.STAGES`) or another registry's."""
+    """scan.json's schema: `Document`'s, for the scan's stages (`stages.STAGES`) or another
+    registry's; a scan always says what it removed from its folder (`storage`)."""
+    doc = schema_of(Document)
     stages = {st.name: stage_schema(st) for st in registry}
-    obj = {"type": "object"}
+    doc["properties"] |= {
+        "schema_version": {"const": SCAN_SCHEMA},
+        "kind": {"const": "aimri.scanner"},
+        "stages": {"type": "object", "properties": stages, "required": list(stages)},
+    }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "title": f"aimri scan.json, schema_version {SCAN_SCHEMA}",
-        "type": "object",
-        "required": DOCUMENT_FIELDS,
-        "properties": {
-            "schema_version": {"const": SCAN_SCHEMA},
-            "kind": {"const": "aimri.scanner"},
-            "run": {"type": "string"},
-            "created": {"type": "string"},
-            "model": obj,
-            "summary": schema_of(Summary),
-            "findings": {"type": "array", "items": schema_of(Finding)},
-            "stages": {"type": "object", "properties": stages, "required": list(stages)},
-            "config": obj,
-            "transparency": schema_of(Transparency),
-            "ledger": schema_of(Ledger),
-            "timings_s": {"type": "object", "additionalProperties": {"type": "number"}},
-            "storage": schema_of(Storage),
-            "versions": {"type": "object", "additionalProperties": {"type": "string"}},
-        },
+        **doc,
+        "required": sorted([*doc["required"], "storage"]),
     }
 
 
