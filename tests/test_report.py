@@ -17,7 +17,7 @@ from markupsafe import escape as html_escape
 
 from aimri.report.features import json_for_script, with_verdicts
 from aimri.report.render import render_report
-from aimri.report.svg import _ticks, bar_chart, line_chart
+from aimri.report.svg import bar_chart, line_chart, ticks
 from aimri.scanner.stages import SECTIONS
 
 HOSTILE = (
@@ -338,11 +338,11 @@ def test_empty_chart_says_so():
 
 
 def test_ticks_are_round_and_inside():
-    assert _ticks(0.05, 0.95) == [0.2, 0.4, 0.6, 0.8]
-    assert _ticks(0, 29) == [0, 5, 10, 15, 20, 25]
+    assert ticks(0.05, 0.95) == [0.2, 0.4, 0.6, 0.8]
+    assert ticks(0, 29) == [0, 5, 10, 15, 20, 25]
     for lo, hi in [(0, 1), (-6.5, -0.5), (10, 63), (1, 29), (0.001, 0.002)]:
-        ticks = _ticks(lo, hi)
-        assert len(ticks) >= 2 and all(lo - 1e-9 <= t <= hi + 1e-9 for t in ticks)
+        got = ticks(lo, hi)
+        assert len(got) >= 2 and all(lo - 1e-9 <= t <= hi + 1e-9 for t in got)
 
 
 # ---- features and steering ----

@@ -18,12 +18,12 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from markupsafe import Markup, escape
 
 from aimri.report.features import json_for_script
-from aimri.report.svg import _fmt, _ticks
+from aimri.report.svg import tick_text, ticks
 
 # Node kinds as the viewer codes them (circuits.js draws 0 circle, 1 square, 2 diamond, 3 pill).
 FEATURE, ERROR, EMBEDDING, LOGIT = 0, 1, 2, 3
@@ -93,12 +93,14 @@ class CircuitsView:
 
 
 def circuits_view(section: dict[str, Any]) -> CircuitsView:
-    tc = section.get("transcoders") or {}
-    n_layers = tc.get("n_layers") if isinstance(tc.get("n_layers"), int) else None
-    graphs = [g for g in section.get("graphs") or [] if isinstance(g.get("graph"), dict)]
-    heads = section.get("heads") or {}
-    facts = {k: v for k, v in tc.items() if isinstance(v, str | int | float | bool)}
-    held_out = [x for x in tc.get("held_out_fvu") or [] if isinstance(x, int | float)]
+    tc: dict[str, Any] = section.get("transcoders") or {}
+    n_layers: int | None = tc.get("n_layers") if isinstance(tc.get("n_layers"), int) else None
+    entries: list[dict[str, Any]] = section.get("graphs") or []
+    graphs = [g for g in entries if isinstance(g.get("graph"), dict)]
+    heads: dict[str, Any] = section.get("heads") or {}
+    facts: dict[str, Any] = {k: v for k, v in tc.items() if isinstance(v, str | int | float | bool)}
+    fvu: list[Any] = tc.get("held_out_fvu") or []
+    held_out: list[float] = [x for x in fvu if isinstance(x, int | float)]
     if held_out:
         facts["held_out_fvu_mean"] = sum(held_out) / len(held_out)
         facts["held_out_fvu_min"], facts["held_out_fvu_max"] = min(held_out), max(held_out)
@@ -106,11 +108,11 @@ def circuits_view(section: dict[str, Any]) -> CircuitsView:
         transcoders=facts,
         graphs=[graph_panel(g) for g in graphs],
         heads=[
-            (kind, top_heads(rows))
+            (kind, top_heads(cast(list[dict[str, Any]], rows)))
             for kind, rows in heads.items()
             if isinstance(rows, list) and rows
         ],
-        lens=[lens_table(t) for t in section.get("lens") or []],
+        lens=[lens_table(t) for t in cast(list[dict[str, Any]], section.get("lens") or [])],
         data_json=json_for_script([graph_data(g, n_layers) for g in graphs]),
         skipped=section.get("skipped"),
     )
@@ -142,9 +144,10 @@ def graph_data(entry: dict[str, Any], n_layers: int | None = None) -> dict[str, 
     Links to a node the graph does not list are dropped and counted in `dropped_links`; a
     node_id listed twice names its last node.
     """
-    graph = entry["graph"]
-    meta, q = graph.get("metadata") or {}, graph.get("qParams") or {}
-    nodes = graph.get("nodes") or []
+    graph: dict[str, Any] = entry["graph"]
+    meta: dict[str, Any] = graph.get("metadata") or {}
+    q: dict[str, Any] = graph.get("qParams") or {}
+    nodes: list[dict[str, Any]] = graph.get("nodes") or []
     kinds = [node_kind(n) for n in nodes]
     layers = [_int(n.get("layer")) for n in nodes]
     deepest = max(
@@ -152,14 +155,18 @@ def graph_data(entry: dict[str, Any], n_layers: int | None = None) -> dict[str, 
         default=-1,
     )
     top = 1 + max(n_layers or 0, deepest + 1)  # the logits' row
-    tokens = [str(t) for t in meta.get("prompt_tokens") or []]
+    tokens = [str(t) for t in cast(list[Any], meta.get("prompt_tokens") or [])]
     index = {str(n["node_id"]): i for i, n in enumerate(nodes)}
     rows = [
         0 if k == EMBEDDING else top if k == LOGIT else 1 + max(0, la or 0)
         for k, la in zip(kinds, layers, strict=True)
     ]
-    src, dst, w, dropped = [], [], [], 0
-    for link in sorted(graph.get("links") or [], key=lambda e: -abs(_num(e.get("weight")))):
+    src: list[int] = []
+    dst: list[int] = []
+    w: list[float | None] = []
+    dropped = 0
+    links: list[dict[str, Any]] = graph.get("links") or []
+    for link in sorted(links, key=lambda e: -abs(_num(e.get("weight")))):
         s, t = index.get(str(link.get("source"))), index.get(str(link.get("target")))
         if s is None or t is None:
             dropped += 1
@@ -167,8 +174,8 @@ def graph_data(entry: dict[str, Any], n_layers: int | None = None) -> dict[str, 
         src.append(s)
         dst.append(t)
         w.append(_round(link.get("weight")))
-    supernodes = []
-    for sn in q.get("supernodes") or []:
+    supernodes: list[dict[str, Any]] = []
+    for sn in cast(list[list[Any]], q.get("supernodes") or []):
         members = sorted({index[str(m)] for m in sn[1:] if str(m) in index})
         if sn and members:
             supernodes.append({"name": str(sn[0]), "members": members})
@@ -194,7 +201,9 @@ def graph_data(entry: dict[str, Any], n_layers: int | None = None) -> dict[str, 
         "links": {"src": src, "dst": dst, "w": w},
         "dropped_links": dropped,
         "supernodes": supernodes,
-        "pinned": [index[str(p)] for p in q.get("pinnedIds") or [] if str(p) in index],
+        "pinned": [
+            index[str(p)] for p in cast(list[Any], q.get("pinnedIds") or []) if str(p) in index
+        ],
         "clicked": index.get(str(q.get("clickedId") or ""), -1),
     }
 
@@ -241,17 +250,17 @@ def _round(v: Any) -> float | None:
 
 
 def graph_panel(entry: dict[str, Any]) -> GraphPanel:
-    graph = entry["graph"]
-    tokens = [str(t) for t in (graph.get("metadata") or {}).get("prompt_tokens") or []]
-    labels = {
-        str(n["node_id"]): node_label(n, node_kind(n), tokens) for n in graph.get("nodes") or []
-    }
-    val = entry.get("validation") or {}
-    items = val.get("items") or []
+    graph: dict[str, Any] = entry["graph"]
+    meta: dict[str, Any] = graph.get("metadata") or {}
+    tokens = [str(t) for t in cast(list[Any], meta.get("prompt_tokens") or [])]
+    nodes: list[dict[str, Any]] = graph.get("nodes") or []
+    labels = {str(n["node_id"]): node_label(n, node_kind(n), tokens) for n in nodes}
+    val: dict[str, Any] = entry.get("validation") or {}
+    items: list[dict[str, Any]] = val.get("items") or []
     return GraphPanel(
         slug=str(entry.get("slug", "")),
         title=str(entry.get("title") or entry.get("slug") or ""),
-        prompt=str(entry.get("prompt") or (graph.get("metadata") or {}).get("prompt") or ""),
+        prompt=str(entry.get("prompt") or meta.get("prompt") or ""),
         target=entry.get("target") or {},
         scores=entry.get("scores") or {},
         sizes=entry.get("sizes") or {},
@@ -268,7 +277,7 @@ def graph_panel(entry: dict[str, Any]) -> GraphPanel:
             for it in items
         ],
         scatter=validation_scatter(items) if items else None,
-        qk=[qk_row(r, labels) for r in entry.get("qk") or []],
+        qk=[qk_row(r, labels) for r in cast(list[dict[str, Any]], entry.get("qk") or [])],
     )
 
 
@@ -322,11 +331,11 @@ def validation_scatter(items: list[dict[str, Any]], size: int = 300) -> Markup:
         f'<text x="12" y="{(top + size - bottom) / 2}" text-anchor="middle" class="ax" '
         f'transform="rotate(-90 12 {(top + size - bottom) / 2})">measured</text>',
     ]
-    for t in _ticks(lo, hi, 4):
+    for t in ticks(lo, hi, 4):
         parts.append(
             f'<line x1="{left}" x2="{size - right}" y1="{py(t):.1f}" y2="{py(t):.1f}" class="grid"/>'
-            f'<text x="{left - 5}" y="{py(t) + 3:.1f}" text-anchor="end" class="tk">{_fmt(t)}</text>'
-            f'<text x="{px(t):.1f}" y="{size - bottom + 14}" text-anchor="middle" class="tk">{_fmt(t)}</text>'
+            f'<text x="{left - 5}" y="{py(t) + 3:.1f}" text-anchor="end" class="tk">{tick_text(t)}</text>'
+            f'<text x="{px(t):.1f}" y="{size - bottom + 14}" text-anchor="middle" class="tk">{tick_text(t)}</text>'
         )
     parts.append(
         f'<line x1="{px(lo):.1f}" y1="{py(lo):.1f}" x2="{px(hi):.1f}" y2="{py(hi):.1f}" '
@@ -337,7 +346,7 @@ def validation_scatter(items: list[dict[str, Any]], size: int = 300) -> Markup:
             f'<line x1="{px(0):.1f}" x2="{px(0):.1f}" y1="{top}" y2="{size - bottom}" stroke="#e5e7eb"/>'
         )
     for x, y in pts:
-        tip = escape(f"predicted {_fmt(x)}, measured {_fmt(y)}")
+        tip = escape(f"predicted {tick_text(x)}, measured {tick_text(y)}")
         parts.append(
             f'<circle cx="{px(x):.1f}" cy="{py(y):.1f}" r="3.5" fill="#2563eb" fill-opacity=".7">'
             f"<title>{tip}</title></circle>"
@@ -356,13 +365,13 @@ def top_heads(rows: list[dict[str, Any]], n: int = TOP_HEADS) -> list[dict[str, 
 
 
 def lens_table(t: dict[str, Any]) -> LensTable:
-    layers = t.get("layers") or []
-    tops = t.get("top_tokens") or []
-    probs = t.get("target_prob") or []
-    rows = []
+    layers: list[Any] = t.get("layers") or []
+    tops: list[Any] = t.get("top_tokens") or []
+    probs: list[Any] = t.get("target_prob") or []
+    rows: list[tuple[Any, list[str], Any]] = []
     for i, layer in enumerate(layers):
-        top = tops[i] if i < len(tops) else []
-        toks = [str(x) for x in top] if isinstance(top, list) else [str(top)]
+        top: Any = tops[i] if i < len(tops) else []
+        toks = [str(x) for x in cast(list[Any], top)] if isinstance(top, list) else [str(top)]
         rows.append((layer, toks, probs[i] if i < len(probs) else None))
     target = t.get("target")
     return LensTable(str(t.get("prompt", "")), None if target is None else str(target), rows)

@@ -18,7 +18,7 @@ import json
 import math
 from dataclasses import dataclass
 from itertools import pairwise
-from typing import Any
+from typing import Any, cast
 
 from markupsafe import Markup
 
@@ -71,9 +71,9 @@ class SteeringView:
 
 
 def features_view(stage: dict[str, Any]) -> FeaturesView:
-    bases = stage.get("bases") or []
-    features = stage.get("features") or []
-    summary = stage.get("summary") or []
+    bases: list[dict[str, Any]] = stage.get("bases") or []
+    features: list[dict[str, Any]] = stage.get("features") or []
+    summary: list[dict[str, Any]] = stage.get("summary") or []
     thresholds: dict[str, dict[str, float]] = {}
     for r in summary:
         thresholds.setdefault(r["explainer"], {})[r["scorer"]] = r["threshold"]
@@ -114,14 +114,14 @@ def scores_nothing(scores: list[dict[str, Any]]) -> bool:
 def with_verdicts(features: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The features with `scores_nothing` on each label, from the scores of its explainer (the
     dashboards show such a label as scoring nothing, not in bold). The input is not changed."""
-    out = []
+    out: list[dict[str, Any]] = []
     for f in features:
-        scores = f.get("scores") or []
-        labels = [
+        scores: list[dict[str, Any]] = f.get("scores") or []
+        labels: list[dict[str, Any]] = [
             {**lab, "scores_nothing": scores_nothing(
                 [s for s in scores if s.get("explainer") == lab.get("explainer")]
             )}
-            for lab in f.get("labels") or []
+            for lab in cast(list[dict[str, Any]], f.get("labels") or [])
         ]  # fmt: skip
         out.append({**f, "labels": labels})
     return out
@@ -150,9 +150,9 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
+        return {k: _finite(v) for k, v in cast(dict[Any, Any], obj).items()}
     if isinstance(obj, list | tuple):
-        return [_finite(v) for v in obj]
+        return [_finite(v) for v in cast(list[Any] | tuple[Any, ...], obj)]
     return obj
 
 
@@ -237,12 +237,12 @@ def steering_view(stage: dict[str, Any]) -> SteeringView | None:
     skipped demonstration has no rows (its partial says why); None: no rows and no reason."""
     if not stage.get("rows") and not stage.get("skipped"):
         return None
-    rows = sorted(stage.get("rows") or [], key=lambda r: float(r["strength"]))
+    rows: list[dict[str, Any]] = sorted(stage.get("rows") or [], key=lambda r: float(r["strength"]))
     xs = [float(r["strength"]) for r in rows]
     xlabel = "added norm (× median ordinary-token norm)"
 
     def series(part: str, key: str) -> list[float | None]:
-        return [(r.get(part) or {}).get(key) for r in rows]
+        return [cast(dict[str, Any], r.get(part) or {}).get(key) for r in rows]
 
     charts = [
         line_chart(
@@ -270,11 +270,14 @@ def steering_view(stage: dict[str, Any]) -> SteeringView | None:
         ),
     ]
     prompts: dict[str, list[tuple[float | None, str, str]]] = {}
-    for g in (stage.get("baseline") or {}).get("generations") or []:
+    baseline: dict[str, Any] = stage.get("baseline") or {}
+    generations: list[dict[str, str]] = baseline.get("generations") or []
+    for g in generations:
         prompts.setdefault(g["prompt"], []).append((None, g["text"], ""))
     for r in rows:
-        randoms = {g["prompt"]: g["text"] for g in r.get("random_example") or []}
-        for g in r.get("generations") or []:
+        random_example: list[dict[str, str]] = r.get("random_example") or []
+        randoms = {g["prompt"]: g["text"] for g in random_example}
+        for g in cast(list[dict[str, str]], r.get("generations") or []):
             text = (float(r["strength"]), g["text"], randoms.get(g["prompt"], ""))
             prompts.setdefault(g["prompt"], []).append(text)
     return SteeringView(rows, charts, list(prompts.items()))

@@ -38,7 +38,7 @@ def by_kind(
 def statistics_view(stage: dict[str, Any]) -> Charts:
     """Norms by layer (median and p90), the position-0 ratio, cosine with the previous site and
     norms by position at three sites."""
-    stats = stage.get("sites") or []
+    stats: list[dict[str, Any]] = stage.get("sites") or []
     if not stats:
         return {}
     layers, med = by_kind(stats, lambda r: r["norm_quantiles"]["p50"])
@@ -92,7 +92,7 @@ def _positions_chart(stats: list[dict[str, Any]]) -> Markup:
 def logit_lens_view(stage: dict[str, Any]) -> Charts:
     """Top-1 accuracy and agreement with the model, and cross-entropy, by layer; no charts
     without layers (the partial says why)."""
-    lens = stage.get("layers") or []
+    lens: list[dict[str, Any]] = stage.get("layers") or []
     if not lens:
         return {}
     layers, acc = by_kind(lens, "next_token_accuracy")
@@ -137,7 +137,8 @@ def dictionary_view(stage: dict[str, Any]) -> Charts:
     """Training curves (FVU and dead fraction, L0) where it was trained here, and the latents'
     firing density."""
     charts: Charts = {}
-    curve = (stage.get("training") or {}).get("curve")
+    training: dict[str, Any] = stage.get("training") or {}
+    curve: dict[str, Any] | None = training.get("curve")
     if curve:
         charts["fvu"] = line_chart(
             curve["step"],

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from functools import cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from jinja2 import ChoiceLoader, Environment, PackageLoader, PrefixLoader, select_autoescape
 from markupsafe import Markup
@@ -43,13 +43,18 @@ def _env(shown: Sequence[Section]) -> Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    env.globals["line_chart"] = line_chart
-    env.globals["asset"] = _asset
-    env.filters["num"] = lambda v, d=3: (
-        "–" if not _finite(v) else f"{v:,.{d}g}" if abs(v) < 1e5 else f"{v:,.0f}"
-    )
-    env.filters["pct"] = lambda v: "–" if not _finite(v) else f"{100 * v:.1f}%"
+    # jinja2 leaves the value types of its globals and filters open
+    env.globals.update(line_chart=line_chart, asset=_asset)  # pyright: ignore[reportUnknownMemberType]
+    env.filters.update(num=_num, pct=_pct)  # pyright: ignore[reportUnknownMemberType]
     return env
+
+
+def _num(v: Any, d: int = 3) -> str:
+    return "–" if not _finite(v) else f"{v:,.{d}g}" if abs(v) < 1e5 else f"{v:,.0f}"
+
+
+def _pct(v: Any) -> str:
+    return "–" if not _finite(v) else f"{100 * v:.1f}%"
 
 
 def _finite(v: Any) -> bool:
@@ -68,9 +73,9 @@ def visible(obj: Any) -> Any:
     if isinstance(obj, str):
         return obj.translate(_BIDI_VISIBLE)
     if isinstance(obj, dict):
-        return {visible(k): visible(v) for k, v in obj.items()}
+        return {visible(k): visible(v) for k, v in cast(dict[Any, Any], obj).items()}
     if isinstance(obj, list | tuple):
-        return [visible(v) for v in obj]
+        return [visible(v) for v in cast(list[Any] | tuple[Any, ...], obj)]
     return obj
 
 

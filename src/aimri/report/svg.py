@@ -6,11 +6,15 @@ Every piece of text is escaped; numbers are formatted here. Not here: page layou
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from markupsafe import Markup, escape
 
 PALETTE = ("#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#6b7280", "#ca8a04")
+
+
+def _same(v: float) -> float:
+    return v
 
 
 def line_chart(
@@ -34,7 +38,7 @@ def line_chart(
     values = [v for ys in series.values() for v in ys if v is not None and (v > 0 or not log_y)]
     if not xs or not values:
         return Markup("<p class='muted'>(no data for {})</p>").format(title)
-    f = math.log10 if log_y else (lambda v: v)
+    f: Callable[[float], float] = math.log10 if log_y else _same
     lo, hi = f(min(values)), f(max(values))
     if y_range and not log_y:
         lo, hi = min(lo, y_range[0]), max(hi, y_range[1])
@@ -64,11 +68,11 @@ def line_chart(
             f'<line x1="{left}" x2="{width - right}" y1="{y:.1f}" y2="{y:.1f}" class="grid"/>'
         )
         parts.append(
-            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tk">{_fmt(v)}</text>'
+            f'<text x="{left - 6}" y="{y + 4:.1f}" text-anchor="end" class="tk">{tick_text(v)}</text>'
         )
-    for x in _ticks(x0, x1):
+    for x in ticks(x0, x1):
         parts.append(
-            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" class="tk">{_fmt(x)}</text>'
+            f'<text x="{px(x):.1f}" y="{height - bottom + 16}" text-anchor="middle" class="tk">{tick_text(x)}</text>'
         )
     for k, (name, ys) in enumerate(series.items()):
         color = PALETTE[k % len(PALETTE)]
@@ -80,7 +84,7 @@ def line_chart(
         path = " ".join(f"{a:.1f},{b:.1f}" for a, b, _, _ in pts)
         parts.append(f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{path}"/>')
         for a, b, x, v in pts:
-            tip = escape(f"{name}: x={_fmt(x)}, y={_fmt(v)}")
+            tip = escape(f"{name}: x={tick_text(x)}, y={tick_text(v)}")
             parts.append(
                 f'<circle cx="{a:.1f}" cy="{b:.1f}" r="2.5" fill="{color}"><title>{tip}</title></circle>'
             )
@@ -130,7 +134,7 @@ def bar_chart(
         v = lo + (hi - lo) * i / 4
         parts.append(
             f'<line x1="{left}" x2="{width - right}" y1="{py(v):.1f}" y2="{py(v):.1f}" class="grid"/>'
-            f'<text x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end" class="tk">{_fmt(v)}</text>'
+            f'<text x="{left - 6}" y="{py(v) + 4:.1f}" text-anchor="end" class="tk">{tick_text(v)}</text>'
         )
     for c, name in enumerate(categories):
         cx = left + group * (c + 0.5)
@@ -144,7 +148,7 @@ def bar_chart(
                 continue
             x = left + group * c + group * 0.1 + bar * k
             y0, y1 = sorted((py(0.0), py(v)))
-            tip = escape(f"{sname} · {name}: {_fmt(v)}")
+            tip = escape(f"{sname} · {name}: {tick_text(v)}")
             parts.append(
                 f'<rect x="{x:.1f}" y="{y0:.1f}" width="{bar * 0.92:.1f}" height="{max(y1 - y0, 0.5):.1f}" '
                 f'fill="{PALETTE[k % len(PALETTE)]}"><title>{tip}</title></rect>'
@@ -162,7 +166,7 @@ def bar_chart(
     return Markup("".join(parts))
 
 
-def _ticks(x0: float, x1: float, n: int = 6) -> list[float]:
+def ticks(x0: float, x1: float, n: int = 6) -> list[float]:
     """About n ticks at a round step (1, 2 or 5 times a power of ten), within [x0, x1]."""
     raw = (x1 - x0) / n
     base = 10 ** math.floor(math.log10(raw))
@@ -171,7 +175,7 @@ def _ticks(x0: float, x1: float, n: int = 6) -> list[float]:
     return [round(first + i * step, 10) for i in range(int((x1 - first) / step + 1e-9) + 1)]
 
 
-def _fmt(v: float) -> str:
+def tick_text(v: float) -> str:
     if v == 0:
         return "0"
     if abs(v) >= 1000 or abs(v) < 0.01:

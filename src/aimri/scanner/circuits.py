@@ -149,10 +149,10 @@ def transcoder_fvu(
             d = transcoders[L]
             err[L] += float((d.decode(d.encode(x), x) - y).pow(2).sum())
             ys[L].append(y)
-    out = []
-    for L in layers:
-        y = torch.cat(ys[L])
-        out.append(round(err[L] / float((y - y.mean(0)).pow(2).sum()), 4))
+    out: list[float] = []
+    for layer in layers:
+        y = torch.cat(ys[layer])
+        out.append(round(err[layer] / float((y - y.mean(0)).pow(2).sum()), 4))
     return out
 
 

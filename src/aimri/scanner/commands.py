@@ -68,7 +68,7 @@ def diff(cfg: DiffConfig, base: Model | None = None, other: Model | None = None)
         dictionary=dictionary,
         crosscoder=cfg.crosscoder,
     )
-    stage = {**diff_json(result), "base_spec": cfg.base.spec}
+    stage: dict[str, Any] = {**diff_json(result), "base_spec": cfg.base.spec}
     if cfg.what and not stage["empty"]:
         stage["what_changed"] = what_changed(base, other)
     results = {"diff": stage}
@@ -89,7 +89,7 @@ def what_findings(what: dict[str, Any] | None) -> list[Finding]:
     if not what or not (what["replies"] or (what["lens"] and what["lens"]["steered"])):
         return []
     said = [r["sentence"] for r in what["replies"][:5]]
-    lens = what["lens"]["steered"][:3] if what["lens"] else []
+    lens: list[str] = what["lens"]["steered"][:3] if what["lens"] else []
     return [
         Finding(
             id="diff-what",

@@ -173,7 +173,8 @@ def corpus_texts(model: Model, corpus: CorpusConfig, n: int | None = None) -> li
     """The corpus's first `n` contexts (default: all) as texts, BOS dropped."""
     contexts = take_contexts(model.tokenizer, corpus)[:n]
     skip = 1 if corpus.prepend_bos else 0
-    return [model.tokenizer.decode(c[skip:].tolist()) for c in contexts]
+    ids: list[list[int]] = [c[skip:].tolist() for c in contexts]  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
+    return [model.tokenizer.decode(t) for t in ids]
 
 
 def feature_labels(features: FeaturesResult | None) -> dict[int, str]:

@@ -102,7 +102,10 @@ def _sinks(store: Path, site: str, model: Model) -> SinksLeftOut | None:
     if not summary or site not in summary["sites"]:
         return None
     s = summary["sites"][site]
-    decode = lambda t: model.tokenizer.decode([int(t)])  # noqa: E731
+
+    def decode(t: int) -> str:
+        return model.tokenizer.decode([int(t)])
+
     return {
         "rule": summary["rule"],
         "n_tokens": summary["n_tokens"],
@@ -117,7 +120,10 @@ def _sinks(store: Path, site: str, model: Model) -> SinksLeftOut | None:
 
 def _findings(stage: DictionaryResult) -> list[Finding]:
     m = stage["eval"]
-    fvu = lambda x: x["reconstruction_quality"]["fvu"]  # noqa: E731
+
+    def fvu(x: dict[str, Any]) -> float:
+        return x["reconstruction_quality"]["fvu"]
+
     pca = stage["baselines"].get("pca")
     versus = f"; PCA of the same size: FVU {fvu(pca):.3f}, +{_ce_cost(pca):.2f} nats" if pca else ""
     return [

@@ -89,7 +89,8 @@ def features_stage(run: ScanRun) -> FeaturesResult:
     )
     d_sae = dictionary.cfg.d_sae
     g = torch.Generator().manual_seed(cfg.corpus.seed)
-    sample = torch.randperm(d_sae, generator=g)[: cfg.n_features].sort().values.tolist()
+    picked = torch.randperm(d_sae, generator=g)[: cfg.n_features].sort().values
+    sample: list[int] = picked.tolist()  # pyright: ignore[reportUnknownMemberType, reportUnknownVariableType]
     r = describe(
         fcfg, model=model, source=source, features=sample, spec=ExampleSpec(), loaded=dictionary
     )

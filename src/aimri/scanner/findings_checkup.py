@@ -158,7 +158,7 @@ def readable(concept: dict[str, Any]) -> bool:
 def concept_findings(stage: Mapping[str, Any]) -> list[Finding]:
     """One finding per probed concept: how well its direction reads it on held-out pairs against
     random directions, and whether steering along it moves behaviour beyond random."""
-    out = []
+    out: list[Finding] = []
     for c in stage["concepts"]:
         det = c["detector"]
         row = next(r for r in c["layers"] if r["layer"] == det["layer"])

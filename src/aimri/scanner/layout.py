@@ -115,7 +115,7 @@ class ScanRun:
     cfg: ScanConfig
     model: Model
     layout: RunLayout
-    results: dict[str, object] = field(default_factory=dict)
+    results: dict[str, object] = field(default_factory=dict[str, object])
     read: ReadProducts | None = None
     """What the activations stage's one read trained (`read.py`), for the stages after it."""
     dictionary: Dictionary | None = field(default=None, repr=False)

@@ -17,7 +17,7 @@ import platform
 import re
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Generator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -131,7 +131,7 @@ def _folder_bytes(path: Path) -> int:
 
 
 @contextmanager
-def _timed(timings: dict[str, float], name: str) -> Iterator[None]:
+def _timed(timings: dict[str, float], name: str) -> Generator[None]:
     t = time.perf_counter()
     try:
         yield

@@ -71,7 +71,10 @@ class TestRow(TypedDict):
 
 def ran(result: object) -> bool:
     """Whether a stage produced a result (it may be turned off or have nothing to work on)."""
-    return isinstance(result, Mapping) and bool(result) and not result.get("skipped")
+    if not isinstance(result, Mapping):
+        return False
+    r = cast(Mapping[str, object], result)
+    return bool(r) and not r.get("skipped")
 
 
 class Registered(Protocol):

@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import torch
 from torch import Tensor
@@ -103,7 +103,8 @@ def steering_stage(run: ScanRun) -> SteeringResult | SteeringNone | Skipped:
     site = dictionary.cfg.site
     t = time.perf_counter()
     xs, ids, n_sinks = _ordinary_tokens(cfg, model, run.layout.dict_activations, site)
-    unit = float(xs.norm(dim=-1).median())
+    norms = cast(Tensor, xs.norm(dim=-1))  # pyright: ignore[reportUnknownMemberType]
+    unit = float(norms.median())
     tops = top_tokens(dictionary, _chunks(ids, xs))
     embedder = load_embedder()
     candidates = concept_candidates(tops, model.tokenizer.decode, embedder)
@@ -226,7 +227,8 @@ def _ordinary_tokens(
     store = _dict_store(dict_store, site)
     if store is not None:
         special = store.special_ids
-        parts, n = [], 0
+        parts: list[tuple[Tensor, Tensor, Tensor]] = []
+        n = 0
         for i in range(store.n_shards):  # shards in order, until 4 × N_TOKENS to sample from
             parts.append(
                 (store.load("tokens", i).long(), store.load("positions", i), store.load(site, i))
