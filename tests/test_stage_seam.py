@@ -1,5 +1,5 @@
 """The stage seam: a stage from another package, which needs the result of one of aimri's, is
-one module plus one registry line. The registry runs it after the stage it needs (and refuses
+one module plus one registry line (or one entry point in `aimri.stages`). The registry runs it after the stage it needs (and refuses
 a registry without that stage); it reads that stage's result through the stage, typed; its
 findings, summary line, transparency row, schema and report section come from its declaration.
 Pyright checks every read of its result (`test_pyright_checks_a_stage_s_reads`)."""
@@ -140,6 +140,32 @@ def test_stages_that_need_each_other_are_refused(sinks):
     a = dataclasses.replace(STATISTICS, needs=(sinks,))
     with pytest.raises(AimriError, match="cycle"):
         ordered(a, dataclasses.replace(sinks, needs=(a,)))
+
+
+def test_a_plugin_package_registers_its_stage_with_an_entry_point(tmp_path, monkeypatch):
+    """The one line, for a package of its own: an entry point in `aimri.stages`."""
+    from aimri.scanner.stages import BUILTIN, plugin_stages
+
+    _package(tmp_path)
+    dist = tmp_path / "seam_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: seam-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[aimri.stages]\nsinks = seam_pkg:SINKS\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        (sinks,) = [st for st in plugin_stages() if st.name == "sinks"]
+        names = [st.name for st in ordered(*BUILTIN, sinks)]
+        assert names == [*(st.name for st in BUILTIN), "sinks"]
+        (dist / "entry_points.txt").write_text("[aimri.stages]\nsinks = seam_pkg:NOT_THERE\n")
+        with pytest.raises(
+            AimriError, match=r"the stage 'sinks' \(seam_pkg:NOT_THERE\) registered"
+        ):
+            plugin_stages()
+        (dist / "entry_points.txt").write_text("[aimri.stages]\nsinks = seam_pkg:sinks_stage\n")
+        with pytest.raises(AimriError, match="is a function, not a Stage"):
+            plugin_stages()
+    finally:
+        sys.modules.pop("seam_pkg", None)
 
 
 @pytest.mark.skipif(shutil.which("pyright") is None, reason="pyright is not installed")

@@ -31,7 +31,7 @@ from typing import (
 
 from aimri.scanner.document import SCAN_SCHEMA, Document
 from aimri.scanner.stage import JsonOf, Registered
-from aimri.scanner.stages import STAGES
+from aimri.scanner.stages import BUILTIN
 
 SCHEMA_FILE = Path(__file__).with_name("scan.schema.json")
 _SCALARS: dict[Any, dict[str, Any]] = {
@@ -92,8 +92,8 @@ def stage_schema(stage: Registered) -> dict[str, Any]:
     return schema_of(get_type_hints(stage.run, include_extras=True)["return"])
 
 
-def scan_schema(registry: Sequence[Registered] = STAGES) -> dict[str, Any]:
-    """scan.json's schema: `Document`'s, for the scan's stages (`stages.STAGES`) or another
+def scan_schema(registry: Sequence[Registered] = BUILTIN) -> dict[str, Any]:
+    """scan.json's schema: `Document`'s, for aimri's own stages (`stages.BUILTIN`) or another
     registry's; a scan always says what it removed from its folder (`storage`)."""
     doc = schema_of(Document)
     stages = {st.name: stage_schema(st) for st in registry}
