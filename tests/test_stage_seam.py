@@ -134,6 +134,11 @@ def test_a_stage_whose_needs_are_not_listed_is_refused(sinks, tmp_path):
         STATISTICS.required(run)
 
 
+def test_two_stages_of_one_name_are_refused(sinks):
+    with pytest.raises(AimriError, match=r"more than one stage named \['sinks'\]"):
+        ordered(*STAGES, sinks, sinks)
+
+
 def test_stages_that_need_each_other_are_refused(sinks):
     import dataclasses
 

@@ -187,8 +187,14 @@ class Stage(Generic[R]):
 
 def ordered(*stages: Registered) -> tuple[Registered, ...]:
     """`stages` in an order that runs each after the stages it needs, otherwise as listed; an
-    error names a needed stage that is not listed, and a cycle."""
+    error names a needed stage that is not listed, a name listed twice, and a cycle."""
     names = {st.name for st in stages}
+    if len(names) < len(stages):
+        twice = sorted({st.name for st in stages if [t.name for t in stages].count(st.name) > 1})
+        raise AimriError(
+            f"the registry lists more than one stage named {twice}: a stage's name is its key "
+            "in scan.json, so rename one (or uninstall the plugin that repeats it)"
+        )
     for st in stages:
         missing = [n.name for n in st.needs if n.name not in names]
         if missing:
