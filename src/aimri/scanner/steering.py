@@ -74,20 +74,50 @@ class SteeringNone(SteeringScanned):
     skipped: str
 
 
+class Generation(TypedDict):
+    prompt: str
+    text: str
+
+
+class SteeringRow(TypedDict):
+    """One strength: the feature, neurons and random directions measured alike (each measure
+    as `steer.golden_gate.Measures`' fields)."""
+
+    strength: float
+    norm: float
+    feature: dict[str, float]
+    perplexity: float
+    fluent: bool
+    neurons_best: dict[str, float]
+    """Each measure's best over the neurons."""
+    random_p95: dict[str, float]
+    beyond_random: bool
+    demonstrates: bool
+    generations: list[Generation]
+    random_example: list[Generation]
+    """A random direction's generations at the same norm."""
+
+
+class SteeringCandidate(TypedDict):
+    feature: int
+    words: list[str]
+    rise: float
+
+
 class Demonstrated(TypedDict):
     feature: int
     concept: str
     words: list[str]
     mode: str
     baseline: dict[str, Any]
-    rows: list[dict[str, Any]]
-    """One per strength: the feature, neurons and random directions measured alike."""
+    """The unedited model: its `Measures`' fields, perplexity and generations."""
+    rows: list[SteeringRow]
     demonstrated_at: float | None
     verdict: str
 
 
 class SteeringResult(SteeringScanned, Demonstrated):
-    candidates: list[dict[str, Any]]
+    candidates: list[SteeringCandidate]
     n_random: int
     n_neurons: int
     fluency_rule: dict[str, float]
@@ -174,7 +204,7 @@ def verdict(demo: Demonstration) -> str:
 
 
 def _demonstration_json(demo: Demonstration) -> Demonstrated:
-    def gens(gs: Any) -> list[dict[str, str]]:
+    def gens(gs: Any) -> list[Generation]:
         return [{"prompt": g.prompt, "text": g.text} for g in gs]
 
     return {
