@@ -54,6 +54,30 @@ class View(Generic[C]):
     """The package whose `templates` folder holds the partial (a stage from elsewhere ships its
     own)."""
 
+    def section(self, name: str, result: dict[str, Any]) -> Section | None:
+        """Stage `name`'s section for `result`, None where its context has nothing to show."""
+        context = self.context(result)
+        if context is None:
+            return None
+        return Section(
+            name=name,
+            template=template_name(self.template, self.package),
+            package=self.package,
+            anchor=self.anchor or name,
+            nav=self.nav,
+            part=self.part,
+            stage=result,
+            view=context,
+            styles=self.styles,
+            scripts=self.scripts(context),
+        )
+
+
+class Sectioned(Protocol):
+    """A `View` of any context type, as the page sees it: what makes a section."""
+
+    def section(self, name: str, result: dict[str, Any]) -> Section | None: ...
+
 
 class Reported(Protocol):
     """Anything with a name and a view: a scan stage (`aimri.scanner.stage.Stage`)."""
@@ -62,7 +86,7 @@ class Reported(Protocol):
     def name(self) -> str: ...
 
     @property
-    def view(self) -> View[Any] | None: ...
+    def view(self) -> Sectioned | None: ...
 
 
 @dataclass(frozen=True)
@@ -75,42 +99,31 @@ class Section:
     package: str
     anchor: str
     nav: str | None
+    part: Part
     stage: dict[str, Any]
-    view: Any
-    """What the view's `context` made of the result."""
+    view: object
+    """What the view's `context` made of the result (the partial reads it as `view`)."""
     styles: tuple[str, ...]
     scripts: tuple[str, ...]
 
 
 def sections(stages: Sequence[Reported], results: Mapping[str, Any]) -> list[Section]:
     """The sections of the stages with a view and something to show, in report order."""
-    shown: list[tuple[Part, Section]] = []
+    shown: list[Section] = []
     for st in stages:
         view, result = st.view, results.get(st.name)
         if view is None or not result:
             continue
-        context = view.context(result)
-        if context is None:
-            continue
-        section = Section(
-            name=st.name,
-            template=template_name(view),
-            package=view.package,
-            anchor=view.anchor or st.name,
-            nav=view.nav,
-            stage=result,
-            view=context,
-            styles=view.styles,
-            scripts=view.scripts(context),
-        )
-        shown.append((view.part, section))
-    return [s for _, s in sorted(shown, key=lambda ps: PARTS.index(ps[0]))]
+        section = view.section(st.name, result)
+        if section is not None:
+            shown.append(section)
+    return sorted(shown, key=lambda s: PARTS.index(s.part))
 
 
-def template_name(view: View[Any]) -> str:
+def template_name(template: str, package: str) -> str:
     """The partial's name for the page's loader: a partial of another package is prefixed with
     that package's name, so it can never be mistaken for one of aimri's."""
-    return view.template if view.package == PACKAGE else f"{view.package}/{view.template}"
+    return template if package == PACKAGE else f"{package}/{template}"
 
 
 def assets(names: Sequence[tuple[str, ...]]) -> list[str]:

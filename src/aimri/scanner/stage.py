@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypedDict, TypeVar, cast
 
 from aimri.errors import AimriError
-from aimri.report.view import View
+from aimri.report.view import Sectioned
 from aimri.scanner.finding import Finding
 from aimri.scanner.layout import ScanRun
 
@@ -91,7 +91,7 @@ class Registered(Protocol):
     def needs(self) -> tuple[Registered, ...]: ...
 
     @property
-    def view(self) -> View[Any] | None: ...
+    def view(self) -> Sectioned | None: ...
 
     def execute(self, run: ScanRun) -> Mapping[str, object]: ...
 
@@ -123,7 +123,7 @@ class Stage(Generic[R]):
     data: Callable[[R, str], str] | None = None
     """The data it read, for the transparency row, given the scan's corpus in words; None: that
     corpus."""
-    view: View[Any] | None = None
+    view: Sectioned | None = None
     """Its section of the report; None: none (its numbers show elsewhere, e.g. the
     activations' in the transparency record)."""
 
