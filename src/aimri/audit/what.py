@@ -34,7 +34,7 @@ def what_changed(
     from aimri.audit.prompts import generate_prompts
     from aimri.audit.teams import explore, neutral_texts
 
-    prompts = generate_prompts(n_per_type)
+    prompts = generate_prompts(n_per_type, languages=False)
     cells = explore(base, other, prompts, samples=samples, max_new_tokens=max_new_tokens)
     found = contrast(cells, limit=top)
     lr = lens(base, other, texts or neutral_texts(), [p.text for p in prompts[::n_per_type]])
