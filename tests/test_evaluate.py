@@ -11,7 +11,7 @@ import torch
 from aimri import AimriError, CorpusConfig, ModelConfig
 from aimri.config import DictConfig, EvalConfig
 from aimri.dicts.dictionary import build_dictionary
-from aimri.dicts.evaluate import _baselines, _clean_pass, _metrics, _replace_with, evaluate
+from aimri.dicts.evaluate import _baselines, _clean_pass, _metrics, _spliced, _zeros, evaluate
 from aimri.dicts.formats import save_dictionary
 
 SITE = "blocks.1.hook_resid_post"
@@ -25,14 +25,15 @@ def test_perfect_and_empty_dictionaries_bracket_the_scores(tiny_model):
     clean = _clean_pass(m, contexts, (SITE, SITE), 4)
     cfg = DictConfig(d_in=32, d_sae=64, k=32, site=SITE)
     perfect = _baselines(cfg, clean, k=32)["pca"]  # all 32 components: an exact code
-    r = _metrics(m, contexts, perfect, clean, 4, _replace_with(perfect))
+    ablated = _spliced(m, contexts, cfg, clean, 4, _zeros(32))
+    r = _metrics(m, contexts, perfect, clean, 4, ablated)
     assert r["reconstruction_quality"]["fvu"] < 1e-4
     assert r["model_performance_preservation"]["ce_loss_score"] == pytest.approx(1.0, abs=1e-3)
     assert r["model_behavior_preservation"]["kl_div_with_sae"] < 1e-4
     empty = build_dictionary(cfg)
     with torch.no_grad():
         empty.W_dec.zero_()
-    r = _metrics(m, contexts, empty, clean, 4, lambda x: torch.zeros_like(x))
+    r = _metrics(m, contexts, empty, clean, 4, ablated)  # it decodes every code to 0
     assert r["model_performance_preservation"]["ce_loss_score"] == pytest.approx(0.0, abs=1e-6)
 
 

@@ -56,14 +56,14 @@ def evaluate(
     clean = _clean_pass(
         model, contexts, (site_in, site_out), cfg.batch_size, special, cfg.exclude_sinks
     )
-    ours = _metrics(model, contexts, d, clean, cfg.batch_size, _replace_with(d))
+    # Zero-ablating the site is the same pass for every dictionary that reads it: run it once.
+    ablated = _spliced(model, contexts, d.cfg, clean, cfg.batch_size, _zeros(d.cfg.out_width))
+    ours = _metrics(model, contexts, d, clean, cfg.batch_size, ablated)
     baselines: dict[str, dict[str, Any]] = {}
     if cfg.baselines:
         k = max(1, round(ours["sparsity"]["l0"]))
         for name, base in _baselines(d.cfg, clean, k).items():
-            baselines[name] = _metrics(
-                model, contexts, base, clean, cfg.batch_size, _replace_with(base)
-            )
+            baselines[name] = _metrics(model, contexts, base, clean, cfg.batch_size, ablated)
     result = EvalResult(ours, baselines)
     if cfg.dictionary.is_dir():
         write_json_atomic(cfg.dictionary / "metrics.json", _saebench_json(cfg, d.cfg, result))
@@ -141,9 +141,20 @@ def _replace_with(d: Dictionary) -> Replace:
 
 
 @torch.no_grad()
+def _zeros(width: int) -> Replace:
+    return lambda x: torch.zeros(len(x), width, device=x.device)
+
+
+@torch.no_grad()
 def _metrics(
-    model: Model, contexts: Tensor, d: Dictionary, clean: _Clean, batch: int, replace: Replace
+    model: Model,
+    contexts: Tensor,
+    d: Dictionary,
+    clean: _Clean,
+    batch: int,
+    ablated: tuple[float, float],
 ) -> dict[str, Any]:
+    """`d`'s metrics; `ablated` is the (CE, KL) of the model with the site zeroed."""
     d = d.to(model.device).eval()
     codes = d.encode(clean.x)
     recon = d.decode(codes, clean.x)
@@ -153,15 +164,7 @@ def _metrics(
         torch.cat([recon, d.decode(d.encode(clean.x_sink), clean.x_sink)]),
         torch.cat([clean.y, clean.y_sink]),
     )
-    spliced = _spliced(model, contexts, d.cfg, clean, batch, replace)
-    ablated = _spliced(
-        model,
-        contexts,
-        d.cfg,
-        clean,
-        batch,
-        lambda x: torch.zeros(len(x), d.cfg.out_width, device=x.device),
-    )
+    spliced = _spliced(model, contexts, d.cfg, clean, batch, _replace_with(d))
     metrics = _core(clean, recon, dense, spliced, ablated)
     metrics["sinks"] = {
         "n_tokens": len(clean.y_sink),
