@@ -136,3 +136,12 @@ def text_corpus(tmp_path):
         )
     )
     return path
+
+
+@pytest.fixture(autouse=True)
+def scan_memory(tmp_path_factory, monkeypatch):
+    """Each test gets its own, empty memory of past scans (`aimri.dicts.memory`), so that no
+    test continues another's dictionaries; the returned folder is where that memory lives."""
+    root = tmp_path_factory.mktemp("memory")
+    monkeypatch.setattr("aimri.dicts.memory.memory_root", lambda: root)
+    return root

@@ -121,6 +121,10 @@ class TrainConfig:
     keep_checkpoint: bool = False
     """Keep the checkpoint (parameters and Adam moments, about 3× the dictionary's size) once
     training completes, to train further from it later; by default it is removed then."""
+    continue_from: Path | None = None
+    """A finished dictionary of this kind (same site, architecture, width and k) to continue
+    training: its weights and input scales are the start, with fresh optimiser moments and a new
+    learning-rate schedule over this run's tokens (the scan's memory of past scans uses it)."""
     exclude_sinks: bool = True
     """Leave out attention sinks and massive activations (position 0, special tokens such as BOS
     and the document separator, tokens whose norm dwarfs the median), which would dominate the

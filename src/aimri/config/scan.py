@@ -32,6 +32,11 @@ class ScanConfig:
     """How many tokens the dictionaries train on: quick (81,920 for the SAE, 16,384 for the
     transcoders), standard (245,760 and 65,536; ≤ 600 s on 2 CPU cores), deep (1,048,576 and
     327,680; about an hour on 2 CPU cores, minutes on a GPU)."""
+    memory: bool = True
+    """Continue the dictionaries an earlier scan of this model trained (same model weights,
+    sites, corpus and dictionary shapes), on text they have not read yet, and remember the
+    result in `$AIMRI_CACHE_DIR/memory`: each scan of a model sharpens the last one's image.
+    --no-memory trains from scratch and leaves the memory as it is."""
     read_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
     """Precision of the read that feeds the statistics and the dictionaries: `auto` is bf16
     where the CPU (AVX-512 BF16, AMX) or GPU computes it natively, else float32. Steering,

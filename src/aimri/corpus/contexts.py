@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,17 +57,24 @@ def _token_id(tokenizer: Any, token: str) -> int | None:
     return int(tid)
 
 
-def iter_contexts(tokenizer: Any, cfg: CorpusConfig) -> Iterator[Tensor]:
-    """Yield contexts, each a [ctx_len] int64 tensor, at most `cfg.max_tokens // ctx_len`."""
+def iter_contexts(tokenizer: Any, cfg: CorpusConfig, *, start: int = 0) -> Iterator[Tensor]:
+    """Yield contexts, each a [ctx_len] int64 tensor, at most `cfg.max_tokens // ctx_len`.
+
+    `start` > 0 passes over the stream's first `start` contexts (fresh text for a dictionary
+    that read them before) and wraps to the corpus's start when it reaches the end, so text is
+    only repeated once all of it has been read."""
     special = special_tokens(tokenizer, cfg.prepend_bos)
     body = cfg.ctx_len - (special.bos is not None)
     prefix = [special.bos] if special.bos is not None else []
     n_max = cfg.max_tokens // cfg.ctx_len
-    docs = _tokenized(tokenizer, iter_documents(cfg))
-    if cfg.boundary == "pack":
-        chunks = _packed(docs, body, special.separator)
-    else:
-        chunks = (ids[:body] for ids in docs if len(ids) >= body)
+
+    def stream() -> Iterator[list[int]]:
+        docs = _tokenized(tokenizer, iter_documents(cfg))
+        if cfg.boundary == "pack":
+            return _packed(docs, body, special.separator)
+        return (ids[:body] for ids in docs if len(ids) >= body)
+
+    chunks = stream() if start == 0 else _from(stream, start)
     n = 0
     for chunk in itertools.islice(chunks, n_max):
         n += 1
@@ -79,6 +86,21 @@ def iter_contexts(tokenizer: Any, cfg: CorpusConfig) -> Iterator[Tensor]:
         )
     if n < n_max:
         log.warning("corpus '%s' ran out after %d of %d contexts", cfg.source, n, n_max)
+
+
+def _from(stream: Callable[[], Iterator[list[int]]], start: int) -> Iterator[list[int]]:
+    """The chunks of `stream()` from the `start`-th on (`start` taken modulo the stream's
+    length), then from its beginning again, for ever. Only the text before `start` is passed
+    over; the stream is never counted whole unless it is shorter than `start`."""
+    chunks = stream()
+    skipped = sum(1 for _ in itertools.islice(chunks, start))
+    if skipped == 0:
+        return
+    if skipped < start:  # shorter than `start`: its length is now known
+        chunks = itertools.islice(stream(), start % skipped, None)
+    yield from chunks
+    while True:
+        yield from stream()
 
 
 def take_contexts(tokenizer: Any, cfg: CorpusConfig) -> Tensor:

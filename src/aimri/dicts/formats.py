@@ -133,6 +133,16 @@ def load_dictionary(path: str | Path, *, sparse_kernels: bool = True) -> Diction
 _REDO = "train it again with `aimri train`, or copy it again from where it came from"
 
 
+def read_record(path: Path) -> dict[str, Any]:
+    """aimri's own record of the dictionary at `path` (aimri.json: its config, the training
+    summary, the weights' sha256); empty for dictionaries saved by other tools."""
+    ours = Path(path) / "aimri.json"
+    if not ours.is_file():
+        return {}
+    record = read_json(ours, "dictionary record", fix=_REDO)
+    return record if isinstance(record, dict) else {}
+
+
 def _check_sha256(path: Path) -> None:
     """The weights must match the sha256 that aimri.json recorded when they were saved."""
     ours = path / "aimri.json"

@@ -34,7 +34,7 @@ from aimri.dicts.checkpoint import (
 )
 from aimri.dicts.codes import ACTIVATIONS
 from aimri.dicts.dictionary import Dictionary, build_dictionary
-from aimri.dicts.formats import save_dictionary
+from aimri.dicts.formats import load_dictionary, read_record, save_dictionary
 from aimri.distributed import world
 from aimri.errors import AimriError
 from aimri.store.reader import Mixer
@@ -310,8 +310,10 @@ def resume_or_init(
     if (ckpt / "state.json").is_file():
         return load_checkpoint(cfg, dict_cfg, ckpt)
     device = device_of(cfg)
-    d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed).to(device)
     x, y = (t.to(device, torch.float32) for t in first)
+    if cfg.continue_from is not None:
+        return _continued(cfg, dict_cfg, cfg.continue_from, y, device)
+    d = build_dictionary(dict_cfg, sparse_kernels=cfg.sparse_kernels, seed=cfg.seed).to(device)
     # Inputs (and targets) scaled to mean norm sqrt(width); folded back into the weights on save.
     scale_in = math.sqrt(x.shape[1]) / float(x.norm(dim=-1).mean())
     scale_out = (
@@ -323,11 +325,42 @@ def resume_or_init(
         d.b_dec.copy_(
             _geometric_median(y * scale_out) if not dict_cfg.transcoder else (y * scale_out).mean(0)
         )
+    return _fresh_state(d, y, scale_in, scale_out)
+
+
+def _fresh_state(d: Dictionary, y: torch.Tensor, scale_in: float, scale_out: float) -> TrainState:
+    """Step 0 of `d` (already in training scale): new Adam moments, no latent dead yet, the
+    loss normalised by the variance of the first batch's targets."""
     opt = torch.optim.Adam(d.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
-    since = torch.zeros(dict_cfg.d_sae, dtype=torch.long, device=device)
+    since = torch.zeros(d.cfg.d_sae, dtype=torch.long, device=y.device)
     y_scaled = y * scale_out
     variance = float((y_scaled - y_scaled.mean(0)).pow(2).sum(-1).mean())
     return TrainState(d, opt, 0, since, scale_in, scale_out, variance)
+
+
+def _continued(
+    cfg: TrainConfig, dict_cfg: DictConfig, path: Path, y: torch.Tensor, device: torch.device
+) -> TrainState:
+    """A finished dictionary at `path`, back in the training scale it was trained at, as the
+    start of this run (refused unless it is the same kind of dictionary)."""
+    d = load_dictionary(path)
+    if d.cfg != dict_cfg:
+        raise AimriError(
+            f"cannot continue training from '{path}': it is a {d.cfg.architecture} dictionary of "
+            f"{d.cfg.d_sae} latents (k {d.cfg.k}) at '{d.cfg.site}', this run trains "
+            f"{dict_cfg.architecture}, {dict_cfg.d_sae} latents (k {dict_cfg.k}) at "
+            f"'{dict_cfg.site}'; drop --continue-from or train the same kind"
+        )
+    scales = read_record(path).get("training", {})
+    scale_in, scale_out = scales.get("input_scale_folded"), scales.get("output_scale_folded")
+    if not isinstance(scale_in, float) or not isinstance(scale_out, float):
+        raise AimriError(
+            f"cannot continue training from '{path}': its aimri.json does not record the scales "
+            "it was trained at (it was not trained by this version of aimri); train anew"
+        )
+    d.fold_scale(1 / scale_in, 1 / scale_out)
+    d.sparse_kernels = cfg.sparse_kernels
+    return _fresh_state(d.to(device).train(), y, scale_in, scale_out)
 
 
 def final_dictionary(state: TrainState) -> Dictionary:
@@ -345,6 +378,7 @@ def training_summary(cfg: TrainConfig, state: TrainState, steps: int) -> dict[st
         "tokens": state.step * cfg.optim.batch_size,
         "store": str(cfg.store),
         "input_scale_folded": state.scale_in,
+        "output_scale_folded": state.scale_out,
         "config": identity(cfg, state.dictionary.cfg)["train"],
     }
 

@@ -22,11 +22,12 @@ import math
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypedDict
+from typing import Any, NotRequired, TypedDict
 
 from aimri.config import CollectConfig, DictConfig, OptimConfig, ScanConfig, TrainConfig
 from aimri.corpus.contexts import special_tokens
 from aimri.dicts.checkpoint import finished_steps
+from aimri.dicts.memory import Recall, memory_identity, recall, remember
 from aimri.dicts.train import dictionary_config_for, train_result
 from aimri.dicts.trainer import StreamTrainer, Trainer
 from aimri.dicts.transcoder_set import member_configs, set_recipe
@@ -98,6 +99,19 @@ class TranscoderTraining(TypedDict):
     seconds: float
 
 
+class MemoryInfo(TypedDict):
+    path: str
+    """The memory entry (empty when nothing was trained or remembered)."""
+    scans_before: int
+    """Earlier scans whose dictionaries this one continued (0: trained from scratch)."""
+    start_context: int
+    """Context of the corpus's stream this read began at (fresh text for those dictionaries)."""
+    tokens_before: dict[str, int]
+    """Dictionary → tokens it had trained on before this scan."""
+    tokens_now: dict[str, int]
+    """Dictionary → tokens it has trained on, this scan included."""
+
+
 class ReadInfo(TypedDict):
     dtype: str
     n_tokens: int
@@ -108,6 +122,8 @@ class ReadInfo(TypedDict):
     consumers: dict[str, int]
     """Consumer → tokens it was handed."""
     depth: str
+    memory: NotRequired[MemoryInfo | None]
+    """The memory of past scans (`aimri.dicts.memory`); None when --no-memory."""
 
 
 @dataclass
@@ -137,41 +153,120 @@ def scan_read(cfg: ScanConfig, model: Model, root: Path) -> ReadProducts:
         model.tokenizer, [special_tokens(model.tokenizer, cfg.corpus.prepend_bos).separator]
     )
     site = dict_site(cfg, model)
+    named = _training_configs(cfg, model, site, root, depth)
+    memory = _recall(cfg, model, named)
+    start = 0
+    if memory.recall is not None:  # continue the remembered dictionaries, on fresh text
+        start = memory.recall.start
+        named = {
+            n: dataclasses.replace(c, continue_from=memory.recall.dictionary(n))
+            for n, c in named.items()
+        }
     n_examples = min(FEATURE_TOKENS, depth.dict_tokens)
     # The MLP's input at the SAE's layer rides along: the MLP-neuron baseline reads it.
     example_sites = (site, f"blocks.{parse_site(site).layer}.ln2.hook_normalized")
-    consumers: list[Consumer] = [
+    stores = [
         _store(cfg, reader, root / "activations", "statistics", cfg.sites, cfg.corpus.max_tokens),
         _store(
             cfg, reader, root / "activations-dict", "feature examples", example_sites, n_examples
         ),
     ]
-    sae = _sae_trainer(cfg, model, site, root, depth, special) if cfg.dictionary is None else None
+    for store in stores:
+        if start:  # the stores say which text they hold
+            store.identity["corpus"]["start_context"] = start
+    sae_cfgs = [c for n, c in named.items() if n == "sae"]
+    tc_cfgs = [c for n, c in named.items() if n != "sae"]
+    sae = _stream_trainer("SAE", sae_cfgs, model, special, cfg.corpus.seed) if sae_cfgs else None
     tcs = (
-        _transcoder_trainer(cfg, model, root / "transcoders", depth, special)
-        if cfg.circuits and cfg.transcoders is None
+        _stream_trainer("transcoders", tc_cfgs, model, special, cfg.corpus.seed + 2)
+        if tc_cfgs
         else None
     )
-    consumers += [c for c in (sae, tcs) if c is not None]
+    consumers: list[Consumer] = [*stores, *(c for c in (sae, tcs) if c is not None)]
     budget = max(cfg.corpus.max_tokens, n_examples, depth.dict_tokens, depth.tc_tokens)
     # A margin: sinks and special tokens are left out of training, so the trainers need a
     # little more text than their budget; each stops wanting batches once it has its steps.
     corpus = dataclasses.replace(cfg.corpus, max_tokens=int(budget * 1.1))
     with ExitStack() as stack:
-        for c in consumers:
-            if isinstance(c, StoreWriter):
-                stack.enter_context(writer_lock(c.out, what="activation store"))
-        r = shared_read(reader, corpus, consumers, batch_size=cfg.batch_size, desc="scan read")
-        for c in consumers:
-            if isinstance(c, StoreWriter):
-                c.finish()
+        for store in stores:
+            stack.enter_context(writer_lock(store.out, what="activation store"))
+        r = shared_read(
+            reader, corpus, consumers, batch_size=cfg.batch_size, desc="scan read", start=start
+        )
+        for store in stores:
+            store.finish()
     sae_seconds = sae.finish() if sae is not None else 0.0
     tc_seconds = tcs.finish() if tcs is not None else 0.0
+    info = _read_info(r, cfg.depth)
+    info["memory"] = _remember(memory, named, r, start, (sae, tcs))
     return ReadProducts(
-        info=_read_info(r, cfg.depth),
+        info=info,
         sae=_sae_training(sae, r, sae_seconds, root, site, model) if sae is not None else None,
         transcoders=_tc_training(tcs, r, tc_seconds) if tcs is not None else None,
     )
+
+
+def _training_configs(
+    cfg: ScanConfig, model: Model, site: str, root: Path, depth: Depth
+) -> dict[str, TrainConfig]:
+    """What this scan trains, by name: `sae`, `transcoders/layer_<L>`."""
+    named = {"sae": _sae_config(cfg, site, root, depth)} if cfg.dictionary is None else {}
+    if cfg.circuits and cfg.transcoders is None:
+        for c in _transcoder_configs(cfg, model, root / "transcoders", depth):
+            named[f"transcoders/{c.out.name}"] = c
+    return named
+
+
+@dataclass(frozen=True)
+class _Memory:
+    identity: dict[str, Any] | None
+    """None: the memory is off, or nothing here is trained."""
+    recall: Recall | None
+
+
+def _recall(cfg: ScanConfig, model: Model, named: dict[str, TrainConfig]) -> _Memory:
+    if not cfg.memory or not named:
+        return _Memory(None, None)
+    widths = {s: model.site_width(s) for c in named.values() for s in (c.site, c.site_out) if s}
+    dict_cfgs = {n: dictionary_config_for(c, widths) for n, c in named.items()}
+    identity = memory_identity(model.weights_sha256, cfg.corpus, dict_cfgs)
+    return _Memory(identity, recall(identity))
+
+
+def _remember(
+    memory: _Memory,
+    named: dict[str, TrainConfig],
+    r: ReadResult,
+    start: int,
+    trainers: tuple[StreamTrainer | None, ...],
+) -> MemoryInfo | None:
+    """Keep what this scan trained for the next scan; None when the memory is off."""
+    if memory.identity is None:
+        return None
+    before = memory.recall
+    trained = {t.name for t in trainers if t is not None and t.trainer.runs}
+    steps = {
+        cfg.out: run.state.step
+        for t in trainers
+        if t is not None
+        for cfg, run in zip(t.trainer.cfgs, t.trainer.runs, strict=True)
+    }
+    if trained:  # an earlier run of this very scan may have trained (and remembered) them all
+        tokens = {n: steps.get(c.out, 0) * c.optim.batch_size for n, c in named.items()}
+        before = remember(
+            memory.identity,
+            {n: c.out for n, c in named.items()},
+            start=start + r.contexts,
+            tokens=tokens,
+            before=memory.recall,
+        )
+    return {
+        "path": str(before.entry) if before else "",
+        "scans_before": memory.recall.scans if memory.recall else 0,
+        "start_context": start,
+        "tokens_before": dict(memory.recall.tokens) if memory.recall else {},
+        "tokens_now": dict(before.tokens) if before else {},
+    }
 
 
 def _store(
@@ -187,10 +282,8 @@ def _store(
     return StoreWriter(name, out, identity, names, n_tokens, special, overwrite=cfg.overwrite)
 
 
-def _sae_trainer(
-    cfg: ScanConfig, model: Model, site: str, root: Path, depth: Depth, special: tuple[int, ...]
-) -> StreamTrainer | None:
-    train_cfg = TrainConfig(
+def _sae_config(cfg: ScanConfig, site: str, root: Path, depth: Depth) -> TrainConfig:
+    return TrainConfig(
         site=site,
         out=root / "dicts" / site,
         architecture="topk",
@@ -200,19 +293,17 @@ def _sae_trainer(
         device=cfg.model.device,
         overwrite=cfg.overwrite,
     )
-    return _stream_trainer("SAE", [train_cfg], model, special, cfg.corpus.seed)
 
 
-def _transcoder_trainer(
-    cfg: ScanConfig, model: Model, out: Path, depth: Depth, special: tuple[int, ...]
-) -> StreamTrainer | None:
+def _transcoder_configs(
+    cfg: ScanConfig, model: Model, out: Path, depth: Depth
+) -> list[TrainConfig]:
     recipe = set_recipe(out).train
     optim = OptimConfig(batch_size=TC_BATCH, tokens=_usable(cfg, depth.tc_tokens), lr=TC_LR)
     glob_cfg = dataclasses.replace(
         recipe, optim=optim, device=cfg.model.device, overwrite=cfg.overwrite
     )
-    members = member_configs(glob_cfg, model.sites)
-    return _stream_trainer("transcoders", members, model, special, cfg.corpus.seed + 2)
+    return member_configs(glob_cfg, model.sites)
 
 
 def _stream_trainer(

@@ -69,6 +69,8 @@ class ReadResult:
     tokens: dict[str, int]
     """Consumer name → tokens it was handed."""
     dtype: str
+    contexts: int = 0
+    """Contexts read (where a later read that wants fresh text starts, after `start`)."""
 
 
 def shared_read(
@@ -78,13 +80,15 @@ def shared_read(
     *,
     batch_size: int = 16,
     desc: str = "read",
+    start: int = 0,
 ) -> ReadResult:
     """Read `corpus` (up to `corpus.max_tokens`) through `model` once, handing each forward
-    batch to every consumer that still wants it."""
+    batch to every consumer that still wants it; `start` > 0 begins at that context of the
+    corpus's stream (and wraps at its end: `aimri.corpus.contexts.iter_contexts`)."""
     t0 = time.perf_counter()
     forward_s = 0.0
     handed = {c.name: 0 for c in consumers}
-    contexts = iter_contexts(model.tokenizer, corpus)
+    contexts = iter_contexts(model.tokenizer, corpus, start=start)
     planned = corpus.max_tokens // corpus.ctx_len * corpus.ctx_len
     bar = tqdm(total=planned, unit="tok", unit_scale=True, desc=desc, disable=None)
     n_read, first_context = 0, 0
@@ -111,6 +115,7 @@ def shared_read(
         forward_seconds=forward_s,
         tokens=handed,
         dtype=str(next(model.hf.parameters()).dtype).removeprefix("torch."),
+        contexts=first_context,
     )
 
 
