@@ -38,9 +38,10 @@ class ScanConfig:
     result in `$AIMRI_CACHE_DIR/memory`: each scan of a model sharpens the last one's image.
     --no-memory trains from scratch and leaves the memory as it is."""
     read_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
-    """Precision of the read that feeds the statistics and the dictionaries: `auto` is bf16
-    where the CPU (AVX-512 BF16, AMX) or GPU computes it natively, else float32. Steering,
-    circuits and the check-up run at --model.dtype."""
+    """Precision of the reads: the one that feeds the statistics and the dictionaries, and the
+    concept probes' (with their causal checks). `auto` is bf16 where the CPU (AVX-512 BF16,
+    AMX) or GPU computes it natively, else float32. The dictionary's evaluation, steering and
+    circuits run at --model.dtype."""
     store_dtype: DType = "float16"
     """Dtype activations are stored in."""
     batch_size: int = 16

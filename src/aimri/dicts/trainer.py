@@ -25,6 +25,7 @@ from aimri.config import DictConfig, TrainConfig
 from aimri.dicts.checkpoint import (
     CHECKPOINT,
     TrainState,
+    adam,
     device_of,
     identity,
     load_checkpoint,
@@ -331,7 +332,7 @@ def resume_or_init(
 def _fresh_state(d: Dictionary, y: torch.Tensor, scale_in: float, scale_out: float) -> TrainState:
     """Step 0 of `d` (already in training scale): new Adam moments, no latent dead yet, the
     loss normalised by the variance of the first batch's targets."""
-    opt = torch.optim.Adam(d.parameters(), lr=0.0, betas=(0.9, 0.999), eps=1e-8)
+    opt = adam(d)
     since = torch.zeros(d.cfg.d_sae, dtype=torch.long, device=y.device)
     y_scaled = y * scale_out
     variance = float((y_scaled - y_scaled.mean(0)).pow(2).sum(-1).mean())

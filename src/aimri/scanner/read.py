@@ -39,15 +39,22 @@ from aimri.store.collect import store_identity
 from aimri.store.shared_read import Consumer, ReadResult, StoreWriter, shared_read
 from aimri.store.sinks import special_ids
 
-SAE_BATCH = 1024
-SAE_LR = 1.5e-3
-"""4 × the trainer's width-scaled default (3.8e-4 at 4,608 latents): with 256 steps on 262,144
-tokens, held-out FVU 0.31 → 0.22 and the spliced KL 0.80 → 0.51 (benchmarks/bench_tokens.py,
-RESULTS.md 2026-12-07)."""
+SAE_BATCH = 512
+SAE_LR = 2.2e-3
+"""Batches of 512 at 2.2e-3: at 51,200 tokens (100 steps) training FVU 0.284 against 0.360
+for the earlier batches of 1,024 at 1.5e-3 (50 steps), and 0.308 for batches of 512 at 1.5e-3
+(benchmarks/bench_recipe.py, RESULTS.md 2026-12-08): at these budgets the SAE is short of
+steps, not of tokens per step. (1.5e-3 itself was 4 × the trainer's width-scaled default:
+held-out FVU 0.31 → 0.22 at 262,144 tokens, bench_tokens.py 2026-12-07.)"""
 SAE_EXPANSION = 8
 SAE_K = 32
 TC_BATCH = 512
 TC_LR = 2e-3
+TC_SKIP = True
+"""Transcoders with a linear skip (MLP input → output, as Gemma Scope 2's and circuit-tracer's
+skip transcoders): at 51,200 tokens training FVU 0.42-0.49 against 0.57-0.65 without, at
+layers 2, 15 and 28 (bench_recipe.py). The skip is part of the replacement model, so circuits
+attribute through it exactly (`aimri.circuits.attribute`)."""
 FEATURE_TOKENS = 81_920
 """Tokens of the SAE's site kept on disk for the features stage's examples."""
 
@@ -65,8 +72,9 @@ DEPTHS: dict[str, Depth] = {
     "standard": Depth(dict_tokens=245_760, tc_tokens=65_536),
     "deep": Depth(dict_tokens=1_048_576, tc_tokens=327_680),
 }
-"""`--depth`: quick (the budgets of earlier scans), standard (the default: 3 × and 4 × quick's,
-the most that fits 600 s on 2 CPU cores; 5 × for the transcoders took the scan to 647 s), deep (about an hour on 2 CPU cores; the built-in corpus holds about 300k tokens, so
+"""`--depth`: quick (the budgets of earlier scans), standard (the default: 3 × and 4 × quick's;
+with skip transcoders, 5 × took the scan to 679 s on 2 CPU cores: the 30 transcoders' steps
+cost 1.5 ms per token, more than the forward pass), deep (about an hour on 2 CPU cores; the built-in corpus holds about 300k tokens, so
 deep repeats it: tokens beyond that are passes, not new text)."""
 
 
@@ -301,7 +309,7 @@ def _transcoder_configs(
     recipe = set_recipe(out).train
     optim = OptimConfig(batch_size=TC_BATCH, tokens=_usable(cfg, depth.tc_tokens), lr=TC_LR)
     glob_cfg = dataclasses.replace(
-        recipe, optim=optim, device=cfg.model.device, overwrite=cfg.overwrite
+        recipe, optim=optim, skip=TC_SKIP, device=cfg.model.device, overwrite=cfg.overwrite
     )
     return member_configs(glob_cfg, model.sites)
 
