@@ -126,9 +126,7 @@ def main() -> None:
             trainers.append(("tc", name, _trainer(f"tc {i}", cfgs, model, special)))
     t = time.perf_counter()
     budget = max(args.sae_tokens if args.only != "tc" else 0, args.tc_tokens)
-    r = shared_read(
-        reader, CorpusConfig(max_tokens=int(budget * 1.1)), [t for *_, t in trainers]
-    )
+    r = shared_read(reader, CorpusConfig(max_tokens=int(budget * 1.1)), [t for *_, t in trainers])
     seconds = {tr.name: tr.finish() for *_, tr in trainers}
     print(f"# one read of {r.n_tokens:,} tokens ({r.dtype}): {time.perf_counter() - t:.0f} s")
     held_out = CorpusConfig(source="builtin-held-out", max_tokens=args.eval_tokens, seed=1)
