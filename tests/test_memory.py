@@ -78,6 +78,8 @@ def test_a_second_scan_continues_the_first_on_fresh_text(tiny_model, tmp_path, s
     n_contexts = 4096 * 11 // 10 // 32  # the first read's budget, in contexts
     assert second["start_context"] == n_contexts
     assert second["tokens_now"]["sae"] == 2 * first["tokens_now"]["sae"] > 0
+    assert second_read.sae is not None and second_read.sae["earlier_scans"] == 1
+    assert second_read.sae["all_tokens"] == second["tokens_now"]["sae"]
     layers = [n for n in second["tokens_now"] if n.startswith("transcoders/")]
     assert layers and all(second["tokens_now"][n] == 2 * first["tokens_now"][n] for n in layers)
     # what the memory holds now is the second scan's dictionary, byte for byte

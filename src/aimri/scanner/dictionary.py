@@ -170,15 +170,23 @@ DICTIONARY = Stage[DictionaryResult](
         "TopK SAE; FVU, L0, CE loss spliced in, against PCA and random; attention sinks and "
         "massive activations left out (their FVU shown apart)",
         f"site {r['site']}, "
-        + (
-            f"{r['training']['distinct_tokens']:,} tokens in one pass"
-            if r["training"]
-            else "loaded"
-        )
+        + (_trained(r["training"]) if r["training"] else "loaded")
         + f"; evaluated on {r['eval_corpus']}",
     ),
     view=View("dictionary.html.j2", dictionary_view, nav="Dictionary"),
 )
+
+
+def _trained(t: DictTraining) -> str:
+    """How much text the SAE has seen: this scan's, and the earlier scans' it continued."""
+    here = f"{t['distinct_tokens']:,} tokens in one pass"
+    if not t["earlier_scans"]:
+        return here
+    n = t["earlier_scans"]
+    return (
+        f"{here}, continuing the SAE of {n} earlier scan{'s' * (n > 1)} of this model "
+        f"({t['all_tokens']:,} training tokens in all; --no-memory starts afresh)"
+    )
 
 
 def scan_dictionary(run: ScanRun) -> Dictionary:

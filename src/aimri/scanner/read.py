@@ -93,6 +93,10 @@ class DictTraining(TypedDict):
     l0: float
     dead_fraction: float
     curve: dict[str, list[float]]
+    earlier_scans: int
+    """Earlier scans of this model whose SAE this one continued (the memory; 0: from scratch)."""
+    all_tokens: int
+    """Tokens the SAE has trained on over all those scans, this one included."""
 
 
 class TranscoderTraining(TypedDict):
@@ -209,7 +213,9 @@ def scan_read(cfg: ScanConfig, model: Model, root: Path) -> ReadProducts:
     info["memory"] = _remember(memory, named, r, start, (sae, tcs))
     return ReadProducts(
         info=info,
-        sae=_sae_training(sae, r, sae_seconds, root, site, model) if sae is not None else None,
+        sae=_sae_training(sae, r, sae_seconds, root, site, model, info["memory"])
+        if sae is not None
+        else None,
         transcoders=_tc_training(tcs, r, tc_seconds) if tcs is not None else None,
     )
 
@@ -344,7 +350,13 @@ def _read_info(r: ReadResult, depth: str) -> ReadInfo:
 
 
 def _sae_training(
-    sae: StreamTrainer, r: ReadResult, seconds: float, root: Path, site: str, model: Model
+    sae: StreamTrainer,
+    r: ReadResult,
+    seconds: float,
+    root: Path,
+    site: str,
+    model: Model,
+    memory: MemoryInfo | None,
 ) -> DictTraining:
     run = sae.trainer.runs[0]
     result = train_result(run.cfg, run.state.step, run.history, run.resumed, seconds, seconds)
@@ -363,6 +375,8 @@ def _sae_training(
         "l0": result.l0,
         "dead_fraction": result.dead_fraction,
         "curve": {key: [row[key] for row in rows] for key in ("step", "fvu", "l0", "dead_frac")},
+        "earlier_scans": memory["scans_before"] if memory else 0,
+        "all_tokens": (memory["tokens_before"].get("sae", 0) if memory else 0) + result.tokens,
     }
 
 
