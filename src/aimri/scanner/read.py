@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from aimri.store.collect import store_identity
 from aimri.store.shared_read import Consumer, ReadResult, StoreWriter, shared_read
 from aimri.store.sinks import special_ids
 
+log = logging.getLogger(__name__)
 SAE_BATCH = 512
 SAE_LR = 2.2e-3
 """Batches of 512 at 2.2e-3: at 51,200 tokens (100 steps) training FVU 0.284 against 0.360
@@ -257,7 +259,7 @@ def _remember(
     """Keep what this scan trained for the next scan; None when the memory is off."""
     if memory.identity is None:
         return None
-    before = memory.recall
+    now = memory.recall
     trained = {t.name for t in trainers if t is not None and t.trainer.runs}
     steps = {
         cfg.out: run.state.step
@@ -267,19 +269,22 @@ def _remember(
     }
     if trained:  # an earlier run of this very scan may have trained (and remembered) them all
         tokens = {n: steps.get(c.out, 0) * c.optim.batch_size for n, c in named.items()}
-        before = remember(
-            memory.identity,
-            {n: c.out for n, c in named.items()},
-            start=start + r.contexts,
-            tokens=tokens,
-            before=memory.recall,
-        )
+        try:
+            now = remember(
+                memory.identity,
+                {n: c.out for n, c in named.items()},
+                start=start + r.contexts,
+                tokens=tokens,
+                before=memory.recall,
+            )
+        except OSError as e:  # the scan's own results stand; only the next scan loses out
+            log.warning("could not remember this scan's dictionaries (%s): the next starts anew", e)
     return {
-        "path": str(before.entry) if before else "",
+        "path": str(now.entry) if now else "",
         "scans_before": memory.recall.scans if memory.recall else 0,
         "start_context": start,
         "tokens_before": dict(memory.recall.tokens) if memory.recall else {},
-        "tokens_now": dict(before.tokens) if before else {},
+        "tokens_now": dict(now.tokens) if now else {},
     }
 
 
