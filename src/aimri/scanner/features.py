@@ -170,7 +170,7 @@ def _findings(stage: FeaturesResult) -> list[Finding]:
             severity="info",
             summary=f"With the {best['explainer']} explainer's labels, {pct(best)} of "
             f"{best['n']} sampled features have a label that {what} ≥ {best['threshold']:g} on "
-            f"held-out text; {ci(best)}, mean score {best['mean'] or 0:.2f}; with shuffled "
+            f"windows of the scan's own text held out from labelling; {ci(best)}, mean score {best['mean'] or 0:.2f}; with shuffled "
             f"labels {pct(best, 'frac_above_baseline')}). Same site, same pipeline: "
             f"{others or 'no baselines'}. Verdict by the intervals: {verdict}.",
             evidence={"rows": same},
@@ -187,7 +187,7 @@ def _sure(r: FeaturesResult) -> str:
     weak = not verdict.startswith("above")
     return (
         f"{100 * (best['frac_above'] or 0):.0f}% of sampled features have a label that predicts "
-        f"them on held-out text ({best['scorer']} ≥ {best['threshold']:g}; 95% CI "
+        f"them on windows held out from labelling ({best['scorer']} ≥ {best['threshold']:g}; 95% CI "
         f"{100 * (best['ci_low'] or 0):.0f}–{100 * (best['ci_high'] or 0):.0f}%): {verdict}"
         + (", so treat feature labels as weak evidence." if weak else ".")
     )
@@ -200,7 +200,7 @@ FEATURES = Stage[FeaturesResult](
     findings=_findings,
     checked=lambda r: (
         f"{r['sampled']} of {r['n_features_total']:,} features labelled and "
-        "scored on held-out text, against the layer's MLP neurons, a random sparse dictionary, "
+        "scored on windows held out from labelling, against the layer's MLP neurons, a random sparse dictionary, "
         "residual coordinates and random directions"
     ),
     sure=_sure,
