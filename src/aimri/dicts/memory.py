@@ -31,12 +31,12 @@ from typing import Any
 
 from aimri._io import read_json, write_json_atomic
 from aimri.config import CorpusConfig, DictConfig
-from aimri.dicts.formats import load_dictionary
+from aimri.dicts.formats import WEIGHTS, load_dictionary
 from aimri.errors import AimriError
 from aimri.model.load import cache_dir
 
 log = logging.getLogger(__name__)
-FILES = ("cfg.json", "sae_weights.safetensors", "aimri.json")
+FILES = ("cfg.json", WEIGHTS, "aimri.json")
 """What a dictionary folder holds that the memory keeps (not metrics, not checkpoints)."""
 
 
